@@ -1,0 +1,36 @@
+"""nox sessions. Every install goes through constraints.txt (torch==2.13.0, the CPU wheel)."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+
+
+def _install(session: nox.Session) -> None:
+    session.install(*CONSTRAINTS, "-e", ".[dev]")
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Run the test suite under the deterministic Hypothesis "ci" profile."""
+    _install(session)
+    session.env["HYPOTHESIS_PROFILE"] = "ci"
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff and mypy."""
+    _install(session)
+    session.run("ruff", "check", "src", "tests", "fuzz", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def benchmarks(session: nox.Session) -> None:
+    """pytest-benchmark runs (not part of tests)."""
+    _install(session)
+    session.run("pytest", "benchmarks", "--benchmark-enable", "-p", "no:cacheprovider",
+                *session.posargs)

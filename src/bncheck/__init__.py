@@ -1,0 +1,19 @@
+"""bncheck: property-based verification for batch normalization."""
+
+from bncheck._version import __version__
+from bncheck.errors import BNCheckError, InvalidArgument, VerificationFailed
+from bncheck.models import lenet_bn
+from bncheck.reference import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
+
+__all__ = [
+    "__version__",
+    "BNCheckError",
+    "InvalidArgument",
+    "VerificationFailed",
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "batch_norm",
+    "lenet_bn",
+]

@@ -1,0 +1,71 @@
+"""Small shared argument checkers; each message names ``name=value`` and the rule broken."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bncheck.errors import InvalidArgument, InvalidArgumentType
+
+
+def describe(value: Any) -> str:
+    """A short, readable rendering of a received value for error messages."""
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{type(value).__name__}(shape={tuple(shape)}, dtype={dtype})"
+    return repr(value)
+
+
+def check_type(typ: type | tuple[type, ...], value: Any, name: str) -> None:
+    if isinstance(value, bool) and typ in (int, float, (int, float)):
+        raise InvalidArgumentType(f"{name}={value!r} must be a number, not a bool")
+    if not isinstance(value, typ):
+        names = (
+            " or ".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
+        )
+        raise InvalidArgumentType(
+            f"Expected {name} to be {names}, but received {name}={describe(value)} "
+            f"of type {type(value).__name__}"
+        )
+
+
+def check_positive_int(value: Any, name: str) -> None:
+    check_type(int, value, name)
+    if value < 1:
+        raise InvalidArgument(f"Expected {name} to be a positive integer, received {name}={value!r}")
+
+
+def check_finite_float(value: Any, name: str, *, min_value: float | None = None,
+                       max_value: float | None = None, exclude_min: bool = False) -> None:
+    check_type((int, float), value, name)
+    if not math.isfinite(value):
+        raise InvalidArgument(f"Expected {name} to be finite, received {name}={value!r}")
+    if min_value is not None and (value < min_value or (exclude_min and value == min_value)):
+        op = ">" if exclude_min else ">="
+        raise InvalidArgument(f"Expected {name} {op} {min_value}, received {name}={value!r}")
+    if max_value is not None and value > max_value:
+        raise InvalidArgument(f"Expected {name} <= {max_value}, received {name}={value!r}")
+
+
+def check_min_max(min_name: str, min_value: int | float, max_name: str,
+                  max_value: int | float) -> None:
+    if min_value > max_value:
+        raise InvalidArgument(
+            f"Cannot have {max_name}={max_value!r} < {min_name}={min_value!r}"
+        )
+
+
+def check_momentum(momentum: Any, *, allow_none: bool) -> None:
+    if momentum is None:
+        if allow_none:
+            return
+        raise InvalidArgumentType(
+            "Expected momentum to be a float in [0, 1], received momentum=None "
+            "(None means a cumulative average, which only the BatchNorm module can keep)"
+        )
+    check_finite_float(momentum, "momentum", min_value=0.0, max_value=1.0)
+
+
+def check_eps(eps: Any) -> None:
+    check_finite_float(eps, "eps", min_value=0.0, exclude_min=True)

@@ -1,0 +1,59 @@
+"""Shared CLI plumbing: error-to-exit-code mapping, the --debug flag, the console."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from bncheck.errors import BNCheckError, UsageError, VerificationFailed
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def console() -> Console:
+    """The console every command renders to (stdout; wide enough for tables in CI logs)."""
+    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+
+
+def err(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+
+
+debug_option = click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+
+
+def handles_errors(fn: F) -> F:
+    """Map bncheck's errors to exit codes: usage errors 2, verification failures 1.
+
+    With ``--debug`` the original exception propagates with its traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            if debug:
+                raise
+            err(str(e))
+            sys.exit(EXIT_USAGE)
+        except VerificationFailed as e:
+            if debug:
+                raise
+            err(str(e))
+            sys.exit(EXIT_FAILED)
+        except BNCheckError as e:
+            if debug:
+                raise
+            err(str(e))
+            sys.exit(EXIT_USAGE)
+
+    return wrapper  # type: ignore[return-value]

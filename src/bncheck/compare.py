@@ -1,0 +1,146 @@
+"""Closeness checks with ``torch.testing.assert_close``-style mismatch reports.
+
+>>> import torch
+>>> from bncheck.compare import compare
+>>> m = compare(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5]), name="running_mean")
+>>> print(m)
+running_mean: Mismatched elements: 1 / 2 (50.0%)
+Greatest absolute difference: 0.5 at channel 1 (up to 1e-05 allowed)
+Greatest relative difference: 0.2 at channel 1 (up to 1.3e-06 allowed)
+
+Attributes (shape, dtype) are compared first, values after. Every tolerance carries its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bncheck.errors import InvalidArgument, VerificationFailed
+
+__all__ = ["Tolerance", "default_tolerance", "compare", "assert_close", "Mismatch"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """An ``(rtol, atol)`` pair and the reason for it (dtype, reduction length, ...)."""
+
+    rtol: float
+    atol: float
+    reason: str
+
+    def scaled(self, factor: float, why: str) -> Tolerance:
+        """The same tolerance multiplied by ``factor``, with ``why`` appended to the reason."""
+        return Tolerance(self.rtol * factor, self.atol * factor, f"{self.reason}; x{factor:g}: {why}")
+
+
+# torch.testing.assert_close's defaults: rtol is about the dtype's epsilon, atol a small floor.
+_DTYPE_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float64: (1e-7, 1e-7),
+}
+
+
+def default_tolerance(dtype: torch.dtype) -> Tolerance:
+    """``torch.testing.assert_close``'s default tolerance for ``dtype``."""
+    if dtype not in _DTYPE_TOLERANCES:
+        raise InvalidArgument(
+            f"Expected a floating dtype in {[str(d) for d in _DTYPE_TOLERANCES]}, "
+            f"received dtype={dtype}")
+    rtol, atol = _DTYPE_TOLERANCES[dtype]
+    return Tolerance(rtol, atol, f"assert_close default for {str(dtype).removeprefix('torch.')}")
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A failed comparison: which value, and the report lines."""
+
+    name: str
+    lines: tuple[str, ...]
+    max_abs: float = float("nan")
+    max_rel: float = float("nan")
+
+    def __str__(self) -> str:
+        return f"{self.name}: " + "\n".join(self.lines)
+
+
+def _as_tensor(x: Any) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, np.ndarray | np.generic | float | int | list):
+        return torch.as_tensor(np.asarray(x))
+    raise InvalidArgument(f"Expected a tensor or array, received {type(x).__name__}")
+
+
+def _where(flat_index: int, shape: tuple[int, ...]) -> str:
+    if len(shape) <= 1:
+        return f"channel {flat_index}" if shape else "index ()"
+    idx = np.unravel_index(flat_index, shape)
+    return f"index {tuple(int(i) for i in idx)}"
+
+
+def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: float | None = None,
+            tolerance: Tolerance | None = None, name: str = "output",
+            equal_nan: bool = True, check_dtype: bool = True) -> Mismatch | None:
+    """Compare ``actual`` with ``expected``; ``None`` when close, else a :class:`Mismatch`.
+
+    ``|actual - expected| <= atol + rtol * |expected|`` elementwise, as assert_close. Give
+    ``rtol`` and ``atol`` both or neither (neither: ``tolerance`` or the expected dtype's default).
+    ``1-D`` values are reported "at channel k" (BatchNorm statistics are per channel).
+    """
+    if (rtol is None) != (atol is None):
+        raise InvalidArgument(f"Give rtol and atol both or neither, received rtol={rtol!r}, "
+                              f"atol={atol!r}")
+    a, e = _as_tensor(actual), _as_tensor(expected)
+    if tuple(a.shape) != tuple(e.shape):
+        return Mismatch(name, (f"The values for attribute 'shape' do not match: "
+                               f"{tuple(a.shape)} != {tuple(e.shape)}.",))
+    if check_dtype and a.dtype != e.dtype:
+        return Mismatch(name, (f"The values for attribute 'dtype' do not match: "
+                               f"{a.dtype} != {e.dtype}.",))
+    if rtol is None or atol is None:
+        tol = tolerance or default_tolerance(e.dtype if e.is_floating_point() else torch.float64)
+        rtol, atol = tol.rtol, tol.atol
+    a64, e64 = a.to(torch.float64).cpu(), e.to(torch.float64).cpu()
+    if e64.numel() == 0:
+        return None
+    nan_a, nan_e = torch.isnan(a64), torch.isnan(e64)
+    both_nan = nan_a & nan_e if equal_nan else torch.zeros_like(nan_a)
+    same_inf = torch.isinf(a64) & torch.isinf(e64) & (a64 == e64)
+    diff = (a64 - e64).abs()
+    ok = (diff <= atol + rtol * e64.abs()) | both_nan | same_inf
+    ok &= ~(nan_a ^ nan_e)
+    if bool(ok.all()):
+        return None
+    bad = int((~ok).sum())
+    total = ok.numel()
+    diff = torch.where(ok | both_nan | same_inf, torch.zeros_like(diff), diff)
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    rel = diff / e64.abs()
+    rel = torch.where(torch.isnan(rel), torch.zeros_like(rel), rel)
+    shape = tuple(a.shape)
+    i_abs = int(torch.argmax(diff.flatten()))
+    i_rel = int(torch.argmax(rel.flatten()))
+    max_abs = float(diff.flatten()[i_abs])
+    max_rel = float(rel.flatten()[i_rel])
+    lines = (
+        f"Mismatched elements: {bad} / {total} ({100.0 * bad / total:.1f}%)",
+        f"Greatest absolute difference: {max_abs:.6g} at {_where(i_abs, shape)} "
+        f"(up to {atol:g} allowed)",
+        f"Greatest relative difference: {max_rel:.6g} at {_where(i_rel, shape)} "
+        f"(up to {rtol:g} allowed)",
+    )
+    return Mismatch(name, lines, max_abs, max_rel)
+
+
+def assert_close(actual: Any, expected: Any, **kwargs: Any) -> None:
+    """Like :func:`compare`, raising :class:`VerificationFailed` with the report on mismatch."""
+    mismatch = compare(actual, expected, **kwargs)
+    if mismatch is not None:
+        raise VerificationFailed(str(mismatch))

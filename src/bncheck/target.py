@@ -1,0 +1,134 @@
+"""Load a user's BatchNorm from a TARGET string and turn it into a factory.
+
+>>> from bncheck.target import load_target, bn_factory
+>>> cls = load_target("torch.nn:BatchNorm2d")
+>>> bn_factory(cls)(6, 4)  # doctest: +ELLIPSIS
+BatchNorm2d(6, eps=1e-05, momentum=0.1, affine=True, ...track_running_stats=True)
+
+TARGET is ``path/to/file.py:Name`` or ``package.module:Name``. ``Name`` is a Module class or a
+factory. It is built as ``Name(num_features)`` (nn.BatchNorm style) or, when its signature has a
+``num_dims`` parameter, ``Name(num_features, num_dims=num_dims)`` (the seed notebook's style).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bncheck.errors import TargetError
+
+__all__ = ["load_target", "bn_factory", "takes_num_dims"]
+
+
+def _split(spec: str) -> tuple[str, str]:
+    if not isinstance(spec, str) or ":" not in spec:
+        raise TargetError(
+            f"Expected TARGET in the form path/to/file.py:Name or package.module:Name, "
+            f"received TARGET={spec!r}")
+    where, _, name = spec.rpartition(":")
+    if not where or not name.isidentifier():
+        raise TargetError(
+            f"Expected TARGET in the form path/to/file.py:Name or package.module:Name, "
+            f"received TARGET={spec!r}")
+    return where, name
+
+
+def _import_file(path: Path, spec: str) -> Any:
+    if not path.is_file():
+        raise TargetError(f"TARGET={spec!r}: file {str(path)!r} does not exist")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    modname = f"_bncheck_target_{path.stem}_{digest}"
+    loader_spec = importlib.util.spec_from_file_location(modname, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise TargetError(f"TARGET={spec!r}: cannot load {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[modname] = module
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        loader_spec.loader.exec_module(module)
+    except BaseException as e:  # the user's module may raise anything, even SystemExit
+        sys.modules.pop(modname, None)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise TargetError(
+            f"TARGET={spec!r}: importing {str(path)!r} raised {type(e).__name__}: {e}") from e
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return module
+
+
+def load_target(spec: str) -> Any:
+    """Import ``spec`` and return the object it names.
+
+    Raises:
+        TargetError: malformed spec, missing file or module, an exception while importing,
+            or a missing name (the message lists the names that are there).
+    """
+    where, name = _split(spec)
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        module = _import_file(Path(where), spec)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            raise TargetError(f"TARGET={spec!r}: no module named {e.name!r}") from e
+        except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
+            raise TargetError(
+                f"TARGET={spec!r}: importing {where!r} raised {type(e).__name__}: {e}") from e
+    if not hasattr(module, name):
+        available = sorted(
+            n for n, v in vars(module).items()
+            if not n.startswith("_") and callable(v) and getattr(v, "__module__", None)
+            == module.__name__)
+        raise TargetError(
+            f"TARGET={spec!r}: {where!r} has no attribute {name!r}; "
+            f"available: {', '.join(available) or '(no classes or functions)'}")
+    obj = getattr(module, name)
+    if not callable(obj):
+        raise TargetError(f"TARGET={spec!r}: {name!r} is a {type(obj).__name__}, expected a "
+                          f"Module class or a factory")
+    return obj
+
+
+def takes_num_dims(obj: Callable[..., Any]) -> bool:
+    """Whether ``obj``'s signature has a ``num_dims`` parameter (the seed notebook's style)."""
+    try:
+        return "num_dims" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], nn.Module]:
+    """A factory ``make(num_features, num_dims)`` for ``obj``; ``kwargs`` go to every call.
+
+    The factory raises :class:`TargetError` when ``obj`` cannot be built or does not return
+    an ``nn.Module``.
+    """
+    with_dims = takes_num_dims(obj)
+    label = getattr(obj, "__qualname__", repr(obj))
+
+    def make(num_features: int, num_dims: int) -> nn.Module:
+        try:
+            if with_dims:
+                module = obj(num_features, num_dims=num_dims, **kwargs)
+            else:
+                module = obj(num_features, **kwargs)
+        except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
+            call = (f"{label}({num_features}, num_dims={num_dims})" if with_dims
+                    else f"{label}({num_features})")
+            raise TargetError(f"building the target as {call} raised "
+                              f"{type(e).__name__}: {e}") from e
+        if not isinstance(module, nn.Module):
+            raise TargetError(f"{label}(...) returned {type(module).__name__}, "
+                              f"expected a torch.nn.Module")
+        return module
+
+    return make
