@@ -33,7 +33,8 @@ def check_type(typ: type | tuple[type, ...], value: Any, name: str) -> None:
 def check_positive_int(value: Any, name: str) -> None:
     check_type(int, value, name)
     if value < 1:
-        raise InvalidArgument(f"Expected {name} to be a positive integer, received {name}={value!r}")
+        raise InvalidArgument(
+            f"Expected {name} to be a positive integer, received {name}={value!r}")
 
 
 def check_finite_float(value: Any, name: str, *, min_value: float | None = None,

@@ -35,7 +35,8 @@ class Tolerance:
 
     def scaled(self, factor: float, why: str) -> Tolerance:
         """The same tolerance multiplied by ``factor``, with ``why`` appended to the reason."""
-        return Tolerance(self.rtol * factor, self.atol * factor, f"{self.reason}; x{factor:g}: {why}")
+        reason = f"{self.reason}; x{factor:g}: {why}"
+        return Tolerance(self.rtol * factor, self.atol * factor, reason)
 
 
 # torch.testing.assert_close's defaults: rtol is about the dtype's epsilon, atol a small floor.
@@ -114,8 +115,8 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: floa
     both_nan = nan_a & nan_e if equal_nan else torch.zeros_like(nan_a)
     same_inf = torch.isinf(a64) & torch.isinf(e64) & (a64 == e64)
     diff = (a64 - e64).abs()
-    ok = (diff <= atol + rtol * e64.abs()) | both_nan | same_inf
-    ok &= ~(nan_a ^ nan_e)
+    finite = torch.isfinite(a64) & torch.isfinite(e64)
+    ok = (finite & (diff <= atol + rtol * e64.abs())) | both_nan | same_inf
     if bool(ok.all()):
         return None
     bad = int((~ok).sum())

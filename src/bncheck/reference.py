@@ -1,4 +1,4 @@
-"""The reference BatchNorm: a from-scratch drop-in for ``F.batch_norm`` and ``nn.BatchNorm1d/2d/3d``.
+"""The reference BatchNorm, a from-scratch drop-in for ``F.batch_norm`` and ``nn.BatchNorm*d``.
 
 Written in plain torch ops (no call into ``F.batch_norm`` or ``torch.batch_norm``), so autograd
 derives the backward. It fixes every defect of the seed notebook:
@@ -178,6 +178,9 @@ class BatchNorm(nn.Module):
     """
 
     _version = 2
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    num_batches_tracked: Tensor | None
     _allowed_dims: tuple[int, ...] = (2, 3, 4, 5)
 
     def __init__(

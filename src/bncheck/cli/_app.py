@@ -4,6 +4,7 @@ so ``bncheck --help`` stays fast and a subcommand's heavy imports happen only wh
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import click

@@ -1,0 +1,288 @@
+"""The reference BatchNorm against torch.nn.BatchNorm1d/2d/3d and F.batch_norm.
+
+Tolerances: float64 to 1e-10 (both sides are exact formulas evaluated in double; differences are
+rounding of O(N) reductions, ~1e-15 here), float32 at assert_close's defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bncheck
+from bncheck.errors import InvalidArgument, InvalidArgumentType
+
+SHAPES = [(6, 3), (5, 3, 7), (4, 3, 5, 5), (3, 3, 2, 3, 4)]
+TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+GRAD_MODES = {
+    "grad": contextlib.nullcontext,
+    "no_grad": torch.no_grad,
+    "inference_mode": torch.inference_mode,
+}
+
+
+def tol(dtype: torch.dtype) -> dict[str, float]:
+    return {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {}
+
+
+def pair(dtype: torch.dtype, ndim: int, **kwargs: object) -> tuple[nn.Module, nn.Module]:
+    ours = bncheck.BatchNorm(3, **kwargs).to(dtype)  # type: ignore[arg-type]
+    theirs = TORCH_BN[ndim](3, **kwargs).to(dtype)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        if ours.affine:
+            ours.weight.copy_(torch.rand(3, generator=gen, dtype=dtype) + 0.5)
+            ours.bias.copy_(torch.randn(3, generator=gen, dtype=dtype))
+        if ours.track_running_stats:
+            ours.running_mean.copy_(torch.randn(3, generator=gen, dtype=dtype))
+            ours.running_var.copy_(torch.rand(3, generator=gen, dtype=dtype) + 0.5)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def assert_same_state(ours: nn.Module, theirs: nn.Module, dtype: torch.dtype) -> None:
+    sd_ours, sd_theirs = ours.state_dict(), theirs.state_dict()
+    assert sd_ours.keys() == sd_theirs.keys()
+    for key in sd_ours:
+        torch.testing.assert_close(sd_ours[key], sd_theirs[key], **tol(dtype), msg=key)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{len(s)}d")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("grad_mode", list(GRAD_MODES))
+def test_module_matches_torch(shape, dtype, training, grad_mode):
+    ours, theirs = pair(dtype, len(shape))
+    ours.train(training)
+    theirs.train(training)
+    gen = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=gen, dtype=dtype) * 3 + 2
+    for _ in range(2):  # two steps: the second one starts from updated statistics
+        with GRAD_MODES[grad_mode]():
+            x_ours = x.clone().requires_grad_(grad_mode == "grad")
+            x_theirs = x.clone().requires_grad_(grad_mode == "grad")
+            y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+        torch.testing.assert_close(y_ours, y_theirs, **tol(dtype))
+        assert_same_state(ours, theirs, dtype)
+    if grad_mode == "grad":
+        g = torch.randn(shape, generator=gen, dtype=dtype)
+        y_ours.backward(g)
+        y_theirs.backward(g)
+        torch.testing.assert_close(x_ours.grad, x_theirs.grad, **tol(dtype))
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, **tol(dtype))
+        torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, **tol(dtype))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"momentum": None}, {"momentum": 0.5}, {"affine": False}, {"track_running_stats": False},
+     {"eps": 1e-3}, {"affine": False, "track_running_stats": False}],
+    ids=str,
+)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_configurations_match_torch(kwargs, training):
+    ours, theirs = pair(torch.float64, 4, **kwargs)
+    gen = torch.Generator().manual_seed(3)
+    for step in range(3):
+        ours.train(training or step == 0)
+        theirs.train(training or step == 0)
+        x = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64) * (step + 1) + step
+        torch.testing.assert_close(ours(x), theirs(x), **tol(torch.float64))
+        assert_same_state(ours, theirs, torch.float64)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{len(s)}d")
+@pytest.mark.parametrize(
+    "training,with_stats,with_affine",
+    # eval without running statistics is an error, tested in test_errors
+    [c for c in itertools.product([True, False], repeat=3) if c[0] or c[1]],
+)
+def test_functional_matches_torch(shape, training, with_stats, with_affine):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    rm, rv = torch.randn(3, dtype=torch.float64, generator=gen), torch.rand(3, dtype=torch.float64)
+    w, b = torch.randn(3, dtype=torch.float64, generator=gen), torch.randn(3, dtype=torch.float64)
+    stats = [(rm.clone(), rv.clone()) if with_stats else (None, None) for _ in range(2)]
+    affine = (w, b) if with_affine else (None, None)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = bncheck.batch_norm(x1, *stats[0], *affine, training, 0.3, 1e-4)
+    y2 = F.batch_norm(x2, *stats[1], *affine, training, 0.3, 1e-4)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    if with_stats:
+        torch.testing.assert_close(stats[0], stats[1], rtol=1e-10, atol=1e-10)
+    y1.sum().backward()
+    y2.sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_reduced_precision_computes_in_float32(dtype, training):
+    ours, theirs = pair(torch.float32, 4)  # float32 module, reduced-precision input
+    ours.train(training)
+    theirs.train(training)
+    x = (torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 4 + 100).to(dtype)
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert y_ours.dtype == dtype
+    assert ours.running_mean.dtype == torch.float32
+    assert torch.isfinite(y_ours).all()
+    # Both compute in float32 and round once to `dtype`: at most one ulp of `dtype` apart.
+    torch.testing.assert_close(y_ours, y_theirs)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
+def test_channels_last_is_preserved():
+    x = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    y = bncheck.BatchNorm(3)(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, nn.BatchNorm2d(3)(x))
+
+
+def test_running_stats_never_reach_autograd():
+    bn = bncheck.BatchNorm(3)
+    x = torch.randn(4, 3, requires_grad=True)
+    bn(x).sum().backward()
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        buf = getattr(bn, name)
+        assert not buf.requires_grad and buf.grad_fn is None, name
+    assert {n for n, _ in bn.named_buffers()} == {"running_mean", "running_var",
+                                                  "num_batches_tracked"}
+
+
+# --- the seed notebook's defects are absent ------------------------------------------------------
+
+def test_train_mode_under_no_grad_equals_grad_enabled():
+    """Seed defect: mode chosen by torch.is_grad_enabled()."""
+    a, b = bncheck.BatchNorm(3), bncheck.BatchNorm(3)
+    x = torch.randn(6, 3, 4, 4) * 2 + 1
+    y_grad = a(x.requires_grad_())
+    with torch.no_grad():
+        y_nograd = b(x)
+    torch.testing.assert_close(y_grad, y_nograd)
+    torch.testing.assert_close(a.running_mean, b.running_mean)
+    torch.testing.assert_close(a.running_var, b.running_var)
+    assert a.running_mean.abs().sum() > 0  # the update happened in both
+
+
+def test_eval_mode_with_grad_enabled_uses_running_stats():
+    bn = bncheck.BatchNorm(3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, -2.0, 3.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25, 9.0]))
+    bn.eval()
+    x = torch.randn(5, 3, requires_grad=True)
+    expected = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(bn(x), expected)
+    assert int(bn.num_batches_tracked) == 0
+
+
+def test_training_normalizes_with_batch_statistics():
+    """Seed defect: X_hat = (X - mean) / sqrt(moving_var + eps)."""
+    bn = bncheck.BatchNorm(3)
+    x = torch.randn(64, 3) * torch.tensor([10.0, 0.1, 3.0]) + 5
+    y = bn(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(0, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+
+
+def test_running_var_moves_toward_batch_variance():
+    """Seed defect: moving_var = momentum * moving_var + (1 - momentum) * moving_var."""
+    bn = bncheck.BatchNorm(2, momentum=0.5)
+    x = torch.tensor([[0.0, 10.0], [4.0, 30.0]])
+    bn(x)
+    unbiased = x.var(0, unbiased=True)
+    torch.testing.assert_close(bn.running_var, 0.5 * torch.ones(2) + 0.5 * unbiased)
+    torch.testing.assert_close(bn.running_mean, 0.5 * x.mean(0))
+
+
+def test_state_dict_round_trip_with_torch():
+    ours = bncheck.BatchNorm(4)
+    ours(torch.randn(8, 4, 3, 3) * 2 + 1)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2)
+        ours.bias.normal_()
+    theirs = nn.BatchNorm2d(4)
+    theirs.load_state_dict(ours.state_dict())
+    back = bncheck.BatchNorm(4)
+    back.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 4, 3, 3)
+    y = ours.eval()(x)
+    torch.testing.assert_close(theirs.eval()(x), y)
+    torch.testing.assert_close(back.eval()(x), y)
+    assert int(back.num_batches_tracked) == 1
+
+
+def test_old_checkpoint_without_num_batches_tracked_loads():
+    sd = nn.BatchNorm2d(2).state_dict()
+    del sd["num_batches_tracked"]
+    sd._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
+    bn = bncheck.BatchNorm(2)
+    bn.load_state_dict(sd)
+    assert int(bn.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("cls,ok,bad", [
+    (bncheck.BatchNorm1d, [(2, 3), (2, 3, 4)], (2, 3, 4, 4)),
+    (bncheck.BatchNorm2d, [(2, 3, 4, 4)], (2, 3)),
+    (bncheck.BatchNorm3d, [(2, 3, 2, 2, 2)], (2, 3, 4, 4)),
+])
+def test_dimension_specific_classes(cls, ok, bad):
+    bn = cls(3)
+    for shape in ok:
+        bn(torch.randn(shape))
+    with pytest.raises(InvalidArgument, match="dims"):
+        bn(torch.randn(bad))
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: bncheck.BatchNorm(3)(torch.randn(3)), InvalidArgument,
+     r"Expected input with 2 to 5 dims \(N, C, \*\), received input of shape \(3,\) \(1 dims\)"),
+    (lambda: bncheck.BatchNorm(3)(torch.randn(2, 3, 1, 1, 1, 1)), InvalidArgument,
+     r"received input of shape \(2, 3, 1, 1, 1, 1\) \(6 dims\)"),
+    (lambda: bncheck.BatchNorm(3)(torch.randn(2, 4)), InvalidArgument,
+     r"Expected input with 3 channels \(num_features\) in dim 1, received input of shape \(2, 4\)"),
+    (lambda: bncheck.BatchNorm(3)(torch.ones(2, 3, dtype=torch.long)), InvalidArgumentType,
+     r"floating dtype.*received input of dtype torch.int64"),
+    (lambda: bncheck.BatchNorm(3)([[1.0, 2.0, 3.0]]), InvalidArgumentType,
+     r"Expected input to be a torch.Tensor"),
+    (lambda: bncheck.BatchNorm(3)(torch.randn(1, 3)), InvalidArgument,
+     r"Expected more than 1 value per channel when training, got input size "
+     r"torch.Size\(\[1, 3\]\)"),
+    (lambda: bncheck.BatchNorm(3)(torch.randn(1, 3, 1, 1)), InvalidArgument,
+     r"Expected more than 1 value per channel"),
+    (lambda: bncheck.BatchNorm(0), InvalidArgument, r"num_features=0"),
+    (lambda: bncheck.BatchNorm(2.5), InvalidArgumentType, r"num_features"),
+    (lambda: bncheck.BatchNorm(3, eps=0.0), InvalidArgument, r"eps > 0.0, received eps=0.0"),
+    (lambda: bncheck.BatchNorm(3, momentum=1.5), InvalidArgument, r"momentum <= 1.0"),
+    (lambda: bncheck.batch_norm(torch.randn(2, 3), None, None), InvalidArgument,
+     r"Expected running_mean and running_var when training=False"),
+    (lambda: bncheck.batch_norm(torch.randn(2, 3), torch.zeros(4), torch.ones(4)),
+     InvalidArgument, r"running_mean to hold one value per channel \(3.*received running_mean "
+     r"of shape \(4,\)"),
+    (lambda: bncheck.batch_norm(torch.randn(2, 3), None, None, training=True, momentum=None),
+     InvalidArgumentType, r"momentum=None"),
+], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+def test_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_errors_are_catchable_the_usual_way():
+    with pytest.raises(ValueError):
+        bncheck.BatchNorm(3)(torch.randn(1, 3))
+    with pytest.raises(TypeError):
+        bncheck.BatchNorm(3)(torch.ones(2, 3, dtype=torch.int32))
+    with pytest.raises(bncheck.BNCheckError):
+        bncheck.BatchNorm(3)(torch.randn(2, 2))
+
+
+def test_eval_batch_of_one_is_fine():
+    bn = bncheck.BatchNorm(3).eval()
+    assert bn(torch.randn(1, 3)).shape == (1, 3)
