@@ -183,11 +183,15 @@ def test_eval_mode_with_grad_enabled_uses_running_stats():
 
 def test_training_normalizes_with_batch_statistics():
     """Seed defect: X_hat = (X - mean) / sqrt(moving_var + eps)."""
-    bn = bncheck.BatchNorm(3)
-    x = torch.randn(64, 3) * torch.tensor([10.0, 0.1, 3.0]) + 5
+    bn = bncheck.BatchNorm(3).double()
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x * torch.tensor([10.0, 0.1, 3.0], dtype=torch.float64) + 5
     y = bn(x)
-    torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(y.var(0, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+    batch_var = x.var(0, unbiased=False)
+    # Normalized with batch statistics: zero mean, variance var / (var + eps) exactly (float64).
+    torch.testing.assert_close(y.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(y.var(0, unbiased=False), batch_var / (batch_var + bn.eps),
+                               atol=1e-12, rtol=0)
 
 
 def test_running_var_moves_toward_batch_variance():
