@@ -194,8 +194,8 @@ def _find(root: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     present = sorted(p.name for p in root.iterdir())
-    shown = ", ".join(present[:20])
-    if len(present) > 20:
+    shown = ", ".join(present[:10])
+    if len(present) > 10:
         shown += f", ... ({len(present)} in all)"
     hint = ""
     for sub in ("FashionMNIST/raw", "fashion-mnist", "raw"):
