@@ -86,7 +86,8 @@ def _where(flat_index: int, shape: tuple[int, ...]) -> str:
     return f"index {tuple(int(i) for i in idx)}"
 
 
-def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: float | None = None,
+def compare(actual: Any, expected: Any, *, rtol: float | None = None,
+            atol: float | Tensor | None = None,
             tolerance: Tolerance | None = None, name: str = "output",
             equal_nan: bool = True, check_dtype: bool = True) -> Mismatch | None:
     """Compare ``actual`` with ``expected``; ``None`` when close, else a :class:`Mismatch`.
@@ -94,6 +95,8 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: floa
     ``|actual - expected| <= atol + rtol * |expected|`` elementwise, as assert_close. Give
     ``rtol`` and ``atol`` both or neither (neither: ``tolerance`` or the expected dtype's default).
     ``1-D`` values are reported "at channel k" (BatchNorm statistics are per channel).
+    ``atol`` may be a tensor broadcastable to ``expected`` (e.g. one bound per channel); the
+    report then gives the bound at the greatest difference.
     """
     if (rtol is None) != (atol is None):
         raise InvalidArgument(f"Give rtol and atol both or neither, received rtol={rtol!r}, "
@@ -116,7 +119,8 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: floa
     same_inf = torch.isinf(a64) & torch.isinf(e64) & (a64 == e64)
     diff = (a64 - e64).abs()
     finite = torch.isfinite(a64) & torch.isfinite(e64)
-    ok = (finite & (diff <= atol + rtol * e64.abs())) | both_nan | same_inf
+    atol_t = torch.broadcast_to(torch.as_tensor(atol, dtype=torch.float64), e64.shape)
+    ok = (finite & (diff <= atol_t + rtol * e64.abs())) | both_nan | same_inf
     if bool(ok.all()):
         return None
     bad = int((~ok).sum())
@@ -133,7 +137,7 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None, atol: floa
     lines = (
         f"Mismatched elements: {bad} / {total} ({100.0 * bad / total:.1f}%)",
         f"Greatest absolute difference: {max_abs:.6g} at {_where(i_abs, shape)} "
-        f"(up to {atol:g} allowed)",
+        f"(up to {float(atol_t.flatten()[i_abs]):.3g} allowed)",
         f"Greatest relative difference: {max_rel:.6g} at {_where(i_rel, shape)} "
         f"(up to {rtol:g} allowed)",
     )
