@@ -24,7 +24,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff and mypy."""
     _install(session)
-    session.run("ruff", "check", "src", "tests", "fuzz", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "fuzz", "benchmarks", "noxfile.py")
     session.run("mypy")
 
 
