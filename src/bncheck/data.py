@@ -63,6 +63,7 @@ _IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
+_TYPE_CODES = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
 _IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 _CHUNK = 1 << 24
@@ -129,7 +130,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         if zero != b"\0\0" or code not in _IDX_DTYPES or ndim == 0:
             raise DataError(
                 f"{path}: not an IDX file: expected a magic number 0x0000TTDD (TT a type code in "
-                f"{sorted(hex(c) for c in _IDX_DTYPES)}, DD >= 1 dims), received 0x{magic.hex()}"
+                f"{_TYPE_CODES}, DD >= 1 dims), received 0x{magic.hex()}"
             )
         dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, "dimension sizes"))
         dtype = _IDX_DTYPES[code]
