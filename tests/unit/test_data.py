@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -150,7 +151,7 @@ def test_malformed_data_is_rejected(tmp_path: Path, case: str, name: str,
         (tmp_path / name).unlink()
     else:
         (tmp_path / name).write_bytes(content)
-    split = "test" if name.startswith("t10k") else "train"
+    split: Literal["train", "test"] = "test" if name.startswith("t10k") else "train"
     with pytest.raises(DataError) as info:
         load_fashion_mnist(tmp_path, split=split)
     message = str(info.value)
@@ -179,11 +180,14 @@ def test_missing_file_points_at_torchvision_layout(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("call", "error", "fragment"), [
-    (lambda p: load_fashion_mnist(p, split="val"), InvalidArgument, "split='val'"),
-    (lambda p: load_fashion_mnist(3), InvalidArgumentType, "root=3"),
+    (lambda p: load_fashion_mnist(p, split="val"),  # type: ignore[arg-type]
+     InvalidArgument, "split='val'"),
+    (lambda p: load_fashion_mnist(3),  # type: ignore[arg-type]
+     InvalidArgumentType, "root=3"),
     (lambda p: write_idx(p / "x", np.zeros(3, dtype=np.int64)), InvalidArgument, "int64"),
     (lambda p: write_idx(p / "x", np.zeros((), dtype=np.uint8)), InvalidArgument, "1 to 255 dims"),
-    (lambda p: write_idx(p / "x", [1, 2]), InvalidArgumentType, "array"),
+    (lambda p: write_idx(p / "x", [1, 2]),  # type: ignore[arg-type]
+     InvalidArgumentType, "array"),
     (lambda p: read_idx(p / "absent"), DataError, "no such file"),
     (lambda p: synthetic_dataset(0), InvalidArgument, "num_samples=0"),
 ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from bncheck.training import (
 
 TRAIN = synthetic_dataset(512, seed=0)
 TEST = synthetic_dataset(128, seed=1)
-FAST = {"epochs": 2, "batch_size": 32}  # 16 SGD steps per epoch
+FAST: dict[str, Any] = {"epochs": 2, "batch_size": 32}  # 16 SGD steps per epoch
 
 
 @pytest.fixture(scope="module", params=["scratch", "torch"])
