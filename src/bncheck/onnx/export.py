@@ -1,0 +1,157 @@
+"""Export a model to ONNX with either of torch's exporters, and write files atomically.
+
+>>> import torch
+>>> from bncheck.onnx import build_model, export_onnx
+>>> data = export_onnx(build_model("torch"), exporter="torchscript", keep_bn=True)
+>>> data[:2] == b"\\x08\\x07" or len(data) > 1000
+True
+
+The model is exported as a user would export it: ``model.eval()`` and ``torch.onnx.export``,
+grad mode left as it is. (Wrapping the export in ``torch.no_grad()`` would hide a BatchNorm that
+picks its mode with ``torch.is_grad_enabled()``: bncheck must see what users ship.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from torch import nn
+
+from bncheck._validation import check_type
+from bncheck.errors import InvalidArgument, UsageError
+from bncheck.onnx.build import make_inputs
+
+__all__ = ["EXPORTERS", "OPSET_RANGES", "INPUT_NAME", "OUTPUT_NAME", "ExportFailed",
+           "export_onnx", "check_opset", "write_atomic"]
+
+EXPORTERS = ("dynamo", "torchscript")
+
+#: Opsets each exporter emits as asked (torch 2.13: the dynamo exporter implements opset >= 18
+#: and silently falls back to 18 below that; the TorchScript exporter stops at 20).
+OPSET_RANGES: dict[str, tuple[int, int]] = {"dynamo": (18, 23), "torchscript": (7, 20)}
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class ExportFailed(UsageError):
+    """torch.onnx.export raised: the model cannot be exported as asked."""
+
+
+def check_opset(opset: int | None, exporter: str) -> None:
+    """Reject an exporter or opset that torch's exporters do not honour.
+
+    Raises:
+        InvalidArgument: unknown ``exporter``; ``opset`` outside :data:`OPSET_RANGES`.
+    """
+    if exporter not in EXPORTERS:
+        raise InvalidArgument(f"Expected exporter to be one of {list(EXPORTERS)}, "
+                              f"received exporter={exporter!r}")
+    if opset is None:
+        return
+    check_type(int, opset, "opset")
+    lo, hi = OPSET_RANGES[exporter]
+    if not lo <= opset <= hi:
+        hint = (" (use --exporter torchscript for opsets below 18)"
+                if exporter == "dynamo" and opset < lo else "")
+        raise InvalidArgument(f"Expected opset in [{lo}, {hi}] for the {exporter} exporter, "
+                              f"received opset={opset}{hint}")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints, warnings and logger chatter."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(model: nn.Module, *, exporter: str = "dynamo", opset: int | None = None,
+                keep_bn: bool = False) -> bytes:
+    """Export ``model`` (input ``(N, 1, 28, 28)``, dynamic ``N``) and return the ONNX bytes.
+
+    Args:
+        model: exported as is (a deep copy: a BatchNorm that mutates itself in forward
+            leaves the caller's model alone); put it in eval mode first.
+        exporter: ``"dynamo"`` (torch's default) or ``"torchscript"``.
+        opset: the opset to ask for; ``None`` is the exporter's default.
+        keep_bn: keep BatchNormalization nodes (dynamo: ``optimize=False``; TorchScript:
+            ``do_constant_folding=False``) instead of the optimized graph, in which BN
+            is folded into the preceding Conv/Gemm where the exporter can.
+
+    Raises:
+        InvalidArgument: bad ``exporter`` or ``opset``.
+        ExportFailed: the exporter raised; the message has its first line.
+    """
+    import torch
+
+    check_opset(opset, exporter)
+    model = copy.deepcopy(model)
+    example = make_inputs(2, seed=0)
+    try:
+        with _quiet():
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    model, (example,), dynamo=True, verbose=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=not keep_bn,
+                    external_data=False)
+                assert program is not None
+                return program.model_proto.SerializeToString()  # type: ignore[no-any-return]
+            buffer = io.BytesIO()
+            torch.onnx.export(
+                model, (example,), buffer, dynamo=False, verbose=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                do_constant_folding=not keep_bn)
+            return buffer.getvalue()
+    except Exception as e:  # noqa: BLE001 - the exporters raise anything; report one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportFailed(f"torch.onnx.export (exporter={exporter}, opset={opset}) raised "
+                           f"{type(e).__name__}: {first}") from e
+
+
+def write_atomic(files: Mapping[Path, bytes]) -> None:
+    """Write every file to a temporary sibling first, then move each into place.
+
+    Nothing is replaced until every temporary file is complete, so a failure while writing
+    leaves existing files byte-for-byte as they were; ``os.replace`` never leaves a file
+    partly overwritten.
+
+    Raises:
+        InvalidArgument: a destination folder does not exist.
+    """
+    for path in files:
+        if not path.parent.is_dir():
+            raise InvalidArgument(f"Expected an existing folder for {str(path)!r}, "
+                                  f"received folder {str(path.parent)!r} (no such folder)")
+    temps: dict[Path, str] = {}
+    try:
+        for path, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
