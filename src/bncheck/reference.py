@@ -138,8 +138,10 @@ def batch_norm(
                     mean.detach().to(running_mean.dtype), alpha=momentum)
             if running_var is not None:
                 unbiased = var.detach() * (count / (count - 1))
-                running_var.mul_(1.0 - momentum).add_(
-                    unbiased.to(running_var.dtype), alpha=momentum)
+                # Blend in the compute dtype, then store: a float16 batch variance may overflow
+                # even when the blended running variance does not.
+                running_var.copy_(running_var.to(cdtype) * (1.0 - momentum)
+                                  + unbiased * momentum)
     else:
         assert running_mean is not None and running_var is not None
         mean = running_mean.to(cdtype)
