@@ -1,0 +1,132 @@
+"""Running-statistics conventions: the one place bncheck states how running statistics move.
+
+>>> import torch
+>>> from bncheck.conventions import TORCH, ONNX
+>>> TORCH.update(torch.tensor([0.0]), torch.tensor([1.0]), momentum=0.1, steps=1)
+tensor([0.1000])
+>>> ONNX.update(torch.tensor([0.0]), torch.tensor([1.0]), momentum=0.9, steps=1)
+tensor([0.1000])
+
+Two axes vary between real implementations:
+
+* which value the momentum weights: the *batch* statistic (PyTorch:
+  ``new = (1 - m) * old + m * batch``, default ``m = 0.1``) or the *old* running value
+  (ONNX BatchNormalization, Keras, Flax and the seed notebook: ``new = m * old + (1 - m) * batch``,
+  default ``m = 0.9``);
+* whether the running variance stores the *unbiased* batch variance (PyTorch, ``n / (n - 1)``
+  times the biased one) or the *biased* one (ONNX, Keras, Flax, d2l-en).
+
+``momentum=None`` means a cumulative average over all batches seen (PyTorch's rule, whatever the
+momentum axis): the batch weight of step ``k`` is ``1 / k``.
+
+d2l-en's current ``batch_norm`` mixes them: ``Convention(momentum_weights="batch",
+running_var="biased")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from torch import Tensor
+
+from bncheck.errors import InvalidArgument
+
+__all__ = ["Convention", "TORCH", "ONNX", "PRESETS", "convention"]
+
+MomentumWeights = Literal["batch", "old"]
+RunningVar = Literal["unbiased", "biased"]
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How a BatchNorm's running statistics follow its batch statistics.
+
+    Args:
+        momentum_weights: ``"batch"`` (``new = (1 - m) * old + m * batch``) or ``"old"``
+            (``new = m * old + (1 - m) * batch``).
+        running_var: ``"unbiased"`` or ``"biased"``: which batch variance the running variance
+            averages (normalization in training always uses the biased one).
+        momentum: the default momentum in this convention's own meaning.
+        name: a label for reports.
+    """
+
+    momentum_weights: MomentumWeights = "batch"
+    running_var: RunningVar = "unbiased"
+    momentum: float = 0.1
+    name: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.momentum_weights not in ("batch", "old"):
+            raise InvalidArgument(f"Expected momentum_weights to be 'batch' or 'old', received "
+                                  f"momentum_weights={self.momentum_weights!r}")
+        if self.running_var not in ("unbiased", "biased"):
+            raise InvalidArgument(f"Expected running_var to be 'unbiased' or 'biased', received "
+                                  f"running_var={self.running_var!r}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise InvalidArgument(f"Expected 0 <= momentum <= 1, received "
+                                  f"momentum={self.momentum!r}")
+
+    def batch_weight(self, momentum: float | None, steps: int) -> float:
+        """The weight of the batch statistic at training step ``steps`` (1 for the first)."""
+        if momentum is None:
+            return 1.0 / steps
+        return momentum if self.momentum_weights == "batch" else 1.0 - momentum
+
+    def torch_momentum(self, momentum: float | None) -> float | None:
+        """``momentum`` translated to PyTorch's meaning (the batch weight); None stays None."""
+        if momentum is None:
+            return None
+        return momentum if self.momentum_weights == "batch" else 1.0 - momentum
+
+    def running_variance(self, biased_var: Tensor, count: int) -> Tensor:
+        """The batch variance the running variance averages, from the biased one of ``count``
+        values per channel."""
+        if self.running_var == "biased":
+            return biased_var
+        return biased_var * (count / (count - 1))
+
+    def update(self, old: Tensor, batch: Tensor, *, momentum: float | None, steps: int) -> Tensor:
+        """The running statistic after one training step: ``old`` moved toward ``batch``."""
+        w = self.batch_weight(momentum, steps)
+        return (1.0 - w) * old + w * batch
+
+    def describe(self) -> str:
+        rule = ("new = (1 - m) * old + m * batch" if self.momentum_weights == "batch"
+                else "new = m * old + (1 - m) * batch")
+        return f"{self.name}: {rule}, {self.running_var} running variance, m = {self.momentum:g}"
+
+    def with_(self, *, momentum_weights: str | None = None, running_var: str | None = None,
+              momentum: float | None = None) -> Convention:
+        """A copy with the given axes overridden (the name records the change)."""
+        changes: dict[str, object] = {}
+        if momentum_weights is not None and momentum_weights != self.momentum_weights:
+            changes["momentum_weights"] = momentum_weights
+        if running_var is not None and running_var != self.running_var:
+            changes["running_var"] = running_var
+        if momentum is not None:
+            changes["momentum"] = momentum
+        if not changes:
+            return self
+        axes = {k: v for k, v in changes.items() if k != "momentum"}
+        name = self.name + "".join(f"+{k}={v}" for k, v in axes.items())
+        return replace(self, name=name, **changes)  # type: ignore[arg-type]
+
+
+TORCH = Convention("batch", "unbiased", 0.1, "torch")
+ONNX = Convention("old", "biased", 0.9, "onnx")
+PRESETS: dict[str, Convention] = {"torch": TORCH, "onnx": ONNX}
+
+
+def convention(name: str, *, momentum_weights: str | None = None,
+               running_var: str | None = None, momentum: float | None = None) -> Convention:
+    """The preset ``name`` (``"torch"`` or ``"onnx"``), with optional per-axis overrides.
+
+    >>> convention("torch", running_var="biased").describe()  # d2l-en's current rule
+    'torch+running_var=biased: new = (1 - m) * old + m * batch, biased running variance, m = 0.1'
+    """
+    if name not in PRESETS:
+        raise InvalidArgument(f"Expected convention to be one of {sorted(PRESETS)}, "
+                              f"received convention={name!r}")
+    return PRESETS[name].with_(momentum_weights=momentum_weights, running_var=running_var,
+                               momentum=momentum)

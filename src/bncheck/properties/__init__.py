@@ -1,0 +1,35 @@
+"""The BatchNorm property catalogue: named checks, each with the defect it catches and its
+tolerance rule.
+
+>>> from bncheck.properties import CATALOGUE
+>>> [p.name for p in CATALOGUE][:3]
+['train_forward', 'eval_forward', 'train_eval_switch']
+
+Each property draws its cases with :mod:`bncheck.strategies` and judges the target against the
+float64 oracle (:mod:`bncheck.oracle`), the declared convention (:mod:`bncheck.conventions`), or
+itself (invariances, grad modes). :func:`bncheck.verify.verify` runs them with Hypothesis.
+"""
+
+from __future__ import annotations
+
+from bncheck.properties import differential, forward, gradients, modes, stats  # noqa: F401
+from bncheck.properties._base import REGISTRY, Context, Property
+
+__all__ = ["CATALOGUE", "Context", "Property", "get", "names"]
+
+#: Every property, in catalogue order.
+CATALOGUE: tuple[Property, ...] = tuple(sorted(REGISTRY.values(), key=lambda p: p.number))
+
+
+def names() -> list[str]:
+    """The property names in catalogue order."""
+    return [p.name for p in CATALOGUE]
+
+
+def get(name: str) -> Property:
+    """The property ``name``; :class:`~bncheck.errors.InvalidArgument` lists the names."""
+    from bncheck.errors import InvalidArgument
+
+    if name not in REGISTRY:
+        raise InvalidArgument(f"Unknown property={name!r}; available: {', '.join(names())}")
+    return REGISTRY[name]
