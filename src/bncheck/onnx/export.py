@@ -115,7 +115,8 @@ def export_onnx(model: nn.Module, *, exporter: str = "dynamo", opset: int | None
                 return program.model_proto.SerializeToString()  # type: ignore[no-any-return]
             buffer = io.BytesIO()
             torch.onnx.export(
-                model, (example,), buffer, dynamo=False, verbose=False, opset_version=opset,
+                model, (example,), buffer,  # type: ignore[arg-type]  # file objects work
+                dynamo=False, verbose=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 do_constant_folding=not keep_bn)
@@ -140,11 +141,14 @@ def write_atomic(files: Mapping[Path, bytes]) -> None:
         if not path.parent.is_dir():
             raise InvalidArgument(f"Expected an existing folder for {str(path)!r}, "
                                   f"received folder {str(path.parent)!r} (no such folder)")
+    umask = os.umask(0)
+    os.umask(umask)
     temps: dict[Path, str] = {}
     try:
         for path, data in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             temps[path] = tmp
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give what open() would
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()

@@ -1,0 +1,48 @@
+"""Rendering shared by ``bncheck export``, ``check`` and ``gate``: the verification table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from bncheck.compare import Tolerance
+from bncheck.onnx.placement import placement_line
+from bncheck.onnx.verify import Report
+
+_STYLE = {"ok": "green", "FAIL": "bold red", "skipped": "yellow", "n/a": "yellow"}
+
+
+def num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2e}"
+
+
+def tol_text(t: Tolerance | None) -> str:
+    return "-" if t is None else f"{t.rtol:.2g} / {t.atol:.2g}"
+
+
+def verdict(v: str) -> str:
+    return f"[{_STYLE.get(v, '')}]{v}[/]"
+
+
+def render_report(con: Console, report: Report, *, title: str) -> None:
+    """The table (check, runtime, level, batch, errors, tolerance, verdict) and a summary."""
+    table = Table(title=title, title_justify="left")
+    for col, just in (("check", "left"), ("runtime", "left"), ("optimization", "left"),
+                      ("batch", "right"), ("max abs", "right"), ("max rel", "right"),
+                      ("rtol / atol", "left"), ("verdict", "left")):
+        table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    skipped = [r for r in report.rows if r.verdict in ("skipped", "n/a")]
+    for r in [r for r in report.rows if r not in skipped] + skipped:
+        table.add_row(r.check, r.runtime, r.level or "-", "-" if r.batch is None else str(r.batch),
+                      num(r.max_abs), num(r.max_rel), tol_text(r.tolerance), verdict(r.verdict))
+    con.print(table)
+    for r in skipped:
+        con.print(f"{r.verdict}: {r.runtime} {r.level}".rstrip() + f": {r.note}")
+    notes = sorted({f"{r.check} {r.runtime} {r.level}".rstrip() + f": {r.note}"
+                    for r in report.rows if r.verdict == "FAIL" and r.note})
+    for note in notes:
+        con.print(f"[red]FAIL[/] {note}")
+    con.print(f"opset {report.opset}; " + "; ".join(report.structure))
+    con.print(placement_line(report.placement))
+    if report.localization is not None:
+        con.print(f"[bold red]first diverging layer:[/] {report.localization}")

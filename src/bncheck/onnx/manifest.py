@@ -1,0 +1,152 @@
+"""The manifest written beside an exported ONNX file, and the golden arrays it names.
+
+>>> from bncheck.onnx.manifest import MANIFEST_FORMAT, sha256
+>>> MANIFEST_FORMAT
+'bncheck-onnx-manifest/1'
+>>> sha256(b"")[:12]
+'e3b0c44298fc'
+
+A manifest (``OUT.json``) records how the file was made (exporter, opset, BN choice, seed,
+checkpoint), the tool and library versions, the file's sha256, its input and output names and
+shapes, where each BatchNorm went, the tolerance table and every runtime's errors. Its
+``golden`` entry names an ``.npz`` beside it: a deterministic input batch and the eager model's
+outputs for it (keyed by the graph's input and output names), plus the BatchNorm buffers under
+``state/<key>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bncheck._version import __version__
+from bncheck.errors import InvalidArgument
+from bncheck.onnx.build import make_inputs
+from bncheck.onnx.localize import eager_outputs
+from bncheck.onnx.runtimes import TOLERANCES
+from bncheck.onnx.verify import ModelFileError, Report
+
+__all__ = ["MANIFEST_FORMAT", "GOLDEN_BATCH", "sha256", "versions", "make_manifest",
+           "manifest_bytes", "read_manifest", "golden_arrays", "npz_bytes", "read_golden"]
+
+MANIFEST_FORMAT = "bncheck-onnx-manifest/1"
+
+#: Rows in a golden input batch (16 x 784 float32: 50 KB).
+GOLDEN_BATCH = 16
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """bncheck's, Python's and the ONNX toolchain's versions."""
+    import onnx
+    import onnxruntime
+    import onnxscript
+
+    return {"bncheck": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__,
+            "numpy": np.__version__}
+
+
+def make_manifest(*, data: bytes, report: Report, onnx_file: str, golden_file: str | None,
+                  source: dict[str, Any]) -> dict[str, Any]:
+    """The manifest for ``data`` (``source``: bn, seed, checkpoint, exporter, opset asked,
+    keep_bn)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "model": "lenet_bn",
+        "source": source,
+        "opset": report.opset,
+        "versions": versions(),
+        "onnx_file": onnx_file,
+        "sha256": sha256(data),
+        "inputs": report.inputs,
+        "outputs": report.outputs,
+        "bn_placement": [p.to_json() for p in report.placement],
+        "golden": None if golden_file is None else {
+            "file": golden_file, "batch": GOLDEN_BATCH,
+            "inputs": [i["name"] for i in report.inputs],
+            "outputs": [o["name"] for o in report.outputs]},
+        "tolerances": {k: {"rtol": t.rtol, "atol": t.atol, "reason": t.reason}
+                       for k, t in TOLERANCES.items()},
+        "structure": report.structure,
+        "results": [r.to_json() for r in report.rows],
+        "verified": report.ok,
+    }
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a manifest.
+
+    Raises:
+        ModelFileError: missing, not JSON, or not a bncheck manifest.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"no manifest {str(p)!r}: give --bn to verify against a PyTorch "
+                             f"source, or --manifest PATH")
+    try:
+        manifest = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"manifest {str(p)!r} is not JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelFileError(f"{str(p)!r} is not a bncheck manifest (expected format "
+                             f"{MANIFEST_FORMAT!r})")
+    return manifest
+
+
+def golden_arrays(model: nn.Module, *, seed: int, input_name: str, output_name: str
+                  ) -> dict[str, np.ndarray]:
+    """The golden batch, the eager eval outputs for it (no_grad), and the BN buffers."""
+    x = make_inputs(GOLDEN_BATCH, seed=seed * 1000 + 999)
+    _, y = eager_outputs(model, x, "torch.no_grad()")
+    arrays = {input_name: x.numpy(), output_name: y.numpy()}
+    for key, value in model.state_dict().items():
+        if ("running_" in key or "moving_" in key) and value.is_floating_point():
+            arrays[f"state/{key}"] = value.detach().cpu().numpy()
+    return arrays
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def read_golden(manifest_path: str | Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays of the golden ``.npz`` a manifest names (path relative to the manifest).
+
+    Raises:
+        ModelFileError: no golden named, the file is missing or not an npz.
+    """
+    golden = manifest.get("golden")
+    if not isinstance(golden, dict) or not isinstance(golden.get("file"), str):
+        raise ModelFileError(f"manifest {str(manifest_path)!r} names no golden file")
+    p = Path(manifest_path).parent / golden["file"]
+    if not p.is_file():
+        raise ModelFileError(f"golden {str(p)!r} named in {str(manifest_path)!r} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"golden {str(p)!r} is not an npz archive: {e}") from None
+
+
+def check_seed(seed: Any) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InvalidArgument(f"Expected seed to be an int >= 0, received seed={seed!r}")
