@@ -245,7 +245,7 @@ def _kind_ranges(kind: str, dtype: torch.dtype) -> tuple[tuple[float, float], tu
         "offset": ((10.0, ratio), (0.01, 1.0)),
         "near_constant": ((-1.0, 1.0), (1e-4, 1e-2)),
         "constant": ((-1.0, 1.0), (0.0, 0.0)),
-        "wide": ((-10.0, 10.0), (10.0, 1000.0)),
+        "wide": ((-10.0, 10.0), (300.0, 3000.0)),
     }[kind]
 
 

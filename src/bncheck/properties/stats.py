@@ -267,8 +267,11 @@ def stats_are_buffers(ctx: Context, case: BNCase) -> None:
                 f"{t.requires_grad}, grad_fn={type(t.grad_fn).__name__ if t.grad_fn else None}): "
                 f"every batch's graph stays alive; update it in place under torch.no_grad() or "
                 f"from detached values")
-    moved = copy.deepcopy(module).to(torch.float64)
+    try:
+        module.to(torch.float64)  # the last check: the module is not used afterwards
+    except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
+        raise PropertyFailure(f"module.to(torch.float64) raised {type(e).__name__}: {e}") from None
     for name in (bn.mean_name, bn.var_name):
-        t = getattr(moved, str(name))
+        t = getattr(module, str(name))
         if t.dtype != torch.float64:
             raise PropertyFailure(f"module.to(torch.float64) left {name} in {t.dtype}")
