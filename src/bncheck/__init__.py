@@ -16,4 +16,14 @@ __all__ = [
     "BatchNorm3d",
     "batch_norm",
     "lenet_bn",
+    "check_batchnorm",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # check_batchnorm pulls in Hypothesis: imported on first use so `import bncheck` stays light.
+    if name == "check_batchnorm":
+        from bncheck.verify import check_batchnorm
+
+        return check_batchnorm
+    raise AttributeError(f"module 'bncheck' has no attribute {name!r}")
