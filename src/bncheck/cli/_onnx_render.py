@@ -44,5 +44,7 @@ def render_report(con: Console, report: Report, *, title: str) -> None:
         con.print(f"[red]FAIL[/] {note}")
     con.print(f"opset {report.opset}; " + "; ".join(report.structure))
     con.print(placement_line(report.placement))
-    if report.localization is not None:
+    if isinstance(report.localization, str):
+        con.print(f"[bold red]localization:[/] {report.localization}")
+    elif report.localization is not None:
         con.print(f"[bold red]first diverging layer:[/] {report.localization}")

@@ -96,8 +96,10 @@ class Report:
     def failure_message(self) -> str:
         """The message a failed verification raises: localization first, then the reports."""
         lines = []
-        if self.localization is not None:
+        if isinstance(self.localization, Localization):
             lines.append(f"first diverging layer: {self.localization}")
+        elif self.localization is not None:
+            lines.append(f"localization: {self.localization}")
         # Graph-vs-reference reports first; the eager grad-mode ones after.
         ordered = sorted(self.failures, key=lambda f: f.startswith("eager eval output"))
         lines += ordered[:3]

@@ -1,0 +1,204 @@
+"""``bncheck export`` and ``bncheck check`` end to end: real subprocesses, real onnxruntime and
+onnx.reference, real files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+SEED_BN = str(Path(__file__).parents[1] / "data" / "seed_bn_fixed.py") + ":BatchNorm"
+
+
+def bncheck(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bncheck", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`bncheck export lenet.onnx` with every default: dynamo, optimized, bn=scratch."""
+    out = tmp_path_factory.mktemp("default") / "lenet.onnx"
+    result = bncheck("export", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out, result.stdout
+
+
+def test_default_export_verifies_and_writes_its_files(default_export: tuple[Path, str]) -> None:
+    out, stdout = default_export
+    for name in ("onnxruntime CPU", "DISABLE_ALL", "ENABLE_ALL", "onnx.reference",
+                 "batch independence", "grad modes", "BN placement"):
+        assert name in stdout
+    # CUDA is reported, never silent: skipped here, run where it exists.
+    assert "onnxruntime CUDA" in stdout and "torch CUDA" in stdout
+    if not torch.cuda.is_available():
+        assert "skipped: torch CUDA: torch.cuda.is_available() is False" in stdout
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["verified"] is True
+    assert manifest["source"]["exporter"] == "dynamo" and manifest["opset"] >= 18
+    assert manifest["inputs"] == [{"name": "input", "shape": ["batch", 1, 28, 28],
+                                   "dtype": "float32"}]
+    assert manifest["outputs"][0]["name"] == "logits"
+    assert [p["kind"] for p in manifest["bn_placement"]] == ["decomposed"] * 4
+    runtimes = {r["runtime"] for r in manifest["results"] if r["verdict"] == "ok"}
+    assert {"onnxruntime CPU", "onnx.reference"} <= runtimes
+    assert all(r["verdict"] in ("ok", "skipped") for r in manifest["results"])
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    with np.load(out.with_suffix(".npz")) as golden:
+        assert golden["input"].shape == (16, 1, 28, 28) and golden["logits"].shape == (16, 10)
+
+
+def test_check_against_the_manifest_goldens(default_export: tuple[Path, str]) -> None:
+    out, _ = default_export
+    result = bncheck("check", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sha256 matches" in result.stdout and "vs golden" in result.stdout
+
+
+def test_check_against_a_tampered_golden_fails(default_export: tuple[Path, str],
+                                               tmp_path: Path) -> None:
+    out, _ = default_export
+    model = tmp_path / "m.onnx"
+    model.write_bytes(out.read_bytes())
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    with np.load(out.with_suffix(".npz")) as g:
+        arrays = {k: g[k] for k in g.files}
+    arrays["logits"][3, 2] += 0.01
+    np.savez(tmp_path / manifest["golden"]["file"], **arrays)  # type: ignore[arg-type]
+    result = bncheck("check", model)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "logits (onnxruntime CPU DISABLE_ALL, batch 5, vs golden): Mismatched elements: 1 / 50" \
+        in result.stderr
+    assert "at index (3, 2)" in result.stderr
+    assert "localization: no PyTorch source" in result.stderr
+
+
+@pytest.mark.parametrize(("bn", "args", "kinds"), [
+    ("torch", ["--keep-bn"], ["node"] * 4),
+    ("torch", ["--exporter", "torchscript"], ["folded", "folded", "node", "node"]),
+    ("scratch", ["--exporter", "torchscript", "--keep-bn"], ["decomposed"] * 4),
+])
+def test_export_variants_verify(tmp_path: Path, bn: str, args: list[str],
+                                kinds: list[str]) -> None:
+    out = tmp_path / "v.onnx"
+    result = bncheck("export", out, "--bn", bn, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert [p["kind"] for p in manifest["bn_placement"]] == kinds
+    if "node" in kinds:
+        assert "BatchNormalization node (training_mode=0)" in result.stdout
+    # The same file checks against its PyTorch source too.
+    again = bncheck("check", out, "--bn", bn)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_seed_batchnorm_fails_names_layer_1_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "lenet.onnx"
+    before = b"an earlier export that must survive byte for byte"
+    out.write_bytes(before)
+    result = bncheck("export", out, "--bn", SEED_BN)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ("first diverging layer: layer 1: BatchNorm(6) — exported graph normalizes with "
+            "batch statistics (ReduceMean over the batch axis)") in result.stderr
+    assert "batch independence" in result.stdout and "FAIL" in result.stdout
+    assert "nothing written" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.onnx"]
+
+
+def test_keep_failed_writes_the_failed_export(tmp_path: Path) -> None:
+    out = tmp_path / "seed.onnx"
+    result = bncheck("export", out, "--bn", SEED_BN, "--exporter", "torchscript",
+                     "--keep-failed")
+    assert result.returncode == 1
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["verified"] is False
+    assert manifest["bn_placement"][0]["kind"] == "batch-statistics"
+    # check against the seed's eager model: the eval model itself depends on grad mode.
+    again = bncheck("check", out, "--bn", SEED_BN)
+    assert again.returncode == 1
+    assert "eval output depends on grad mode" in again.stdout
+
+
+def _wrong_signature(path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 32, 32])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _bad_checkpoint(path: Path) -> None:
+    torch.save({"0.weight": torch.zeros(6, 1, 5, 5), "extra": torch.zeros(1)}, path)
+
+
+def _write(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+
+
+BAD = [
+    ("not-onnx", lambda d: _write(d / "m.onnx", b"this is not a protobuf\n"),
+     ["check", "{d}/m.onnx"], "is not an ONNX model"),
+    ("truncated", lambda d: _write(d / "m.onnx", d.joinpath("full.onnx").read_bytes()[:4000]),
+     ["check", "{d}/m.onnx"], "m.onnx"),
+    ("wrong-signature", lambda d: _wrong_signature(d / "m.onnx"),
+     ["check", "{d}/m.onnx"], "wrong input signature"),
+    ("missing-file", None, ["check", "{d}/none.onnx"], "does not exist"),
+    ("no-manifest", lambda d: _write(d / "m.onnx", d.joinpath("full.onnx").read_bytes()),
+     ["check", "{d}/m.onnx"], "no manifest"),
+    ("checkpoint-without-bn", lambda d: _write(d / "m.onnx", d.joinpath("full.onnx").read_bytes()),
+     ["check", "{d}/m.onnx", "--checkpoint", "{d}/c.pt"], "--checkpoint needs --bn"),
+    ("opset-out-of-range", None, ["export", "{d}/o.onnx", "--opset", "99"],
+     "Expected opset in [18, 23]"),
+    ("opset-below-dynamo", None, ["export", "{d}/o.onnx", "--opset", "13"],
+     "use --exporter torchscript"),
+    ("missing-checkpoint", None, ["export", "{d}/o.onnx", "--checkpoint", "{d}/none.pt"],
+     "no such file"),
+    ("checkpoint-wrong-keys", lambda d: _bad_checkpoint(d / "c.pt"),
+     ["export", "{d}/o.onnx", "--checkpoint", "{d}/c.pt"], "does not fit this LeNet-BN"),
+    ("missing-target", None, ["export", "{d}/o.onnx", "--bn", "{d}/nope.py:BN"],
+     "does not exist"),
+    ("missing-out-folder", None, ["export", "{d}/no/such/o.onnx"], "no folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def full_onnx(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from bncheck.onnx import build_model, export_onnx
+
+    return export_onnx(build_model("torch"), exporter="torchscript")
+
+
+@pytest.mark.parametrize(("setup", "argv", "message"), [b[1:] for b in BAD],
+                         ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, full_onnx: bytes, setup, argv,
+                                          message: str) -> None:
+    (tmp_path / "full.onnx").write_bytes(full_onnx)
+    if setup is not None:
+        setup(tmp_path)
+    result = bncheck(*[a.format(d=tmp_path) for a in argv])
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = bncheck("check", tmp_path / "none.onnx", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rows_run_on_a_gpu(default_export: tuple[Path, str]) -> None:
+    _, stdout = default_export
+    assert "torch CUDA" in stdout and "skipped: torch CUDA" not in stdout
