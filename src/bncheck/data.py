@@ -25,8 +25,9 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -73,13 +74,34 @@ class DataError(InvalidArgument):
     """A data directory or IDX file is missing or malformed; the message names the file."""
 
 
-class Dataset(NamedTuple):
-    """Images ``(N, 1, 28, 28)`` float32 in [0, 1] and labels ``(N,)`` int64."""
+@dataclass(frozen=True)
+class Dataset:
+    """Images ``(N, C, H, W)`` of a floating dtype and labels ``(N,)`` int64, checked on creation.
+
+    The loader gives ``(N, 1, 28, 28)`` float32 in [0, 1]. ``len(dataset)`` is ``N``.
+
+    Raises:
+        InvalidArgumentType: ``images`` or ``labels`` is not a tensor.
+        InvalidArgument: wrong dtype or dims, or different counts.
+    """
 
     images: Tensor
     labels: Tensor
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __post_init__(self) -> None:
+        check_type(Tensor, self.images, "images")
+        check_type(Tensor, self.labels, "labels")
+        if not self.images.is_floating_point() or self.images.dim() != 4:
+            raise InvalidArgument(f"Expected images to be a floating (N, C, H, W) tensor, "
+                                  f"received images={describe(self.images)}")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise InvalidArgument(f"Expected labels to be an int64 (N,) tensor, "
+                                  f"received labels={describe(self.labels)}")
+        if len(self.images) != len(self.labels):
+            raise InvalidArgument(f"Expected as many images as labels, received "
+                                  f"{len(self.images)} images and {len(self.labels)} labels")
+
+    def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def head(self, n: int) -> Dataset:

@@ -236,6 +236,23 @@ def test_batches_invalid_arguments(kwargs: dict, fragment: str) -> None:
         next(batches(synthetic_dataset(4), **kwargs))
 
 
+@pytest.mark.parametrize(("images", "labels", "error", "fragment"), [
+    (torch.zeros(2, 1, 28, 28), torch.zeros(2), InvalidArgument, "labels to be an int64"),
+    (torch.zeros(2, 1, 28, 28), torch.zeros(2, 1, dtype=torch.int64), InvalidArgument,
+     "shape=(2, 1)"),
+    (torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64),
+     InvalidArgument, "images to be a floating"),
+    (torch.zeros(2, 28, 28), torch.zeros(2, dtype=torch.int64), InvalidArgument, "(N, C, H, W)"),
+    (torch.zeros(3, 1, 28, 28), torch.zeros(2, dtype=torch.int64), InvalidArgument,
+     "3 images and 2 labels"),
+    (np.zeros((2, 1, 28, 28)), torch.zeros(2, dtype=torch.int64), InvalidArgumentType, "images"),
+])
+def test_dataset_is_checked_on_creation(images, labels, error, fragment) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error) as info:
+        Dataset(images, labels)
+    assert fragment in str(info.value)
+
+
 def test_synthetic_dataset_is_deterministic_and_well_formed() -> None:
     a, b = synthetic_dataset(20, seed=5), synthetic_dataset(20, seed=5)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
