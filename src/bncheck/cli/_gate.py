@@ -66,8 +66,13 @@ def gate(exports: Path, update: bool, debug: bool) -> None:
         con.print("updated: " + ", ".join(str(p) for p in result.written))
         return
     if not result.ok:
-        raise VerificationFailed("gate: drift from the goldens in "
-                                 f"{exports}\n" + "\n".join(result.drift[:6])
-                                 + (f"\n... and {len(result.drift) - 6} more"
-                                    if len(result.drift) > 6 else ""))
+        from bncheck.onnx.runtimes import TOLERANCES
+
+        more = len(result.drift) - 6
+        raise VerificationFailed(
+            f"gate: drift from the goldens in {exports}\n" + "\n".join(result.drift[:6])
+            + (f"\n... and {more} more" if more > 0 else "")
+            + f"\nwhy these tolerances: eager vs golden: {TOLERANCES['golden'].reason}; "
+            f"runtimes: {TOLERANCES['onnxruntime'].reason}"
+            + "\nif the change is intended: bncheck gate --update, and commit exports/")
     con.print(f"[green]gate passed[/]: no drift from the goldens in {exports}")

@@ -1,0 +1,82 @@
+"""``bncheck gate``: the unchanged tree passes against exports/; a planted bug in the reference
+BatchNorm fails it with a diff naming the output, the error and the tolerance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bncheck.onnx import gate as gate_module
+
+ROOT = Path(__file__).parents[2]
+
+# Runs the real CLI in a fresh interpreter after replacing bncheck.reference.batch_norm with a
+# copy whose running variance tracks the *biased* batch variance (d2l-en's convention, a
+# realistic slip). bncheck.BatchNorm calls the module-level batch_norm, so every scratch
+# LeNet-BN the gate builds carries the bug; torch.nn's BatchNorm does not.
+PLANTED = textwrap.dedent("""
+    import sys, torch
+    import bncheck.reference as ref
+    original = ref.batch_norm
+
+    def planted(input, running_mean, running_var, weight=None, bias=None, training=False,
+                momentum=0.1, eps=1e-5):
+        if not (training and running_var is not None):
+            return original(input, running_mean, running_var, weight, bias, training,
+                            momentum, eps)
+        y = original(input, running_mean, None, weight, bias, training, momentum, eps)
+        with torch.no_grad():
+            biased = input.float().var(dim=ref.reduction_dims(input.dim()), unbiased=False)
+            running_var.mul_(1 - momentum).add_(biased, alpha=momentum)
+        return y
+
+    ref.batch_norm = planted
+    from bncheck.cli import main
+    main(sys.argv[1:], prog_name="bncheck")
+""")
+
+
+def run(*args: str, planted: bool = False) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-c", PLANTED] if planted else [sys.executable, "-m", "bncheck"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_unchanged_tree_passes_the_gate() -> None:
+    result = run("gate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gate passed" in result.stdout
+    for variant in ("lenet_scratch", "lenet_scratch.keep-bn", "lenet_torch",
+                    "lenet_torch.keep-bn"):
+        assert f"{variant} (exports)" in result.stdout
+
+
+def test_planted_reference_bug_fails_the_gate() -> None:
+    result = run("gate", planted=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    err = result.stderr
+    assert "gate: drift from the goldens" in err
+    # The diff names the output, the error and the tolerance.
+    assert "lenet_scratch: eager state/10.running_var vs golden" in err
+    assert "Greatest relative difference" in err and "allowed" in err
+    assert "lenet_torch" not in err  # torch.nn's BatchNorm is untouched by the plant
+
+
+def test_gate_without_exports_folder_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("gate", "--exports", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: Expected --exports to be a folder")
+
+
+def test_update_writes_goldens_that_then_pass(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gate_module, "VARIANTS", (gate_module.Variant("torch", keep_bn=False),))
+    written = gate_module.run_gate(tmp_path, update=True).written
+    assert sorted(p.name for p in written) == ["lenet_torch.json", "lenet_torch.npz"]
+    manifest = json.loads((tmp_path / "lenet_torch.json").read_text())
+    assert manifest["golden"]["file"] == "lenet_torch.npz" and manifest["verified"]
+    assert gate_module.run_gate(tmp_path).ok

@@ -1,0 +1,112 @@
+"""Known divergences between ONNX runtimes around BatchNormalization, recorded as tests that
+document the behaviour of the pinned versions (onnx 1.23, onnxruntime 1.32). If one of these
+starts failing, a runtime changed: update docs/onnx.md and bncheck's runtime rules with it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from bncheck.onnx import build_model, export_onnx
+from bncheck.onnx.runtimes import runtimes
+
+RNG = np.random.default_rng(0)
+C = 3
+X = RNG.standard_normal((4, C, 5, 5)).astype(np.float32) * 2 + 1
+PARAMS = {"scale": RNG.uniform(0.5, 2, C), "B": RNG.standard_normal(C),
+          "mean": RNG.standard_normal(C), "var": RNG.uniform(0.5, 2, C)}
+PARAMS = {k: v.astype(np.float32) for k, v in PARAMS.items()}
+
+
+def inference_output() -> np.ndarray:
+    p = {k: v.reshape(1, -1, 1, 1) for k, v in PARAMS.items()}
+    return p["scale"] * (X - p["mean"]) / np.sqrt(p["var"] + 1e-5) + p["B"]
+
+
+def bn_model(opset: int, outputs: list[str], *, training: int | None = None) -> onnx.ModelProto:
+    attrs: dict = {"epsilon": 1e-5}
+    if training is not None:
+        attrs["training_mode"] = training
+    node = helper.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], outputs,
+                            **attrs)
+    graph = helper.make_graph(
+        [node], "bn", [helper.make_tensor_value_info("X", TensorProto.FLOAT, X.shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in PARAMS.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                             ir_version=8)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_onnx_reference_batchnorm_9_blends_batch_statistics_in_inference(opset: int) -> None:
+    """onnx.reference's BatchNormalization_9 (opsets 9-13) always mixes the batch statistics
+    into the running ones with its default momentum 0.9, even for an inference graph;
+    onnxruntime computes the inference formula. bncheck reports onnx.reference as not
+    applicable for graphs with BatchNormalization nodes at these opsets."""
+    data = bn_model(opset, ["Y"])
+    reference = ReferenceEvaluator(data).run(None, {"X": X})[0]
+    runtime = ort.InferenceSession(data.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"X": X})[0]
+    assert np.abs(runtime - inference_output()).max() < 1e-5
+    assert np.abs(reference - inference_output()).max() > 0.1
+
+
+def test_onnx_reference_batchnorm_15_is_right_in_inference() -> None:
+    reference = ReferenceEvaluator(bn_model(15, ["Y"], training=0)).run(None, {"X": X})[0]
+    assert np.abs(reference - inference_output()).max() < 1e-5
+
+
+def test_bncheck_marks_onnx_reference_not_applicable_for_opset_13_bn_nodes() -> None:
+    data = export_onnx(build_model("torch"), exporter="torchscript", opset=13, keep_bn=True)
+    model = onnx.load_from_string(data)
+    reference = [rt for rt in runtimes(data, model) if rt.name == "onnx.reference"][0]
+    assert reference.run is None and reference.not_applicable is not None
+    assert "opset 13" in reference.not_applicable
+
+
+def test_onnxruntime_rejects_training_mode_with_one_output() -> None:
+    """training_mode=1 with only Y declared: onnxruntime refuses the graph at load time
+    (its shape inference wants three outputs), onnx.reference runs it."""
+    model = bn_model(15, ["Y"], training=1)
+    with pytest.raises(Exception, match="should be 3 when Training_mode"):  # noqa: B017
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert ReferenceEvaluator(model).run(None, {"X": X})[0].shape == X.shape
+
+
+_CRASH = textwrap.dedent("""
+    import sys, numpy as np, onnxruntime as ort
+    sys.path.insert(0, {here!r})
+    from test_onnx_runtime_divergences import X, bn_model
+    model = bn_model(15, ["Y", "", ""], training=1)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_{level}
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    session.run(None, {{"X": X}})
+    print("survived")
+""")
+
+
+@pytest.mark.parametrize("level", ["DISABLE_ALL", "ENABLE_ALL"])
+def test_onnxruntime_crashes_on_omitted_training_outputs(level: str) -> None:
+    """training_mode=1 with the optional running-stat outputs omitted (empty names, as the
+    spec allows): onnxruntime 1.32 dies with a segmentation fault (run in a subprocess);
+    onnx.reference returns the batch-statistics output."""
+    import pathlib
+
+    if ort.__version__ != "1.32.0":
+        pytest.skip(f"recorded for onnxruntime 1.32.0, found {ort.__version__}")
+    here = str(pathlib.Path(__file__).parent)
+    result = subprocess.run([sys.executable, "-c", _CRASH.format(here=here, level=level)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "survived" not in result.stdout, result.stderr
+    y = ReferenceEvaluator(bn_model(15, ["Y", "", ""], training=1)).run(None, {"X": X})[0]
+    assert np.abs(y - inference_output()).max() > 0.1  # batch statistics, not running ones
