@@ -34,3 +34,10 @@ def benchmarks(session: nox.Session) -> None:
     _install(session)
     session.run("pytest", "benchmarks", "--benchmark-enable", "-p", "no:cacheprovider",
                 *session.posargs)
+
+
+@nox.session(python="3.11")
+def gate(session: nox.Session) -> None:
+    """The ONNX regression gate: re-create the exports and compare with exports/."""
+    _install(session)
+    session.run("bncheck", "gate", *session.posargs)
