@@ -112,6 +112,10 @@ def stats_tolerance(x: Tensor, old_mean: Tensor, old_var: Tensor, batch_mean: Te
     dims = reduce_dims(x64.dim())
     big = x64.abs().amax(dim=dims) if x64.numel() else torch.zeros_like(batch_mean)
     e_mean = n * u * big
+    if roundoff(x.dtype) > u:
+        # 16-bit inputs: the batch mean may be rounded to the input dtype before the variance
+        # pass (PyTorch's CPU kernel does); its error then enters the variance squared.
+        e_mean = e_mean + roundoff(x.dtype) * batch_mean.abs()
     e_var = n * u * batch_var + e_mean.square()
     why = (f"batch statistics over n={n} values in "
            f"{str(accumulation_dtype(x.dtype)).removeprefix('torch.')}, blended with weight "
@@ -144,9 +148,10 @@ def gradient_tolerances(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, gra
     gmax = grad.detach().to(torch.float64).abs().amax(dim=dims)
     gw = weight.abs() if weight is not None else torch.ones_like(mean)
     s = torch.sqrt(var + eps)
-    dx = SAFETY * gw / s * gmax * (n * u * (1 + dev.square()) + dxhat * (1 + 2 * dev))
-    dw = SAFETY * n * gmax * (dxhat + u * dev)
-    db = SAFETY * n * u * gmax
+    floor = 2 * torch.finfo(dtype).tiny  # gradients below the smallest normal number
+    dx = SAFETY * gw / s * gmax * (n * u * (1 + dev.square()) + dxhat * (1 + 2 * dev)) + floor
+    dw = SAFETY * n * gmax * (dxhat + u * dev) + floor
+    db = SAFETY * n * u * gmax + floor
     why = f"gradient sums over n={n} values in {str(dtype).removeprefix('torch.')}, x{SAFETY:g}"
     return (ChannelTolerance(SAFETY * u, channel_view(dx, x64.dim()), "input grad: " + why),
             ChannelTolerance(SAFETY * u, dw, "weight grad: " + why),

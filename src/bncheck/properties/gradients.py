@@ -79,7 +79,16 @@ def gradients(ctx: Context, drawn: tuple[Any, tuple[Tensor, Tensor]]) -> None:
     dims = oracle.reduce_dims(x.dim())
     n = oracle.count_per_channel(x.shape)
     sums = dx.sum(dim=dims)
-    bound = SAFETY * n * n * roundoff(torch.float64) * (dx.abs().amax(dim=dims) + 1.0) * 4
+    # dx = weight / s * (g - mean(g) - xhat * mean(g * xhat)): its terms, not dx itself (which
+    # cancels to ~0 for n = 2), set the rounding error; each term is a sum of n values.
+    _, var = oracle.batch_stats(x)
+    xhat = (x.detach() - x.detach().mean(dim=dims, keepdim=True)) / oracle.channel_view(
+        torch.sqrt(var + case.config.eps), x.dim())
+    terms = (g.abs().amax(dim=dims) * (2 + xhat.square().amax(dim=dims))
+             / torch.sqrt(var + case.config.eps))
+    if leaves:
+        terms = terms * leaves[0].detach().reshape(-1).abs()
+    bound = SAFETY * n * n * roundoff(torch.float64) * terms + 1e-300
     bad = sums.abs() > bound
     if bool(bad.any()):
         c = int(bad.nonzero()[0])
