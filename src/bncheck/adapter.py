@@ -99,7 +99,8 @@ class Target:
             known = _supported_dims(obj)
             dims = (2, 4) if known is None else (tuple(d for d in (2, 4) if d in known)
                                                  or known)
-        return cls(obj, label or getattr(obj, "__qualname__", repr(obj)), convention,
+        name: str = label or getattr(obj, "__qualname__", None) or repr(obj)
+        return cls(obj, name, convention,
                    convention.momentum if momentum is None else momentum, eps, tuple(dims),
                    _accepted_kwargs(obj))
 
@@ -141,10 +142,16 @@ class Adapted:
     def __init__(self, module: nn.Module, num_features: int) -> None:
         self.module = module
         self.num_features = num_features
+        self.weight_name: str | None = None
+        self.bias_name: str | None = None
+        self.mean_name: str | None = None
+        self.var_name: str | None = None
         names = _find_pair(module, WEIGHT_NAMES, num_features)
-        self.weight_name, self.bias_name = names if names else (None, None)
+        if names:
+            self.weight_name, self.bias_name = names
         names = _find_pair(module, STAT_NAMES, num_features)
-        self.mean_name, self.var_name = names if names else (None, None)
+        if names:
+            self.mean_name, self.var_name = names
         self.count_name = next((n for n in COUNT_NAMES if isinstance(
             getattr(module, n, None), Tensor)), None)
 

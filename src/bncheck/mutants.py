@@ -38,6 +38,9 @@ class Clean(nn.Module):
     """A correct BatchNorm (torch convention); mutants override one step of it."""
 
     compute_in_float32 = True
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
         super().__init__()
@@ -91,6 +94,9 @@ class Clean(nn.Module):
 class SeedStyle(nn.Module):
     """The seed notebook's layer with its defects fixed: ``num_dims``, gamma/beta, moving
     statistics as broadcast-shaped buffers, ONNX convention (``momentum=0.9``, biased)."""
+
+    moving_mean: Tensor
+    moving_var: Tensor
 
     def __init__(self, num_features: int, num_dims: int):
         super().__init__()

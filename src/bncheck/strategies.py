@@ -26,8 +26,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import Tensor
 
-from bncheck._validation import check_eps, check_momentum, check_min_max, check_positive_int, \
-    check_type
+from bncheck._validation import (
+    check_eps,
+    check_finite_float,
+    check_min_max,
+    check_momentum,
+    check_positive_int,
+    check_type,
+)
 from bncheck.conventions import TORCH, Convention
 from bncheck.errors import InvalidArgument
 
@@ -80,7 +86,8 @@ class BNConfig:
     track_running_stats: bool = True
 
     def __str__(self) -> str:
-        return (f"eps={self.eps:g}, momentum={self.momentum if self.momentum is None else f'{self.momentum:g}'}, "
+        momentum = "None" if self.momentum is None else f"{self.momentum:g}"
+        return (f"eps={self.eps:g}, momentum={momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
 
@@ -209,8 +216,7 @@ def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
     check_type(bool, allow_cumulative, "allow_cumulative")
     for name, value in (("min_batch_weight", min_batch_weight),
                         ("max_batch_weight", max_batch_weight)):
-        check_momentum(value, allow_none=False) if isinstance(value, float | int) else check_type(
-            float, value, name)
+        check_finite_float(value, name, min_value=0.0, max_value=1.0)
     check_min_max("min_batch_weight", min_batch_weight, "max_batch_weight", max_batch_weight)
 
     def from_weight(w: float) -> float:
@@ -226,7 +232,7 @@ def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
         if allow_cumulative:
             mom = st.one_of(mom, st.none())
     else:
-        mom = st.just(momentum)
+        mom = st.just(None if momentum is None else float(momentum))
     return st.builds(
         BNConfig,
         st.just(eps) if eps is not None else _EPS,

@@ -27,7 +27,7 @@ from hypothesis.reporting import with_reporter
 
 from bncheck._validation import check_type
 from bncheck.adapter import PropertyFailure, Target
-from bncheck.conventions import TORCH, Convention
+from bncheck.conventions import Convention
 from bncheck.errors import InvalidArgument, VerificationFailed
 from bncheck.profiles import PROFILES, load_profile, profile_from_env
 from bncheck.properties import CATALOGUE, Context, Property, get

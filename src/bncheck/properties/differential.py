@@ -50,7 +50,7 @@ def differential(ctx: Context, drawn: tuple[BNCase, tuple[Tensor, Tensor]]) -> N
     has_stats = bn.has_stats
     if has_stats:
         bn.set_stats(mean0, var0)
-    ref = _TORCH_BN[nd](case.num_features, eps=cfg.eps, momentum=conv.torch_momentum(
+    ref: Any = _TORCH_BN[nd](case.num_features, eps=cfg.eps, momentum=conv.torch_momentum(
         cfg.momentum), affine=bn.affine, track_running_stats=has_stats).to(case.dtype)
     _copy_into(bn, ref)
     start = bn.stats()
@@ -108,7 +108,7 @@ def differential(ctx: Context, drawn: tuple[BNCase, tuple[Tensor, Tensor]]) -> N
         _compare_grads(bn, ref, xt, xr, yt, yr, mean, var, cfg.eps, use_batch, case)
 
 
-def _copy_into(bn: Adapted, ref: nn.Module) -> None:
+def _copy_into(bn: Adapted, ref: Any) -> None:
     with torch.no_grad():
         params = bn.params()
         if params is not None:
@@ -120,7 +120,7 @@ def _copy_into(bn: Adapted, ref: nn.Module) -> None:
             ref.running_var.copy_(stats[1])
 
 
-def _compare_grads(bn: Adapted, ref: nn.Module, xt: Tensor, xr: Tensor, yt: Tensor, yr: Tensor,
+def _compare_grads(bn: Adapted, ref: Any, xt: Tensor, xr: Tensor, yt: Tensor, yr: Tensor,
                    mean: Tensor, var: Tensor, eps: float, training: bool, case: BNCase) -> None:
     g = torch.cos(torch.arange(yr.numel(), dtype=torch.float64) * 1.3).reshape(yr.shape)
     params = bn.params()

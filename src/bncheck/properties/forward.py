@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 from bncheck import oracle
 from bncheck.adapter import PropertyFailure
 from bncheck.properties._base import (
-    Context, check_output, expect_close, expect_oracle_eval, expect_oracle_train, register,
+    Context,
+    check_output,
+    expect_close,
+    expect_oracle_eval,
+    expect_oracle_train,
+    register,
     stat_values,
 )
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
