@@ -114,8 +114,14 @@ class BNCase:
         return len(self.shape)
 
     def describe(self) -> str:
-        return (f"shape={self.shape}, dtype={dtype_name(self.dtype)}, mode={self.mode}, "
+        text = (f"shape={self.shape}, dtype={dtype_name(self.dtype)}, mode={self.mode}, "
                 f"layout={self.layout}, channels={list(self.kinds)}, {self.config}")
+        if self.x.numel() <= 16:  # a shrunk counterexample: show the values too
+            def show(t: Tensor) -> str:
+                return str([float(f"{v:.6g}") for v in t.detach().to(torch.float64).flatten()])
+            text += (f", x={show(self.x)}, weight={show(self.weight)}, "
+                     f"bias={show(self.bias)}")
+        return text
 
 
 # -- argument checks ---------------------------------------------------------------------------

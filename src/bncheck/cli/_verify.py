@@ -138,8 +138,9 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     for col in ("property", "result", "examples", "time", "detail"):
         table.add_column(col)
     for r in report.results:
-        detail = r.message if r.status == "skipped" else (
-            r.message.splitlines()[0][:70] if r.message else "")
+        detail = r.message.splitlines()[0] if r.message else ""
+        if r.status != "skipped" and len(detail) > 70:
+            detail = detail[:70].rsplit(" ", 1)[0] + " ..."
         table.add_row(r.name, f"[{_STYLE[r.status]}]{r.status}[/]", str(r.examples),
                       f"{r.seconds:.2f}s", escape(detail))
     out.print(table)
