@@ -114,9 +114,12 @@ class Dataset:
 
 
 def _open(path: Path) -> IO[bytes]:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115
+    try:
+        if path.name.endswith(".gz"):
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        return open(path, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise DataError(f"{path}: cannot be opened ({e.strerror or e})") from None
 
 
 def _read_exact(f: IO[bytes], n: int, path: Path, what: str) -> bytes:
@@ -131,6 +134,8 @@ def _read_exact(f: IO[bytes], n: int, path: Path, what: str) -> bytes:
             got += len(chunk)
     except _GZIP_ERRORS as e:
         raise DataError(f"{path}: not a readable gzip file ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     if got != n:
         raise DataError(f"{path}: truncated {what}: expected {n} bytes, received {got}")
     return b"".join(chunks)
@@ -192,10 +197,13 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray | Tensor) -> None:
     if array.ndim == 0 or array.ndim > 255:
         raise InvalidArgument(
             f"Expected array with 1 to 255 dims, received array={describe(array)}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InvalidArgument(f"Expected path's directory to exist, received path={str(path)!r} "
+                              f"({path.parent} does not exist)")
     code = _IDX_CODES[native]
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         if path.name.endswith(".gz"):

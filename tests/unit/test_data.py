@@ -171,6 +171,17 @@ def test_missing_directory(tmp_path: Path) -> None:
         load_fashion_mnist(tmp_path / "f")
 
 
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_split(tmp_path, "train", 2, gz=True)
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(gzip, "open", denied)  # as chmod 0 would, even when running as root
+    with pytest.raises(DataError, match=r"idx3-ubyte\.gz: cannot be opened \(Permission denied"):
+        load_fashion_mnist(tmp_path)
+
+
 def test_missing_file_points_at_torchvision_layout(tmp_path: Path) -> None:
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
@@ -189,6 +200,8 @@ def test_missing_file_points_at_torchvision_layout(tmp_path: Path) -> None:
     (lambda p: write_idx(p / "x", [1, 2]),  # type: ignore[arg-type]
      InvalidArgumentType, "array"),
     (lambda p: read_idx(p / "absent"), DataError, "no such file"),
+    (lambda p: write_idx(p / "no" / "x", np.zeros(3, dtype=np.uint8)), InvalidArgument,
+     "does not exist"),
     (lambda p: synthetic_dataset(0), InvalidArgument, "num_samples=0"),
 ])
 def test_invalid_arguments(tmp_path: Path, call, error, fragment) -> None:  # type: ignore[no-untyped-def]
