@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import Flaky
 from hypothesis.reporting import with_reporter
 
 from bncheck._validation import check_type
@@ -141,6 +142,14 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
     except PropertyFailure as e:
         return PropertyResult(prop.name, "failed", str(e), prop.describe(state["case"]),
                               state["count"], time.perf_counter() - start)
+    except Flaky as e:
+        inner = [x for x in getattr(e, "exceptions", ()) if isinstance(x, PropertyFailure)]
+        detail = f"\nFirst failure: {inner[0]}" if inner else ""
+        return PropertyResult(prop.name, "failed",
+                              "the target is nondeterministic: the same case failed once and "
+                              f"passed when rerun (random state or global state in forward?)"
+                              f"{detail}", prop.describe(state["case"]), state["count"],
+                              time.perf_counter() - start)
     except Exception as e:  # noqa: BLE001 - reported as an error of bncheck, not a crash
         case = prop.describe(state["case"]) if state["case"] is not None else "no case drawn"
         return PropertyResult(prop.name, "error",

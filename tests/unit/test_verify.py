@@ -86,3 +86,17 @@ def test_check_batchnorm_raises_an_assertion_with_the_report():
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(InvalidArgument, match=match):
         verify(bncheck.BatchNorm, **kwargs)
+
+
+class _Nondeterministic(torch.nn.BatchNorm1d):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x) + (1.0 if type(self).calls % 7 == 3 else 0.0)
+
+
+def test_nondeterministic_target_is_a_failure_not_an_error():
+    report = verify(_Nondeterministic, properties=["train_forward"], seed=0)
+    (r,) = report.results
+    assert r.status == "failed" and "nondeterministic" in r.message

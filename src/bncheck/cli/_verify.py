@@ -99,6 +99,8 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     conv = preset(convention, momentum_weights=momentum_weights, running_var=running_var)
     mom = _momentum(momentum_text)
     dims = _ints(dims_text, "--dims")
+    if target is None and dims is None:
+        dims = (2, 3, 4, 5)  # the reference takes every rank: differential vs BatchNorm1d/2d/3d
     dtype_names = _names(dtypes_text)
     dtypes = _resolve_dtypes(dtype_names) if dtype_names is not None else None
     for name in properties:
