@@ -74,7 +74,10 @@ def eval_forward(ctx: Context, drawn: tuple[BNCase, tuple[torch.Tensor, torch.Te
         raise PropertyFailure(f"an eval forward changed num_batches_tracked from {count} to "
                               f"{bn.num_batches_tracked()}")
     expect_oracle_eval(bn, case.x, y, mean, var, case.config.eps, "eval output")
-    tol = forward_tolerance(case.x[:1], mean, var, eps=case.config.eps, n=1, dtype=case.dtype)
+    params = bn.params()
+    w, b = params if params is not None else (None, None)
+    tol = forward_tolerance(case.x[:1], mean, var, eps=case.config.eps, n=1, weight=w, bias=b,
+                            dtype=case.dtype)
     expect_close(y1, y[:1].detach(), tol + tol,
                  "eval output of sample 0 alone vs. within the batch")
 

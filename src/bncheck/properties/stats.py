@@ -204,7 +204,10 @@ def train_eval_switch(ctx: Context, drawn: tuple[BNCase, Mode]) -> None:
                                   f"after eval:     {b.tolist()}")
     if count is not None and bn.num_batches_tracked() != count:
         raise PropertyFailure("num_batches_tracked changed in eval mode")
-    tol = forward_tolerance(x2, frozen[0], frozen[1], eps=cfg.eps, n=1, dtype=case.dtype)
+    params = bn.params()
+    w, b = params if params is not None else (None, None)
+    tol = forward_tolerance(x2, frozen[0], frozen[1], eps=cfg.eps, n=1, weight=w, bias=b,
+                            dtype=case.dtype)
     bn.train(True)
     bn.train(False)
     with eval_mode.context():
