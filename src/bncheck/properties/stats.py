@@ -197,11 +197,11 @@ def train_eval_switch(ctx: Context, drawn: tuple[BNCase, Mode]) -> None:
         check_output(ye, x2, "eval output")
         bn.call(x2 * 2, what=f"a second eval forward ({eval_mode})")
     now = bn.require_stats()
-    for name, a, b in (("running_mean", frozen[0], now[0]), ("running_var", frozen[1], now[1])):
-        if not torch.equal(a, b):
+    for name, a, now_v in (("running_mean", frozen[0], now[0]), ("running_var", frozen[1], now[1])):
+        if not torch.equal(a, now_v):
             raise PropertyFailure(f"{name} changed in eval mode ({eval_mode}): eval() must "
                                   f"freeze the statistics\nafter training: {a.tolist()}\n"
-                                  f"after eval:     {b.tolist()}")
+                                  f"after eval:     {now_v.tolist()}")
     if count is not None and bn.num_batches_tracked() != count:
         raise PropertyFailure("num_batches_tracked changed in eval mode")
     params = bn.params()
