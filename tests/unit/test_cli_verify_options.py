@@ -1,0 +1,36 @@
+"""`bncheck verify` option errors, in-process (the subprocess runs are in tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from bncheck.cli import main
+
+
+@pytest.mark.parametrize("args,match", [
+    (["nope.py:BN"], "does not exist"),
+    (["torch.nn:NoSuchNorm"], "has no attribute 'NoSuchNorm'; available:"),
+    (["no_colon"], "Expected TARGET in the form"),
+    (["torch.nn:Sequential", "--dims", "2,x"], "--dims='2,x'"),
+    (["--dims", "7"], "dims=(7,)"),
+    (["--dtypes", "float8"], "Expected dtypes from"),
+    (["--property", "nope"], "Unknown property='nope'"),
+    (["--momentum", "fast"], "--momentum='fast'"),
+    (["--momentum", "1.5"], "--momentum=1.5"),
+    (["--convention", "keras"], "Invalid value for '--convention'"),
+    (["--running-var", "sample"], "Invalid value for '--running-var'"),
+    (["--examples", "0"], "Invalid value for '--examples'"),
+    (["--profile", "fast"], "Invalid value for '--profile'"),
+])
+def test_usage_errors_exit_2(args, match):
+    r = CliRunner().invoke(main, ["verify", *args])
+    assert r.exit_code == 2, r.output
+    assert match in r.output
+    assert "Traceback" not in r.output
+
+
+def test_mutants_unknown_name_exits_2():
+    r = CliRunner().invoke(main, ["mutants", "--mutant", "nope"])
+    assert r.exit_code == 2
+    assert "Unknown mutant='nope'; available: seed_bata_typo" in r.output
