@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -97,6 +98,22 @@ def test_bad_options_exit_2_with_one_line(data_dir: Path, tmp_path: Path, args: 
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
     assert fragment in result.output
     assert isinstance(result.exception, SystemExit)  # exited, no exception escaped
+
+
+def test_interrupt_exits_130_and_names_the_saved_epoch(data_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import bncheck.training
+
+    def interrupted(*args: Any, on_epoch: Any, **kwargs: Any) -> None:
+        on_epoch(bncheck.training.EpochStats(1, 0.5, 0.8, 0.7, 1.0))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bncheck.training, "train", interrupted)
+    ckpt = tmp_path / "c.pt"
+    result = CliRunner().invoke(main, ["train", "--data", str(data_dir), "--epochs", "3",
+                                       "--checkpoint", str(ckpt)])
+    assert result.exit_code == 130
+    assert f"Error: interrupted after 1 of 3 epochs; {ckpt} holds epoch 1\n" in result.output
 
 
 def test_debug_shows_the_exception(tmp_path: Path) -> None:

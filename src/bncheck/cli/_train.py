@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import click
 from rich.table import Table
 
 from bncheck._validation import check_finite_float, check_positive_int
-from bncheck.cli._common import console, debug_option, handles_errors
+from bncheck.cli._common import console, debug_option, err, handles_errors
 from bncheck.errors import InvalidArgument
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # (header, width) of each column of the per-epoch table.
 _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8), ("seconds", 7))
@@ -51,6 +54,9 @@ def train(data_dir: str, bn: str, epochs: int, lr: float, batch_size: int, seed:
 
     The checkpoint is a plain state_dict: torch.load(path, weights_only=True) reads it, and
     it loads into bncheck.lenet_bn(bn="scratch") and bncheck.lenet_bn(bn="torch") alike.
+    It is rewritten after every epoch, so an interrupted run keeps the last finished one.
+
+    Exit codes: 0 trained, 2 bad option, bad data or diverged training, 130 interrupted.
     """
     from bncheck.data import load_fashion_mnist
     from bncheck.models import lenet_bn
@@ -77,15 +83,25 @@ def train(data_dir: str, bn: str, epochs: int, lr: float, batch_size: int, seed:
     out.print(f"LeNet-BN (bn={bn}) on {used} training samples, {len(test_data)} test samples: "
               f"epochs={epochs}, lr={lr}, batch_size={batch_size}, seed={seed}")
 
+    finished: list[EpochStats] = []
+
     def show(stats: EpochStats) -> None:
+        finished.append(stats)
         out.print(_row_table(
             [str(stats.epoch), _loss(stats.train_loss), f"{stats.train_acc:.4f}",
              f"{stats.test_acc:.4f}", f"{stats.seconds:.1f}"],
             header=stats.epoch == 1,
         ))
 
-    history = run_training(lenet_bn(bn, seed=seed), train_data, test_data, epochs=epochs, lr=lr,
-                           batch_size=batch_size, seed=seed, checkpoint=checkpoint, on_epoch=show)
+    try:
+        history = run_training(lenet_bn(bn, seed=seed), train_data, test_data, epochs=epochs,
+                               lr=lr, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
+                               on_epoch=show)
+    except KeyboardInterrupt:
+        saved = (f"; {checkpoint} holds epoch {finished[-1].epoch}"
+                 if checkpoint is not None and finished else "")
+        err(f"interrupted after {len(finished)} of {epochs} epochs{saved}")
+        sys.exit(EXIT_INTERRUPTED)
     final = history.epochs[-1]
     out.print(f"Final: train loss {_loss(final.train_loss)}, train acc {final.train_acc:.4f}, "
               f"test acc {final.test_acc:.4f}")
