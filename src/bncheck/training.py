@@ -180,10 +180,11 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     loss_fn = nn.CrossEntropyLoss()
     shuffler = torch.Generator().manual_seed(seed)
-    # Anything in the model that draws from the global RNG (dropout, say) is seeded too,
-    # and the caller's RNG state comes back untouched.
+    # Anything in the model that draws from the global CPU RNG (dropout, say) is seeded too,
+    # and the caller's RNG state comes back untouched. (torch.manual_seed would also reseed,
+    # for good, every CUDA generator.)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             loss_sum, correct = _train_epoch(model, train_data, params, lr, loss_fn, device,
