@@ -50,7 +50,7 @@ def train(data_dir: str, bn: str, epochs: int, lr: float, batch_size: int, seed:
     \b
     Example:
         bncheck train --data ~/data/FashionMNIST/raw --epochs 10 --checkpoint lenet.pt
-        bncheck export --checkpoint lenet.pt ...
+        bncheck export lenet.onnx --checkpoint lenet.pt
 
     The checkpoint is a plain state_dict: torch.load(path, weights_only=True) reads it, and
     it loads into bncheck.lenet_bn(bn="scratch") and bncheck.lenet_bn(bn="torch") alike.
