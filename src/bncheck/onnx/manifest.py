@@ -49,14 +49,16 @@ def sha256(data: bytes) -> str:
 
 def versions() -> dict[str, str]:
     """bncheck's, Python's and the ONNX toolchain's versions."""
-    import onnx
-    import onnxruntime
-    import onnxscript
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"bncheck": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__,
-            "numpy": np.__version__}
+    found = {"bncheck": __version__, "python": platform.python_version(),
+             "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def make_manifest(*, data: bytes, report: Report, onnx_file: str, golden_file: str | None,
