@@ -104,6 +104,30 @@ def test_export_variants_verify(tmp_path: Path, bn: str, args: list[str],
     assert again.returncode == 0, again.stdout + again.stderr
 
 
+def test_checkpoint_and_old_opset_export(tmp_path: Path) -> None:
+    """A state_dict checkpoint instead of calibration; opset 13 with BatchNormalization nodes,
+    where onnx.reference is reported not applicable (its BatchNormalization-9 is wrong)."""
+    from bncheck.onnx import build_model
+
+    ckpt = tmp_path / "lenet.pt"
+    torch.save(build_model("torch", seed=5).state_dict(), ckpt)
+    out = tmp_path / "old.onnx"
+    result = bncheck("export", out, "--bn", "torch", "--checkpoint", ckpt, "--exporter",
+                     "torchscript", "--opset", "13", "--keep-bn")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "n/a: onnx.reference: opset 13" in result.stdout
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["opset"] == 13 and manifest["source"]["checkpoint"] == str(ckpt)
+    # A fixed batch size is a valid signature: check runs the batch the graph allows.
+    model = onnx.load(out)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 16
+    onnx.save(model, out)
+    again = bncheck("check", out)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "sha256 differs" in again.stdout
+
+
 def test_seed_batchnorm_fails_names_layer_1_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "lenet.onnx"
     before = b"an earlier export that must survive byte for byte"
@@ -204,5 +228,9 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_rows_run_on_a_gpu(default_export: tuple[Path, str]) -> None:
+    import onnxruntime
+
     _, stdout = default_export
     assert "torch CUDA" in stdout and "skipped: torch CUDA" not in stdout
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        assert "skipped: onnxruntime CUDA" not in stdout

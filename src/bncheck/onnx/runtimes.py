@@ -53,6 +53,7 @@ class Runtime:
     run: Runner | None = None
     skipped: str | None = None
     not_applicable: str | None = None
+    error: str | None = None  # the runtime refused the graph: a failed check, not a skip
 
     @property
     def label(self) -> str:
@@ -90,20 +91,32 @@ def _ort_runner(session: object) -> Runner:
     return run
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _ort_runtime(data: bytes, name: str, level: str, tol: Tolerance, provider: str) -> Runtime:
+    try:
+        session = ort_session(data, level=level, provider=provider)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own error types: a failed check
+        return Runtime(name, level, tol, error=f"cannot load the graph: {_first_line(e)}")
+    return Runtime(name, level, tol, _ort_runner(session))
+
+
 def runtimes(data: bytes, model: object) -> list[Runtime]:
     """Every runtime for the ONNX bytes ``data`` (``model`` is the parsed ModelProto)."""
     import onnxruntime as ort
 
     found: list[Runtime] = []
     for level, key in (("DISABLE_ALL", "onnxruntime"), ("ENABLE_ALL", "onnxruntime-fused")):
-        session = ort_session(data, level=level)
-        found.append(Runtime("onnxruntime CPU", level, TOLERANCES[key], _ort_runner(session)))
+        found.append(_ort_runtime(data, "onnxruntime CPU", level, TOLERANCES[key],
+                                  "CPUExecutionProvider"))
     available = ort.get_available_providers()
     for level in ("DISABLE_ALL", "ENABLE_ALL"):
         if "CUDAExecutionProvider" in available:
-            session = ort_session(data, level=level, provider="CUDAExecutionProvider")
-            found.append(Runtime("onnxruntime CUDA", level, TOLERANCES["onnxruntime-cuda"],
-                                 _ort_runner(session)))
+            found.append(_ort_runtime(data, "onnxruntime CUDA", level,
+                                      TOLERANCES["onnxruntime-cuda"], "CUDAExecutionProvider"))
         else:
             found.append(Runtime(
                 "onnxruntime CUDA", level, TOLERANCES["onnxruntime-cuda"],
@@ -123,7 +136,11 @@ def _reference_runtime(model: object) -> Runtime:
             f"into the running ones even in inference (wrong for opsets 9-13)"))
     from onnx.reference import ReferenceEvaluator
 
-    evaluator = ReferenceEvaluator(model)
+    try:
+        evaluator = ReferenceEvaluator(model)
+    except Exception as e:  # noqa: BLE001 - e.g. an operator it does not implement
+        return Runtime("onnx.reference", "", tol, error=f"cannot load the graph: "
+                                                        f"{_first_line(e)}")
     name = model.graph.input[0].name  # type: ignore[attr-defined]
 
     def run(x: np.ndarray) -> list[np.ndarray]:

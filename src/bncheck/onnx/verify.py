@@ -211,23 +211,46 @@ def _start(data: bytes, model: Any, placement_labels: Mapping[int, str] | None) 
 
 def _skip_rows(report: Report, rts: list[Runtime], check: str) -> list[Runtime]:
     for rt in rts:
-        if rt.skipped or rt.not_applicable:
+        if rt.error:
+            report.rows.append(Row(check, rt.name, rt.level, None, None, None, rt.tolerance,
+                                   "FAIL", rt.error))
+            report.failures.append(f"{rt.label}: {rt.error}")
+        elif rt.skipped or rt.not_applicable:
             report.rows.append(Row(check, rt.name, rt.level, None, None, None, rt.tolerance,
                                    "skipped" if rt.skipped else "n/a",
                                    rt.skipped or rt.not_applicable or ""))
     return [rt for rt in rts if rt.run is not None]
 
 
+def _run(report: Report, rt: Runtime, x: np.ndarray, check: str) -> list[np.ndarray] | None:
+    """The runtime's outputs, or None after recording a FAIL row when it raised."""
+    assert rt.run is not None
+    try:
+        return rt.run(x)
+    except Exception as e:  # noqa: BLE001 - any runtime error on a valid input is a failure
+        lines = str(e).strip().splitlines()
+        why = f"raised {type(e).__name__}: {lines[0] if lines else ''}"
+        report.rows.append(Row(check, rt.name, rt.level, x.shape[0], None, None, rt.tolerance,
+                               "FAIL", why))
+        report.failures.append(f"{rt.label} (batch {x.shape[0]}) {why}")
+        return None
+
+
 def _batch_independence(report: Report, rts: list[Runtime], x: np.ndarray, seed: int) -> None:
     """Row 0's output must not change when the other rows change (eval mode)."""
+    tol = TOLERANCES["batch-independence"]
     if x.shape[0] < 2:
+        report.rows.append(Row("batch independence", "all", "", int(x.shape[0]), None, None,
+                               tol, "n/a", "the graph's batch size is fixed at 1"))
         return
     other = x.copy()
     other[1:] = make_inputs(x.shape[0] - 1, seed=seed + 7919).numpy() * 3.0 - 1.0
-    tol = TOLERANCES["batch-independence"]
     for rt in rts:
-        assert rt.run is not None
-        y0, y1 = rt.run(x)[0][:1], rt.run(other)[0][:1]
+        first = _run(report, rt, x, "batch independence")
+        second = None if first is None else _run(report, rt, other, "batch independence")
+        if first is None or second is None:
+            continue
+        y0, y1 = first[0][:1], second[0][:1]
         m = compare(y1, y0, tolerance=tol, name=f"row 0 output ({rt.label}, batch "
                     f"{x.shape[0]}, other rows changed)", check_dtype=False)
         abs_, rel = _errors(y1, y0)
@@ -285,8 +308,10 @@ def verify_against_torch(data: bytes, model: nn.Module, *, seed: int = 0,
         if torch.cuda.is_available():
             _torch_cuda_row(report, model, x, base)
         for rt in rts:
-            assert rt.run is not None
-            y = rt.run(x.numpy())[0]
+            outs = _run(report, rt, x.numpy(), "vs eager")
+            if outs is None:
+                continue
+            y = outs[0]
             worst: tuple[float, float, str] = (0.0, 0.0, "")
             failed_ctx = ""
             for ctx, ref in refs.items():
@@ -350,7 +375,7 @@ def verify_against_golden(data: bytes, golden: Mapping[str, np.ndarray], *, seed
     import onnx
 
     graph = onnx.load_from_string(data)
-    signature(graph)
+    fixed = signature(graph)
     report = _start(data, graph, placement_labels)
     in_name = graph.graph.input[0].name
     out_names = [o.name for o in graph.graph.output]
@@ -360,11 +385,17 @@ def verify_against_golden(data: bytes, golden: Mapping[str, np.ndarray], *, seed
     x_all = np.asarray(golden[in_name], dtype=np.float32)
     n = x_all.shape[0]
     sizes = sorted({1, min(n, 5 if n > 5 else max(1, n - (1 - n % 2))), n})
+    if fixed is not None:
+        if fixed > n:
+            raise ModelFileError(f"the graph's batch size is fixed at {fixed}; the golden "
+                                 f"has {n} rows")
+        sizes = [fixed]
     rts = _skip_rows(report, runtimes(data, graph), "vs golden")
     for b in sizes:
         for rt in rts:
-            assert rt.run is not None
-            ys = rt.run(x_all[:b])
+            ys = _run(report, rt, x_all[:b], "vs golden")
+            if ys is None:
+                continue
             worst, bad = (0.0, 0.0), False
             for name, y in zip(out_names, ys, strict=True):
                 expected = np.asarray(golden[name])[:b]
