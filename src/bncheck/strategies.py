@@ -261,10 +261,17 @@ def _kind_ranges(kind: str, dtype: torch.dtype) -> tuple[tuple[float, float], tu
     }[kind]
 
 
+def channel_values(kind: str, dtype: torch.dtype = torch.float32
+                   ) -> st.SearchStrategy[tuple[float, float]]:
+    """``(offset, spread)`` of one channel of ``kind`` (one of :data:`KINDS`): its values are
+    ``offset + spread * z`` with ``z`` in ``[-1, 1]``."""
+    _check_choices([kind], "kind", KINDS)
+    dtype = _check_dtypes([dtype], "dtype")[0]
+    return _channel_values(kind, dtype)
+
+
 @st.composite
-def channel_values(draw: st.DrawFn, kind: str, dtype: torch.dtype) -> tuple[float, float]:
-    """``(offset, spread)`` of one channel of ``kind``: its values are ``offset + spread * z``
-    with ``z`` in ``[-1, 1]``."""
+def _channel_values(draw: st.DrawFn, kind: str, dtype: torch.dtype) -> tuple[float, float]:
     (olo, ohi), (slo, shi) = _kind_ranges(kind, dtype)
     spread = draw(st.floats(slo, shi)) if shi > 0 else 0.0
     if kind == "offset":
@@ -289,7 +296,7 @@ def _inputs_with_kinds(draw: st.DrawFn, shape: tuple[int, ...], dtype: torch.dty
                        kinds: tuple[str, ...], layouts: tuple[str, ...]
                        ) -> tuple[Tensor, tuple[str, ...], str]:
     chans = tuple(draw(st.sampled_from(kinds)) for _ in range(shape[1]))
-    specs = [draw(channel_values(k, dtype)) for k in chans]
+    specs = [draw(_channel_values(k, dtype)) for k in chans]
     z = draw(arrays(np.float64, shape, elements=st.floats(-1.0, 1.0), fill=st.nothing()))
     offset = np.array([s[0] for s in specs]).reshape([1, -1] + [1] * (len(shape) - 2))
     spread = np.array([s[1] for s in specs]).reshape(offset.shape)

@@ -93,9 +93,23 @@ class Property:
         if isinstance(case, BNCase):
             return case.describe()
         if isinstance(case, tuple) and case and isinstance(case[0], BNCase):
-            return case[0].describe()
+            extras = [_show(v) for v in case[1:]]
+            return case[0].describe() + "".join(f", {e}" for e in extras if e)
         describe = getattr(case, "describe", None)
         return describe() if callable(describe) else repr(case)
+
+
+def _show(value: Any) -> str:
+    """Short rendering of a drawn extra (installed statistics, scales, permutations...)."""
+    if (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(v, Tensor) for v in value)):
+        return f"installed running_mean={_show(value[0])}, running_var={_show(value[1])}"
+    if isinstance(value, Tensor):
+        return str([float(f"{v:.6g}") for v in value.detach().flatten().tolist()])
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(_show(v) for v in value) + ")" if isinstance(value, tuple) \
+            else str([float(f"{v:.6g}") if isinstance(v, float) else v for v in value])
+    return str(value)
 
 
 REGISTRY: dict[str, Property] = {}
