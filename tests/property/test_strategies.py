@@ -89,6 +89,8 @@ def test_dtypes_by_name(dtype):
     (bst.bn_cases, {"kinds": ["gaussian"]}, InvalidArgument, r"'gaussian' is not one of them"),
     (bst.bn_cases, {"layouts": ["strided"]}, InvalidArgument, r"'strided' is not one of them"),
     (bst.bn_cases, {"configs": 3}, InvalidArgument, r"configs=3"),
+    (bst.channel_values, {"kind": "gaussian"}, InvalidArgument, r"'gaussian' is not one of"),
+    (bst.channel_values, {"kind": "wide", "dtype": torch.int8}, InvalidArgument, r"torch.int8"),
 ])
 def test_invalid_arguments(factory, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -103,3 +105,9 @@ def test_invalid_arguments(factory, kwargs, error, match):
 def test_invalid_inputs_arguments(args, error, match):
     with pytest.raises(error, match=match):
         bst.inputs(*args)
+
+
+@given(bst.channel_values("wide", torch.float16))
+def test_wide_channels_overflow_float16_squares(spec):
+    offset, spread = spec
+    assert spread**2 > 65504 and abs(offset) <= 10
