@@ -30,7 +30,7 @@ from bncheck._validation import check_type
 from bncheck.adapter import PropertyFailure, Target
 from bncheck.conventions import Convention
 from bncheck.errors import InvalidArgument, VerificationFailed
-from bncheck.profiles import PROFILES, load_profile, profile_from_env
+from bncheck.profiles import PROFILES, profile_from_env, register_profiles
 from bncheck.properties import CATALOGUE, Context, Property, get
 from bncheck.strategies import DTYPES, dtype_name
 
@@ -112,7 +112,8 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
 
 
 def _settings(profile: str, examples: int | None, shrink: bool) -> settings:
-    base = load_profile(profile)
+    register_profiles()
+    base = settings.get_profile(profile)  # not loaded: the caller's current profile stays
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     return settings(base, max_examples=examples or base.max_examples, database=None,
                     derandomize=False, deadline=None, report_multiple_bugs=False,
