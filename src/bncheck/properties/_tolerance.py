@@ -5,8 +5,8 @@ accumulation dtype (float32 for float16/bfloat16 inputs, as PyTorch, cuDNN and O
 with a naive (worst-case) summation of ``n`` terms and a two-pass variance:
 
 * the batch mean is off by at most ``n * u * max|x|``;
-* the biased variance by at most ``n * u * var + (n * u * max|x|)**2`` (two-pass: the error of
-  the mean enters squared);
+* the biased variance by at most ``n * u * (var + max|x| * std) + (n * u * max|x|)**2`` (two-pass:
+  the error of the mean enters squared; Welford: deviations rounded against a moving mean);
 * the normalized value ``xhat = (x - mean) / sqrt(var + eps)`` then by ``e_mean / s + |xhat| *
   e_var / s**2`` plus a few roundings, where ``s = sqrt(var + eps)``;
 * the output is finally rounded to its dtype: relative ``2 * u_out``.
@@ -69,7 +69,9 @@ def _xhat_error(x64: Tensor, mean: Tensor, var: Tensor, eps: float, n: int,
     dev = (x64 - channel_view(mean, x64.dim())).abs().amax(dim=dims) / s
     r = (big + mean.abs()) / s
     e_mean = n * u * r
-    e_var = n * u * var / s.square() + e_mean.square()
+    # Relative to s**2: two-pass summation (n u var), the mean's error squared, and the
+    # deviations rounded against a moving mean as Welford's algorithm does (n u max|x| std).
+    e_var = (n * u * (var + big * torch.sqrt(var))) / s.square() + e_mean.square()
     return e_mean + dev * e_var + 2 * u * (dev + 1), dev
 
 
@@ -116,7 +118,7 @@ def stats_tolerance(x: Tensor, old_mean: Tensor, old_var: Tensor, batch_mean: Te
         # 16-bit inputs: the batch mean may be rounded to the input dtype before the variance
         # pass (PyTorch's CPU kernel does); its error then enters the variance squared.
         e_mean = e_mean + roundoff(x.dtype) * batch_mean.abs()
-    e_var = n * u * batch_var + e_mean.square()
+    e_var = n * u * (batch_var + big * torch.sqrt(batch_var)) + e_mean.square()
     why = (f"batch statistics over n={n} values in "
            f"{str(accumulation_dtype(x.dtype)).removeprefix('torch.')}, blended with weight "
            f"{weight:.3g} and stored in {str(stat_dtype).removeprefix('torch.')}, x{SAFETY:g}")
