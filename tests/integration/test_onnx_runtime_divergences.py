@@ -114,3 +114,32 @@ def test_onnxruntime_crashes_on_omitted_training_outputs(level: str) -> None:
     assert result.returncode != 0 and "survived" not in result.stdout, result.stderr
     y = ReferenceEvaluator(bn_model(15, ["Y", "", ""], training=1)).run(None, {"X": X})[0]
     assert np.abs(y - inference_output()).max() > 0.1  # batch statistics, not running ones
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_torch_verify_onnx_program_passes_the_seed_export_that_bncheck_fails() -> None:
+    """torch.onnx.verification.verify_onnx_program compares the ONNX model with the
+    ExportedProgram, which already took the seed's training branch (grad was enabled while
+    exporting): it passes. The eager model in eval under no_grad disagrees; bncheck reports it."""
+    import copy
+    from pathlib import Path
+
+    import torch
+    from torch.onnx.verification import verify_onnx_program
+
+    from bncheck.onnx import make_inputs, verify_against_torch
+    from bncheck.target import bn_factory, load_target
+
+    seed_bn = str(Path(__file__).parents[1] / "data" / "seed_bn_fixed.py") + ":BatchNorm"
+    model = build_model(bn_factory(load_target(seed_bn)))
+    x = make_inputs(7, seed=1)
+    program = torch.onnx.export(copy.deepcopy(model), (x,), dynamo=True, verbose=False,
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert program is not None
+    assert all(info.max_abs_diff < 1e-5 for info in verify_onnx_program(program, args=(x,)))
+    with torch.no_grad():
+        eager = copy.deepcopy(model)(x)
+    assert float((program(x)[0] - eager).abs().max()) > 1e-3
+    report = verify_against_torch(program.model_proto.SerializeToString(), model,
+                                  batches=(7,))
+    assert not report.ok and str(report.localization).startswith("layer 1: BatchNorm(6)")

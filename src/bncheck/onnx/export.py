@@ -3,7 +3,7 @@
 >>> import torch
 >>> from bncheck.onnx import build_model, export_onnx
 >>> data = export_onnx(build_model("torch"), exporter="torchscript", keep_bn=True)
->>> data[:2] == b"\\x08\\x07" or len(data) > 1000
+>>> len(data) > 100_000  # LeNet-BN: 44k float32 weights
 True
 
 The model is exported as a user would export it: ``model.eval()`` and ``torch.onnx.export``,
