@@ -104,6 +104,8 @@ def _show(value: Any) -> str:
     if (isinstance(value, tuple) and len(value) == 2
             and all(isinstance(v, Tensor) for v in value)):
         return f"installed running_mean={_show(value[0])}, running_var={_show(value[1])}"
+    if isinstance(value, int):
+        return f"training steps={value}"
     if isinstance(value, Tensor):
         return str([float(f"{v:.6g}") for v in value.detach().flatten().tolist()])
     if isinstance(value, tuple | list):
