@@ -63,6 +63,13 @@ def test_onnx_reference_batchnorm_9_blends_batch_statistics_in_inference(opset: 
     assert np.abs(reference - inference_output()).max() > 0.1
 
 
+def test_onnx_reference_batchnorm_6_fails_at_opsets_7_and_8() -> None:
+    """From opset 7 BatchNormalization has no is_test; onnx.reference's BatchNormalization_6
+    reads the missing attribute as training mode and fails on its own tuple result."""
+    with pytest.raises(TypeError, match="BatchNormalization_6"):
+        ReferenceEvaluator(bn_model(7, ["Y"])).run(None, {"X": X})
+
+
 def test_onnx_reference_batchnorm_15_is_right_in_inference() -> None:
     reference = ReferenceEvaluator(bn_model(15, ["Y"], training=0)).run(None, {"X": X})[0]
     assert np.abs(reference - inference_output()).max() < 1e-5

@@ -158,11 +158,16 @@ def structure_problems(model: Any) -> list[str]:
     return problems
 
 
-def _io(values: Any) -> list[dict[str, Any]]:
+def _io(values: Any, initializers: Any = ()) -> list[dict[str, Any]]:
+    """Name, shape and dtype of graph inputs/outputs; inputs that are initializers (as old
+    exports list the weights, opset < 9) are left out."""
     import onnx
 
+    skip = {t.name for t in initializers}
     out = []
     for v in values:
+        if v.name in skip:
+            continue
         tt = v.type.tensor_type
         dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
                 for d in tt.shape.dim]
@@ -178,7 +183,7 @@ def signature(model: Any, *, where: str = "model") -> int | None:
     Raises:
         ModelFileError: another input signature.
     """
-    inputs = _io(model.graph.input)
+    inputs = _io(model.graph.input, model.graph.initializer)
     want = f"one float32 input of shape (N, {', '.join(map(str, INPUT_SHAPE))})"
     got = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in inputs) or "no inputs"
     ok = (len(inputs) == 1 and inputs[0]["dtype"] == "float32" and len(inputs[0]["shape"]) == 4
@@ -200,7 +205,8 @@ def _errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
 
 
 def _start(data: bytes, model: Any, placement_labels: Mapping[int, str] | None) -> Report:
-    report = Report(opset=onnx_opset(model), inputs=_io(model.graph.input),
+    report = Report(opset=onnx_opset(model),
+                    inputs=_io(model.graph.input, model.graph.initializer),
                     outputs=_io(model.graph.output))
     problems = structure_problems(model)
     report.structure = problems or ["onnx.checker (full_check): ok", "shape inference: ok"]
