@@ -85,6 +85,24 @@ def test_check_against_a_tampered_golden_fails(default_export: tuple[Path, str],
     assert "localization: no PyTorch source" in result.stderr
 
 
+def test_check_localizes_a_changed_running_variance(default_export: tuple[Path, str],
+                                                   tmp_path: Path) -> None:
+    """The export against a source whose layer-5 BatchNorm has another running variance: the
+    first diverging layer is 5, not the Conv before it nor the layers after."""
+    from bncheck.onnx import build_model
+
+    out, _ = default_export
+    state = build_model("scratch", seed=0).state_dict()
+    state["5.running_var"] = state["5.running_var"] * 1.5
+    ckpt = tmp_path / "changed.pt"
+    torch.save(state, ckpt)
+    result = bncheck("check", out, "--bn", "scratch", "--checkpoint", ckpt)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "first diverging layer: layer 5: BatchNorm(16) — exported graph's BatchNorm " \
+           "(decomposed into elementwise ops (Sub, Mul, Add)) differs from the eager layer" \
+           in result.stderr
+
+
 @pytest.mark.parametrize(("bn", "args", "kinds"), [
     ("torch", ["--keep-bn"], ["node"] * 4),
     ("torch", ["--exporter", "torchscript"], ["folded", "folded", "node", "node"]),
