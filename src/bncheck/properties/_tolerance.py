@@ -93,8 +93,11 @@ def forward_tolerance(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, n: in
         dxhat = dxhat + 2 * u_out * (r + dev + 1)
     g = weight.abs() if weight is not None else torch.ones_like(mean)
     b = bias.abs() if bias is not None else torch.zeros_like(mean)
+    # Floors: the output's subnormal spacing, and underflow of intermediates in the
+    # accumulation dtype (products below its smallest normal number lose all relative accuracy).
     tiny = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    atol = SAFETY * (g * dxhat + max(u, u_out) * (g * dev + b)) + 2 * tiny
+    underflow = SAFETY * torch.finfo(accumulation_dtype(dtype)).tiny * (1 + g)
+    atol = SAFETY * (g * dxhat + max(u, u_out) * (g * dev + b)) + 2 * tiny + underflow
     return ChannelTolerance(
         2 * u_out + SAFETY * u, channel_view(atol, x64.dim()),
         f"{str(dtype).removeprefix('torch.')} output (u={u_out:.2g}), statistics accumulated "
