@@ -173,8 +173,8 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
         obj: a Module class, a factory, or a prepared :class:`~bncheck.adapter.Target`.
         properties: names to run (default: all).
         dtypes: requested dtypes (default: float32, float64, float16, bfloat16).
-        profile: Hypothesis profile ``dev``, ``ci`` or ``thorough`` (default: from
-            ``HYPOTHESIS_PROFILE``, else ``ci``).
+        profile: Hypothesis profile ``dev``, ``ci`` or ``thorough`` (default: the one
+            ``HYPOTHESIS_PROFILE`` names, if it is one of those, else ``ci``).
         examples: examples per property (default: the profile's).
         seed: Hypothesis seed (default: 0 under ``ci``, else random); reported for replay.
         shrink: shrink failing cases to the smallest counterexample.
@@ -184,7 +184,9 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
             :func:`build_target`.
     """
     target = obj if isinstance(obj, Target) else build_target(obj, **target_kwargs)
-    profile = profile or profile_from_env("ci")
+    if profile is None:  # HYPOTHESIS_PROFILE may name the user's own profile: then ci
+        env = profile_from_env("ci")
+        profile = env if env in PROFILES else "ci"
     if profile not in PROFILES:
         raise InvalidArgument(f"Expected profile to be one of {sorted(PROFILES)}, received "
                               f"profile={profile!r}")

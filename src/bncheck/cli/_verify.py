@@ -90,12 +90,17 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     Exit status: 0 all properties pass, 1 some property fails, 2 usage error.
     """
     from bncheck.conventions import convention as preset
+    from bncheck.profiles import PROFILES, profile_from_env
     from bncheck.properties import get
     from bncheck.target import load_target
     from bncheck.verify import _resolve_dtypes, build_target
     from bncheck.verify import verify as run
 
     spec = target or REFERENCE
+    # Resolved here so the replay command names it even when it came from HYPOTHESIS_PROFILE.
+    if profile is None:
+        env = profile_from_env("ci")
+        profile = env if env in PROFILES else "ci"
     conv = preset(convention, momentum_weights=momentum_weights, running_var=running_var)
     mom = _momentum(momentum_text)
     dims = _ints(dims_text, "--dims")
@@ -119,7 +124,8 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
                             ("--momentum-weights", momentum_weights),
                             ("--running-var", running_var), ("--momentum", momentum_text),
                             ("--eps", None if eps == 1e-5 else repr(eps)), ("--dims", dims_text),
-                            ("--dtypes", dtypes_text), ("--profile", profile),
+                            ("--dtypes", dtypes_text),
+                            ("--profile", profile if profile != "ci" else None),
                             ("--examples", None if examples is None else str(examples))):
             if value is not None:
                 args += [flag, value]
