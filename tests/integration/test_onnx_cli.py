@@ -213,6 +213,7 @@ BAD = [
     ("missing-target", None, ["export", "{d}/o.onnx", "--bn", "{d}/nope.py:BN"],
      "does not exist"),
     ("missing-out-folder", None, ["export", "{d}/no/such/o.onnx"], "no folder"),
+    ("out-not-onnx", None, ["export", "{d}/o.json"], "Expected OUT to end in .onnx"),
 ]
 
 

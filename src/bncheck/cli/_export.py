@@ -63,6 +63,9 @@ def export(out: Path, bn: str | None, checkpoint: Path | None, seed: int, opset:
     from bncheck.onnx.manifest import golden_arrays, make_manifest, manifest_bytes, npz_bytes
     from bncheck.onnx.verify import verify_against_torch
 
+    if out.suffix != ".onnx":
+        raise InvalidArgument(f"Expected OUT to end in .onnx (the manifest and goldens go beside "
+                              f"it as .json and .npz), received OUT={str(out)!r}")
     if not out.parent.is_dir():
         raise InvalidArgument(f"Expected OUT in an existing folder, received OUT={str(out)!r} "
                               f"(no folder {str(out.parent)!r})")
