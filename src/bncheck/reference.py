@@ -62,6 +62,9 @@ def _check_channel_tensor(t: Any, name: str, channels: int) -> None:
     if not isinstance(t, Tensor):
         raise InvalidArgumentType(f"Expected {name} to be a torch.Tensor or None, "
                                   f"received {name}={describe(t)}")
+    if not t.is_floating_point():
+        raise InvalidArgumentType(
+            f"Expected {name} to have a floating dtype, received {name} of dtype {t.dtype}")
     if t.numel() != channels:
         raise InvalidArgument(
             f"Expected {name} to hold one value per channel ({channels}, from input.shape[1]), "

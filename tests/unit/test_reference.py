@@ -270,6 +270,13 @@ def test_dimension_specific_classes(cls, ok, bad):
     (lambda: bncheck.batch_norm(torch.randn(2, 3), torch.zeros(4), torch.ones(4)),
      InvalidArgument, r"running_mean to hold one value per channel \(3.*received running_mean "
      r"of shape \(4,\)"),
+    (lambda: bncheck.batch_norm(torch.randn(4, 3), torch.zeros(3, dtype=torch.long),
+                                torch.ones(3), training=True), InvalidArgumentType,
+     r"Expected running_mean to have a floating dtype, received running_mean of dtype "
+     r"torch.int64"),
+    (lambda: bncheck.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3),
+                                weight=torch.ones(3, dtype=torch.complex64)), InvalidArgumentType,
+     r"Expected weight to have a floating dtype"),
     (lambda: bncheck.batch_norm(torch.randn(2, 3), None, None, training=True, momentum=None),
      InvalidArgumentType, r"momentum=None"),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
