@@ -55,6 +55,27 @@ def _accepted_kwargs(obj: Any) -> frozenset[str]:
     return frozenset(k for k in CONFIG_KWARGS if k in params)
 
 
+def _takes_none_momentum(obj: Any) -> bool:
+    """Whether ``obj`` declares that ``momentum=None`` (PyTorch's cumulative average) is valid:
+    a torch BatchNorm class, a ``momentum`` defaulting to None, or one annotated Optional.
+    Most hand-written layers take a float momentum only; drawing None for them is a false alarm."""
+    if isinstance(obj, type) and issubclass(obj, nn.modules.batchnorm._NormBase):
+        return True
+    try:
+        param = inspect.signature(obj).parameters.get("momentum")
+    except (TypeError, ValueError):
+        return False
+    if param is None:
+        return False
+    if param.default is None:
+        return True
+    ann = param.annotation
+    if ann is inspect.Parameter.empty:
+        return False
+    text = ann if isinstance(ann, str) else repr(ann)
+    return "None" in text or "Optional" in text
+
+
 def _supported_dims(obj: Any) -> tuple[int, ...] | None:
     """Input ranks a known class accepts (torch.nn.BatchNormNd, bncheck's reference)."""
     allowed = getattr(obj, "_allowed_dims", None)
@@ -88,6 +109,8 @@ class Target:
     eps: float = 1e-5
     dims: tuple[int, ...] = (2, 4)
     configurable: frozenset[str] = field(default_factory=frozenset)
+    #: whether the constructor accepts ``momentum=None`` (drawn only then)
+    cumulative: bool = False
 
     @classmethod
     def from_object(cls, obj: Callable[..., Any], *, label: str | None = None,
@@ -102,7 +125,7 @@ class Target:
         name: str = label or getattr(obj, "__qualname__", None) or repr(obj)
         return cls(obj, name, convention,
                    convention.momentum if momentum is None else momentum, eps, tuple(dims),
-                   _accepted_kwargs(obj))
+                   _accepted_kwargs(obj), _takes_none_momentum(obj))
 
     def build(self, num_features: int, *, ndim: int, eps: float | None = None,
               momentum: float | None | str = "default", affine: bool = True,

@@ -54,3 +54,26 @@ def test_missing_stats_and_target_exceptions():
 
     with pytest.raises(TargetRaised, match="ValueError: nope"):
         Target.from_object(broken).build(2, ndim=2)
+
+
+def test_momentum_none_drawn_only_where_the_constructor_declares_it():
+    class FloatOnly(torch.nn.Module):
+        def __init__(self, num_features, momentum=0.1):
+            super().__init__()
+
+    class DefaultNone(torch.nn.Module):
+        def __init__(self, num_features, momentum=None):
+            super().__init__()
+
+    class Annotated(torch.nn.Module):
+        def __init__(self, num_features, momentum: float | None = 0.1):
+            super().__init__()
+
+    def factory(num_features, momentum=0.1):
+        return torch.nn.BatchNorm1d(num_features, momentum=momentum)
+
+    assert not Target.from_object(FloatOnly).cumulative
+    assert not Target.from_object(factory).cumulative
+    assert Target.from_object(DefaultNone).cumulative
+    assert Target.from_object(Annotated).cumulative
+    assert Target.from_object(torch.nn.BatchNorm2d).cumulative

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -116,7 +117,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
                      momentum=None if mom == "default" else mom,  # type: ignore[arg-type]
                      eps=eps, dims=dims)
     if mom is None:  # an explicit cumulative average
-        t = type(t)(t.obj, t.label, t.convention, None, t.eps, t.dims, t.configurable)
+        t = dataclasses.replace(t, momentum=None, cumulative=True)
 
     def replay(name: str, s: int) -> str:
         args = ["bncheck", "verify"] + ([target] if target else [])

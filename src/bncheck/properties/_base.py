@@ -52,7 +52,7 @@ class Context:
         return bn_configs(
             convention=t.convention, eps=None if "eps" in conf else t.eps, momentum=momentum,
             affine=None if "affine" in conf else True, track_running_stats=track,
-            allow_cumulative=allow_cumulative, min_batch_weight=min_batch_weight,
+            allow_cumulative=allow_cumulative and t.cumulative, min_batch_weight=min_batch_weight,
             max_batch_weight=max_batch_weight)
 
     def cases(self, *, dtypes: tuple[torch.dtype, ...] | None = None,

@@ -187,11 +187,22 @@ def reduced_precision(ctx: Context, drawn: tuple[BNCase, tuple[torch.Tensor, tor
                             steps=bn.num_batches_tracked() or 1)
         exp_v = conv.update(before[1], run_var, momentum=cfg.momentum,
                             steps=bn.num_batches_tracked() or 1)
-        for got, exp, tol, name in ((after[0], exp_m, tm, "running_mean"),
-                                    (after[1], exp_v, tv, "running_var")):
+        for got, exp, batch, tol, name in ((after[0], exp_m, mean, tm, "running_mean"),
+                                           (after[1], exp_v, run_var, tv, "running_var")):
             # Where the exact value overflows the statistics' dtype, any inf/nan is as wrong
-            # as the other: compare only the representable channels.
-            keep = torch.isfinite(exp.to(sdt))
+            # as the other: compare only the representable channels. So is a batch statistic
+            # that overflows it: rounding the batch statistic to the statistics' dtype before
+            # blending (running.mul_(1 - m).add_(m * var.to(running.dtype))) is legitimate.
+            keep = torch.isfinite(exp.to(sdt)) & torch.isfinite(batch.to(sdt))
+            overflow = keep & ~torch.isfinite(got)
+            if bool(overflow.any()):
+                c = int(overflow.nonzero()[0])
+                raise PropertyFailure(
+                    f"{dtype_name(case.dtype)} {name} is {float(got[c]):g} at channel {c} where "
+                    f"the exact value {float(exp[c]):g} and the batch statistic "
+                    f"{float(batch[c]):g} fit in {dtype_name(sdt)}: the statistics overflowed, "
+                    f"computed in 16 bits (e.g. squares of deviations above "
+                    f"{torch.finfo(case.dtype).max ** 0.5:g}); accumulate them in float32")
             expect_close(got[keep], exp.to(sdt).to(torch.float64)[keep],
                          type(tol)(tol.rtol, tol.atol[keep], tol.reason),
                          f"{name} (representable channels)")
