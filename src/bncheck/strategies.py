@@ -151,8 +151,13 @@ def _check_dtypes(values: Any, name: str = "dtypes") -> tuple[torch.dtype, ...]:
 # -- strategies --------------------------------------------------------------------------------
 def shapes(*, dims: Sequence[int] = (2, 4), min_batch: int = 2, max_batch: int = 6,
            min_channels: int = 1, max_channels: int = 4, min_side: int = 1,
-           max_side: int = 4) -> st.SearchStrategy[tuple[int, ...]]:
+           max_side: int = 4, wide_channels: int | None = None
+           ) -> st.SearchStrategy[tuple[int, ...]]:
     """Input shapes ``(N, C, *spatial)`` with ``len(shape)`` in ``dims``.
+
+    ``wide_channels`` (above ``max_channels``): about one shape in four has between
+    ``max_channels + 1`` and ``wide_channels`` channels, so that code paths for channel counts
+    past a vector width (8, 16) are exercised; shrinking still goes to the small counts.
 
     ``min_batch=2`` (the default) is the smallest batch a training forward accepts; with small
     batches the biased and unbiased variances differ by up to a factor 2. Use ``min_batch=1``
@@ -166,9 +171,16 @@ def shapes(*, dims: Sequence[int] = (2, 4), min_batch: int = 2, max_batch: int =
     check_min_max("min_batch", min_batch, "max_batch", max_batch)
     check_min_max("min_channels", min_channels, "max_channels", max_channels)
     check_min_max("min_side", min_side, "max_side", max_side)
+    channels: st.SearchStrategy[int] = st.integers(min_channels, max_channels)
+    if wide_channels is not None:
+        check_positive_int(wide_channels, "wide_channels")
+        check_min_max("max_channels", max_channels, "wide_channels", wide_channels)
+        if wide_channels > max_channels:
+            small, wide = channels, st.integers(max_channels + 1, wide_channels)
+            channels = st.integers(0, 3).flatmap(lambda k: wide if k == 3 else small)
     return st.tuples(
         st.sampled_from(dims), st.integers(min_batch, max_batch),
-        st.integers(min_channels, max_channels),
+        channels,
         st.lists(st.integers(min_side, max_side), min_size=3, max_size=3),
     ).map(lambda t: (t[1], t[2], *t[3][: t[0] - 2]))
 
@@ -349,7 +361,7 @@ def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str
              training: bool | None = None, grad_modes: Sequence[str] | None = None,
              configs: st.SearchStrategy[BNConfig] | None = None, min_batch: int | None = None,
              max_batch: int = 6, max_channels: int = 4, max_side: int = 4,
-             kinds: Sequence[str] | None = None,
+             wide_channels: int | None = None, kinds: Sequence[str] | None = None,
              layouts: Sequence[str] | None = None) -> st.SearchStrategy[BNCase]:
     """Complete test cases: shape, dtype, mode, configuration, input, random weight and bias.
 
@@ -363,6 +375,7 @@ def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str
         configs: ``None`` means ``bn_configs()``.
         min_batch: ``None`` means 1 when ``training=False``, else 2 (training needs two values
             per channel).
+        max_batch, max_channels, max_side, wide_channels: as :func:`shapes`.
         kinds, layouts: as :func:`inputs`.
     """
     if min_batch is None:
@@ -381,5 +394,5 @@ def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str
                               f"configs={configs!r}")
     return _cases(
         shapes(dims=dims, min_batch=min_batch, max_batch=max_batch, max_channels=max_channels,
-               max_side=max_side),
+               max_side=max_side, wide_channels=wide_channels),
         st.sampled_from(dts), modes(training=training, grad_modes=grad_modes), configs, ks, ls)

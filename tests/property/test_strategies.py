@@ -111,3 +111,15 @@ def test_invalid_inputs_arguments(args, error, match):
 def test_wide_channels_overflow_float16_squares(spec):
     offset, spread = spec
     assert spread**2 > 65504 and abs(offset) <= 10
+
+
+@given(st.data())
+def test_shapes_wide_channels(data):
+    shape = data.draw(bst.shapes(max_channels=3, wide_channels=17))
+    assert 1 <= shape[1] <= 17
+
+
+def test_shapes_wide_channels_are_drawn():
+    from hypothesis import find
+
+    assert find(bst.shapes(max_channels=3, wide_channels=17), lambda s: s[1] > 8)[1] == 9

@@ -242,3 +242,19 @@ class BatchOneEvalBroken(Base):
             _update(self, mean, var, n)
             return _norm(self, x, mean, var)
         return _norm(self, x.squeeze(0), self.running_mean, self.running_var).reshape(x.shape) if x.dim() == 2 else _norm(self, x, self.running_mean, self.running_var)
+
+
+class ChannelTailBug(Base):
+    """Channels past a vector width of 8 get the biased running variance (tail loop bug)."""
+    def forward(self, x):
+        if self.training:
+            mean, var, n = _stats(x)
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum
+                unb = var * n / (n - 1)
+                unb[8:] = var[8:]
+                self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - m).add_(m * unb.to(self.running_var.dtype))
+            return _norm(self, x, mean, var)
+        return _norm(self, x, self.running_mean, self.running_var)
