@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bncheck._io import write_atomic
 from bncheck._validation import check_positive_int, check_type, describe
 from bncheck.errors import InvalidArgument
 
@@ -204,16 +205,9 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray | Tensor) -> None:
     code = _IDX_CODES[native]
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        if path.name.endswith(".gz"):
-            with gzip.open(tmp, "wb") as g:
-                g.write(payload)
-        else:
-            tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if path.name.endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    write_atomic({path: payload})
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidArgumentType",
     "TargetError",
+    "OutputError",
     "VerificationFailed",
 ]
 
@@ -35,6 +36,11 @@ class InvalidArgumentType(UsageError, TypeError):
 
 class TargetError(UsageError):
     """A verification TARGET could not be imported, found, or built."""
+
+
+class OutputError(InvalidArgument):
+    """An output file cannot be written where it was asked for (missing or read-only folder,
+    a directory in its place); raised before any work where possible."""
 
 
 class VerificationFailed(BNCheckError, AssertionError):

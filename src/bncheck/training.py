@@ -19,9 +19,9 @@ global RNG is left as it was.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bncheck._io import write_atomic
 from bncheck._validation import check_finite_float, check_positive_int, check_type
 from bncheck.data import Dataset, batches
 from bncheck.errors import BNCheckError, InvalidArgument
@@ -117,16 +118,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     check_type(nn.Module, model, "model")
     path = _check_writable(path, "checkpoint")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic({path: buffer.getvalue()})
     return path
 
 

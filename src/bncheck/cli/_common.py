@@ -15,6 +15,7 @@ from bncheck.errors import BNCheckError, UsageError, VerificationFailed
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def console() -> Console:
@@ -30,9 +31,11 @@ debug_option = click.option("--debug", is_flag=True, help="Show full tracebacks 
 
 
 def handles_errors(fn: F) -> F:
-    """Map bncheck's errors to exit codes: usage errors 2, verification failures 1.
+    """Map bncheck's errors to exit codes: usage errors 2, verification failures 1, Ctrl-C 130.
 
-    With ``--debug`` the original exception propagates with its traceback.
+    With ``--debug`` the original exception propagates with its traceback. A command that has
+    partial results to save on Ctrl-C catches ``KeyboardInterrupt`` itself, writes them, and
+    exits with :data:`EXIT_INTERRUPTED`; this is the fallback for every other command.
     """
 
     @functools.wraps(fn)
@@ -55,5 +58,10 @@ def handles_errors(fn: F) -> F:
                 raise
             err(str(e))
             sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            err("interrupted (Ctrl-C); nothing more was written")
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]

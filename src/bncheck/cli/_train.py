@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from bncheck._io import write_json_atomic
 from bncheck._validation import check_finite_float, check_positive_int
-from bncheck.cli._common import console, debug_option, err, handles_errors
+from bncheck.cli._common import EXIT_INTERRUPTED, console, debug_option, err, handles_errors
 from bncheck.errors import InvalidArgument
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # (header, width) of each column of the per-epoch table.
 _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8), ("seconds", 7))
@@ -109,7 +105,7 @@ def train(data_dir: str, bn: str, epochs: int, lr: float, batch_size: int, seed:
         out.print(f"Checkpoint (state_dict) written to {checkpoint}")
     if json_out is not None:
         record = {"data": str(data_dir), "bn": bn, "limit": limit, **history.to_dict()}
-        _write_text_atomic(Path(json_out), json.dumps(record, indent=2) + "\n")
+        write_json_atomic(Path(json_out), record)
         out.print(f"History written to {json_out}")
 
 
@@ -124,14 +120,3 @@ def _row_table(cells: list[str], *, header: bool) -> Table:
         table.add_column(name, justify="right", width=max(width, len(name)), no_wrap=True)
     table.add_row(*cells)
     return table
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

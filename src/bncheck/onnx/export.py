@@ -17,14 +17,12 @@ import contextlib
 import copy
 import io
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 
 from torch import nn
 
+from bncheck._io import write_atomic
 from bncheck._validation import check_type
 from bncheck.errors import InvalidArgument, UsageError
 from bncheck.onnx.build import make_inputs
@@ -125,37 +123,3 @@ def export_onnx(model: nn.Module, *, exporter: str = "dynamo", opset: int | None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportFailed(f"torch.onnx.export (exporter={exporter}, opset={opset}) raised "
                            f"{type(e).__name__}: {first}") from e
-
-
-def write_atomic(files: Mapping[Path, bytes]) -> None:
-    """Write every file to a temporary sibling first, then move each into place.
-
-    Nothing is replaced until every temporary file is complete, so a failure while writing
-    leaves existing files byte-for-byte as they were; ``os.replace`` never leaves a file
-    partly overwritten.
-
-    Raises:
-        InvalidArgument: a destination folder does not exist.
-    """
-    for path in files:
-        if not path.parent.is_dir():
-            raise InvalidArgument(f"Expected an existing folder for {str(path)!r}, "
-                                  f"received folder {str(path.parent)!r} (no such folder)")
-    umask = os.umask(0)
-    os.umask(umask)
-    temps: dict[Path, str] = {}
-    try:
-        for path, data in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps[path] = tmp
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give what open() would
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)

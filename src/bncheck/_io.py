@@ -1,0 +1,130 @@
+"""Output files: checked before any work, written atomically after. One rule, one place.
+
+>>> import tempfile, pathlib
+>>> from bncheck._io import check_output_path, write_text_atomic
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> path = check_output_path(folder / "report.json", "--json")
+>>> _ = write_text_atomic(path, "{}")
+>>> path.read_text()
+'{}'
+
+Every command that writes a file calls :func:`check_output_path` for it *before* doing any work
+(so a missing or read-only folder is reported in one paragraph at once, not after a long run),
+then writes it with :func:`write_atomic` (or its text/JSON forms): each file goes to a temporary
+sibling first and is moved into place with ``os.replace`` only once every file of the set is
+complete, so a failed or interrupted run leaves earlier files byte-for-byte as they were. Files
+get the mode ``open()`` would give them (``0o666`` less the user's umask), not ``mkstemp``'s 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bncheck.errors import OutputError
+
+__all__ = ["check_output_path", "write_atomic", "write_text_atomic", "write_json_atomic",
+           "file_mode"]
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def check_output_path(path: str | os.PathLike[str], name: str, *,
+                      suffix: str | None = None) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if a file can be written there, else an error.
+
+    Checks, in order: that ``path`` is not a directory, its ``suffix`` (when given), that its folder
+    exists, and that a file can really be created in that folder (a probe file is created and
+    removed: this catches read-only folders and read-only file systems even for root, where
+    ``os.access`` says yes).
+
+    Raises:
+        OutputError: (exit code 2 in the CLI) with ``name=path`` and what is wrong.
+    """
+    p = Path(path)
+    shown = f"{name}={str(p)!r}"
+    if p.is_dir():
+        raise OutputError(f"Expected {name} to be a file path, received {shown}, "
+                          f"which is a directory")
+    if suffix is not None and p.suffix != suffix:
+        raise OutputError(f"Expected {name} to end in {suffix}, received {shown}")
+    folder = p.parent
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise OutputError(f"Expected {name} in an existing folder, received {shown} "
+                          f"(folder {str(folder)!r} {what})")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=folder)
+    except OSError as e:
+        raise OutputError(f"Cannot write {shown}: folder {str(folder)!r} is not writable "
+                          f"({e.strerror or type(e).__name__})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return p
+
+
+def write_atomic(files: Mapping[Path, bytes]) -> None:
+    """Write every file to a temporary sibling first, then move each into place.
+
+    Nothing is replaced until every temporary file is complete, so a failure while writing
+    leaves existing files byte-for-byte as they were; ``os.replace`` never leaves a file partly
+    overwritten.
+
+    Raises:
+        OutputError: a destination folder is missing or a file cannot be written (the message
+            names the file and the operating system's reason).
+    """
+    for path in files:
+        if not Path(path).parent.is_dir():
+            raise OutputError(f"Expected an existing folder for {str(path)!r}, received folder "
+                              f"{str(Path(path).parent)!r} (no such folder)")
+    mode = file_mode()
+    temps: dict[Path, str] = {}
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                           dir=path.parent)
+                temps[path] = tmp
+                os.chmod(tmp, mode)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as e:
+                raise OutputError(f"Cannot write {str(path)!r}: "
+                                  f"{e.strerror or type(e).__name__}") from None
+        for path, tmp in temps.items():
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise OutputError(f"Cannot write {str(path)!r}: "
+                                  f"{e.strerror or type(e).__name__}") from None
+    finally:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    p = Path(path)
+    write_atomic({p: text.encode("utf-8")})
+    return p
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON (with a final newline) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
