@@ -68,5 +68,12 @@ def check_momentum(momentum: Any, *, allow_none: bool) -> None:
     check_finite_float(momentum, "momentum", min_value=0.0, max_value=1.0)
 
 
-def check_eps(eps: Any) -> None:
-    check_finite_float(eps, "eps", min_value=0.0, exclude_min=True)
+def check_eps(eps: Any, *, training: bool = True) -> None:
+    """The one rule for ``eps``, as torch 2.13's ``F.batch_norm`` applies it: a finite number,
+    ``>= 0``, and ``> 0`` where batch statistics are normalized (``training``: a constant
+    channel has variance 0, so ``eps=0`` would divide by zero)."""
+    check_finite_float(eps, "eps", min_value=0.0)
+    if training and eps == 0:
+        raise InvalidArgument(
+            f"Expected eps > 0 when normalizing with batch statistics (training; a constant "
+            f"channel has variance 0), received eps={eps!r}")

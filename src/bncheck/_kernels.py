@@ -1,0 +1,245 @@
+"""The reference BatchNorm's arithmetic: written from the formula, fast on CPU.
+
+No call into ``F.batch_norm``, ``torch.batch_norm`` or a native BatchNorm kernel: the reference is
+bncheck's independent oracle for other BatchNorms. Each piece below was chosen by measurement
+(``benchmarks/``, README "Performance"):
+
+* **training** (batch statistics): :class:`BatchNormFunction`, a ``torch.autograd.Function``. Its
+  forward takes one pass for the per-channel sum, one that writes the centred values ``x - mean``
+  into the output buffer, one that sums their squares without a temporary (a two-pass variance,
+  never ``E[x²] - E[x]²``), and normalizes the centred values in place. Its backward is the
+  analytic gradient and saves only what native BatchNorm saves: the input, the weight, the
+  per-channel mean and ``1 / std``.
+* **eval** (given statistics): the folded form ``x * scale + shift`` with
+  ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale``, as PyTorch's CPU kernel
+  computes it: one multiply that allocates the output, one add in place.
+* **compiled** (opt-in): the plain formula under ``torch.compile``, whose generated kernels fuse the
+  reductions and the elementwise work of the forward and the backward.
+
+float16/bfloat16 input is computed in float32 (float32 accumulation) and returned in its dtype.
+Tensors are handled as ``(A, C, B)`` rows (:func:`rows`): ``(N, C, L)`` for contiguous input,
+``(N * H * W, C, 1)`` for channels-last input, so no layout is copied on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["compute_dtype", "reduction_dims", "rows", "unrows", "is_channels_last",
+           "BatchNormFunction", "train_forward", "eval_forward", "formula", "compiled_formula"]
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+#: From this many elements on, a full-size temporary costs more than it saves: with glibc's
+#: default allocator, blocks above 32 MB are fresh mmaps whose page faults cost about 4x a copy
+#: (measured at (64, 64, 56, 56) float32), so the backward's per-channel dot product uses a
+#: batched matrix product (no temporary) instead of a multiply and a sum (2-4x faster below).
+_NO_TEMPORARY_FROM = 1 << 23
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype BatchNorm arithmetic runs in: float32 for float16/bfloat16, else ``dtype``."""
+    return torch.float32 if dtype in _REDUCED else dtype
+
+
+def reduction_dims(ndim: int) -> list[int]:
+    """The dims a BatchNorm reduces over for an ``ndim``-dim input: all but the channel dim 1."""
+    return [0, *range(2, ndim)]
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether ``t`` is stored channels-last (channels innermost) rather than contiguously."""
+    return t.dim() > 2 and not t.is_contiguous() and t.movedim(1, -1).is_contiguous()
+
+
+def rows(t: Tensor, channels_last: bool) -> Tensor:
+    """``t`` (N, C, *) as ``(A, C, B)``: channels in dim 1, dims 0 and 2 reduced over.
+
+    A view for contiguous and (with ``channels_last``) channels-last tensors, a contiguous copy
+    for any other layout.
+    """
+    c = t.shape[1]
+    if channels_last:
+        return t.movedim(1, -1).reshape(-1, c, 1)
+    return t.reshape(t.shape[0], c, -1)
+
+
+def unrows(r: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
+    """Undo :func:`rows`: ``(A, C, B)`` back to ``shape`` in the same memory layout."""
+    if channels_last:
+        return r.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+    return r.view(shape)
+
+
+def _per_channel(v: Tensor) -> Tensor:
+    return v.view(1, -1, 1)
+
+
+def _channel_sum(r: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-channel sum of ``(A, C, B)`` rows, accumulated in ``dtype``."""
+    if r.shape[2] == 1:
+        return r.select(2, 0).sum(0, dtype=dtype)
+    return r.sum(2, dtype=dtype).sum(0)
+
+
+def _channel_sum_of_squares(d: Tensor) -> Tensor:
+    """Per-channel sum of ``d**2`` without a full-size temporary where it matters."""
+    if d.shape[2] == 1:
+        d2 = d.select(2, 0)
+        if d.numel() < _NO_TEMPORARY_FROM:
+            return torch.linalg.vecdot(d2, d2, dim=0)
+        return torch.linalg.vector_norm(d2, dim=0).square_()
+    # The norm of contiguous rows is one fused pass (no d**2 temporary).
+    return torch.linalg.vector_norm(d, dim=2).square_().sum(0)
+
+
+def _channel_dot(d: Tensor, g: Tensor) -> Tensor:
+    """Per-channel sum of ``d * g`` (same shape, dtype and layout)."""
+    a, c, b = d.shape
+    if b == 1:
+        return torch.linalg.vecdot(d.select(2, 0), g.select(2, 0), dim=0)
+    if d.numel() < _NO_TEMPORARY_FROM:
+        return (d * g).sum(2).sum(0)
+    return torch.bmm(d.view(a * c, 1, b), g.reshape(a * c, b, 1)).view(a, c).sum(0)
+
+
+def train_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                  eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normalize ``x`` with its batch statistics (no autograd graph).
+
+    Returns:
+        ``(y, mean, invstd, sum_of_squares)``: the output in ``x``'s dtype and layout, and per
+        channel the batch mean, ``1 / sqrt(biased var + eps)`` and the sum of squared deviations
+        (in the compute dtype), from which the caller derives the unbiased variance.
+    """
+    cdtype = compute_dtype(x.dtype)
+    channels_last = is_channels_last(x)
+    r = rows(x, channels_last)
+    n = r.shape[0] * r.shape[2]
+    mean = _channel_sum(r, cdtype) / n
+    d = r - _per_channel(mean)  # a new buffer in the compute dtype: becomes the output
+    sum_sq = _channel_sum_of_squares(d)
+    invstd = torch.rsqrt(sum_sq / n + eps)
+    d.mul_(_per_channel(invstd if weight is None else invstd * weight.to(cdtype)))
+    if bias is not None:
+        d.add_(_per_channel(bias.to(cdtype)))
+    return unrows(d, x.shape, channels_last).to(x.dtype), mean, invstd, sum_sq
+
+
+def train_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
+                   needs: tuple[bool, bool, bool]
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The analytic gradients of :func:`train_forward`'s output for input, weight and bias.
+
+    With ``xhat = (x - mean) * invstd`` and sums over each channel's ``n`` values:
+    ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)`` and
+    ``dx = weight * invstd * (dy - sum(dy) / n - xhat * sum(dy * xhat) / n)``.
+    """
+    need_input, need_weight, need_bias = needs
+    cdtype = compute_dtype(x.dtype)
+    channels_last = is_channels_last(x)
+    r = rows(x, channels_last)
+    g = rows(dy, channels_last).to(cdtype)
+    n = r.shape[0] * r.shape[2]
+    sum_dy = _channel_sum(g, cdtype)
+    grad_input = grad_weight = None
+    if need_input or need_weight:
+        d = r - _per_channel(mean)  # a new buffer: becomes grad_input
+        dot = _channel_dot(d, g)
+        if need_weight:
+            grad_weight = dot * invstd
+        if need_input:
+            k = invstd if weight is None else invstd * weight.to(cdtype)
+            d.mul_(_per_channel(-k * invstd.square() * dot / n))
+            d.sub_(_per_channel(k * sum_dy / n)).addcmul_(g, _per_channel(k))
+            grad_input = unrows(d, x.shape, channels_last).to(x.dtype)
+    grad_bias = sum_dy if need_bias else None
+    return grad_input, grad_weight, grad_bias
+
+
+def _like(grad: Tensor | None, param: Tensor | None) -> Tensor | None:
+    return grad if grad is None or param is None else grad.to(param.dtype)
+
+
+def formula(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+            eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Training BatchNorm as the plain, twice-differentiable formula (autograd derives the
+    backward): ``(y, mean, biased var)``. Used for double backward and by the compiled path."""
+    cdtype = compute_dtype(x.dtype)
+    dims = reduction_dims(x.dim())
+    xc = x.to(cdtype)
+    mean = xc.mean(dim=dims, keepdim=True)
+    d = xc - mean
+    var = d.square().mean(dim=dims, keepdim=True)
+    y = d * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.to(cdtype).view(mean.shape)
+    if bias is not None:
+        y = y + bias.to(cdtype).view(mean.shape)
+    return y.to(x.dtype), mean.flatten(), var.flatten()
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training BatchNorm with an analytic backward: ``apply(x, weight, bias, eps)`` returns
+    ``(y, mean, sum_of_squares)``; only ``y`` is differentiable.
+
+    Saved for backward: ``x``, ``weight`` and two per-channel vectors, as native BatchNorm saves.
+    Double backward (``create_graph=True``) differentiates :func:`formula` instead, so
+    ``gradgradcheck`` holds.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        y, mean, invstd, sum_sq = train_forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, sum_sq)
+        return y, mean, sum_sq
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return (*_formula_gradients(dy, x, weight, bias, ctx.eps, needs), None)
+        gx, gw, gb = train_backward(dy, x, weight, mean, invstd, needs)  # type: ignore[arg-type]
+        return gx, _like(gw, weight), _like(gb, bias), None
+
+
+def _formula_gradients(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                       eps: float, needs: tuple[bool, ...]) -> list[Tensor | None]:
+    inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
+    y = formula(x, weight, bias, eps)[0]
+    grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True))
+    return [next(grads) if need else None for need in needs]
+
+
+def eval_forward(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
+                 bias: Tensor | None, eps: float) -> Tensor:
+    """Normalize ``x`` with given statistics: ``x * scale + shift``, differentiable."""
+    cdtype = compute_dtype(x.dtype)
+    scale = torch.rsqrt(var.to(cdtype) + eps)
+    if weight is not None:
+        scale = scale * weight.to(cdtype)
+    shift = -mean.to(cdtype) * scale
+    if bias is not None:
+        shift = shift + bias.to(cdtype)
+    view = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    return (x * scale.view(view)).add_(shift.view(view)).to(x.dtype)
+
+
+_compiled: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
+
+
+def compiled_formula() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    """:func:`formula` under ``torch.compile`` (built on first use; each new dtype, rank or
+    set of present arguments compiles once more, sizes are dynamic)."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(formula, dynamic=True)
+    return _compiled
