@@ -17,8 +17,8 @@ bncheck's independent oracle for other BatchNorms. Each piece below was chosen b
   reductions and the elementwise work of the forward and the backward.
 
 float16/bfloat16 input is computed in float32 (float32 accumulation) and returned in its dtype.
-Tensors are handled as ``(A, C, B)`` rows (:func:`rows`): ``(N, C, L)`` for contiguous input,
-``(N * H * W, C, 1)`` for channels-last input, so no layout is copied on the way.
+Tensors are handled as rows (:func:`rows`): ``(N, C, L)`` for contiguous input, ``(M, C)`` for
+2-dim and channels-last input, so neither layout is copied on the way.
 """
 
 from __future__ import annotations
@@ -57,53 +57,60 @@ def is_channels_last(t: Tensor) -> bool:
 
 
 def rows(t: Tensor, channels_last: bool) -> Tensor:
-    """``t`` (N, C, *) as ``(A, C, B)``: channels in dim 1, dims 0 and 2 reduced over.
+    """``t`` (N, C, *) with dim 1 the channels and every other dim reduced over: ``(M, C)`` where
+    channels are innermost (2-dim input, or ``channels_last``), else ``(N, C, L)``.
 
-    A view for contiguous and (with ``channels_last``) channels-last tensors, a contiguous copy
-    for any other layout.
+    A view for 2-dim, contiguous and (with ``channels_last``) channels-last tensors, a contiguous
+    copy for any other layout.
     """
     c = t.shape[1]
+    if t.dim() == 2:
+        return t
     if channels_last:
-        return t.movedim(1, -1).reshape(-1, c, 1)
+        return t.movedim(1, -1).reshape(-1, c)
     return t.reshape(t.shape[0], c, -1)
 
 
 def unrows(r: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
-    """Undo :func:`rows`: ``(A, C, B)`` back to ``shape`` in the same memory layout."""
+    """Undo :func:`rows` for a contiguous ``r``: back to ``shape`` in the same memory layout."""
     if channels_last:
         return r.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
     return r.view(shape)
 
 
-def _per_channel(v: Tensor) -> Tensor:
-    return v.view(1, -1, 1)
+def _per_channel(v: Tensor, r: Tensor) -> Tensor:
+    """``(C,)`` values shaped to broadcast against rows ``r``."""
+    return v.view(1, -1) if r.dim() == 2 else v.view(1, -1, 1)
 
 
 def _channel_sum(r: Tensor, dtype: torch.dtype) -> Tensor:
-    """Per-channel sum of ``(A, C, B)`` rows, accumulated in ``dtype``."""
-    if r.shape[2] == 1:
-        return r.select(2, 0).sum(0, dtype=dtype)
-    return r.sum(2, dtype=dtype).sum(0)
+    """Per-channel sum of rows ``r``, accumulated in ``dtype``."""
+    return r.sum(0, dtype=dtype) if r.dim() == 2 else r.sum(2, dtype=dtype).sum(0)
+
+
+def _channel_mean(r: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-channel mean of rows ``r``, accumulated in ``dtype``."""
+    if r.dim() == 2:
+        return r.mean(0, dtype=dtype)
+    return _channel_sum(r, dtype).div_(r.shape[0] * r.shape[2])
 
 
 def _channel_sum_of_squares(d: Tensor) -> Tensor:
-    """Per-channel sum of ``d**2`` without a full-size temporary where it matters."""
-    if d.shape[2] == 1:
-        d2 = d.select(2, 0)
-        if d.numel() < _NO_TEMPORARY_FROM:
-            return torch.linalg.vecdot(d2, d2, dim=0)
-        return torch.linalg.vector_norm(d2, dim=0).square_()
-    # The norm of contiguous rows is one fused pass (no d**2 temporary).
-    return torch.linalg.vector_norm(d, dim=2).square_().sum(0)
+    """Per-channel sum of ``d**2``, without a full-size temporary where that matters."""
+    if d.dim() == 3:  # the norm of contiguous rows is one fused pass
+        return torch.linalg.vector_norm(d, dim=2).square_().sum(0)
+    if d.numel() < _NO_TEMPORARY_FROM:
+        return torch.linalg.vecdot(d, d, dim=0)
+    return torch.linalg.vector_norm(d, dim=0).square_()
 
 
 def _channel_dot(d: Tensor, g: Tensor) -> Tensor:
-    """Per-channel sum of ``d * g`` (same shape, dtype and layout)."""
-    a, c, b = d.shape
-    if b == 1:
-        return torch.linalg.vecdot(d.select(2, 0), g.select(2, 0), dim=0)
+    """Per-channel sum of ``d * g`` (rows of the same shape and dtype)."""
+    if d.dim() == 2:
+        return torch.linalg.vecdot(d, g, dim=0)
     if d.numel() < _NO_TEMPORARY_FROM:
         return (d * g).sum(2).sum(0)
+    a, c, b = d.shape
     return torch.bmm(d.view(a * c, 1, b), g.reshape(a * c, b, 1)).view(a, c).sum(0)
 
 
@@ -119,14 +126,16 @@ def train_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     cdtype = compute_dtype(x.dtype)
     channels_last = is_channels_last(x)
     r = rows(x, channels_last)
-    n = r.shape[0] * r.shape[2]
-    mean = _channel_sum(r, cdtype) / n
-    d = r - _per_channel(mean)  # a new buffer in the compute dtype: becomes the output
+    n = r.numel() // r.shape[1]
+    mean = _channel_mean(r, cdtype)
+    d = r - _per_channel(mean, r)  # a new buffer in the compute dtype: becomes the output
     sum_sq = _channel_sum_of_squares(d)
-    invstd = torch.rsqrt(sum_sq / n + eps)
-    d.mul_(_per_channel(invstd if weight is None else invstd * weight.to(cdtype)))
-    if bias is not None:
-        d.add_(_per_channel(bias.to(cdtype)))
+    invstd = (sum_sq / n).add_(eps).rsqrt_()
+    scale = invstd if weight is None else invstd * weight.to(cdtype)
+    if bias is None:
+        d.mul_(_per_channel(scale, d))
+    else:
+        torch.addcmul(_per_channel(bias.to(cdtype), d), d, _per_channel(scale, d), out=d)
     return unrows(d, x.shape, channels_last).to(x.dtype), mean, invstd, sum_sq
 
 
@@ -143,20 +152,22 @@ def train_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, i
     cdtype = compute_dtype(x.dtype)
     channels_last = is_channels_last(x)
     r = rows(x, channels_last)
-    g = rows(dy, channels_last).to(cdtype)
-    n = r.shape[0] * r.shape[2]
+    g = rows(dy, channels_last).to(cdtype)  # dy in another layout is copied into x's
+    n = r.numel() // r.shape[1]
     sum_dy = _channel_sum(g, cdtype)
     grad_input = grad_weight = None
     if need_input or need_weight:
-        d = r - _per_channel(mean)  # a new buffer: becomes grad_input
+        d = r - _per_channel(mean, r)  # a new buffer: becomes grad_input
         dot = _channel_dot(d, g)
-        if need_weight:
-            grad_weight = dot * invstd
+        grad_weight = dot.mul_(invstd)  # sum(dy * xhat)
         if need_input:
             k = invstd if weight is None else invstd * weight.to(cdtype)
-            d.mul_(_per_channel(-k * invstd.square() * dot / n))
-            d.sub_(_per_channel(k * sum_dy / n)).addcmul_(g, _per_channel(k))
+            # dx = k * dy - k * sum(dy) / n - (k * invstd * sum(dy * xhat) / n) * d
+            d.mul_(_per_channel(grad_weight * invstd * k / -n, d))
+            d.sub_(_per_channel(k * sum_dy / n, d)).addcmul_(g, _per_channel(k, d))
             grad_input = unrows(d, x.shape, channels_last).to(x.dtype)
+        if not need_weight:
+            grad_weight = None
     grad_bias = sum_dy if need_bias else None
     return grad_input, grad_weight, grad_bias
 
@@ -213,7 +224,8 @@ class BatchNormFunction(torch.autograd.Function):
 
 def _formula_gradients(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                        eps: float, needs: tuple[bool, ...]) -> list[Tensor | None]:
-    inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
+    inputs = [t for t, need in zip((x, weight, bias), needs, strict=True)
+              if need and t is not None]
     y = formula(x, weight, bias, eps)[0]
     grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True))
     return [next(grads) if need else None for need in needs]

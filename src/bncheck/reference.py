@@ -150,14 +150,19 @@ def batch_norm(
         y, mean, _, sum_sq = _kernels.train_forward(input, weight, bias, eps)
     with torch.no_grad():
         if running_mean is not None:
-            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            _blend(running_mean, mean, momentum)
         if running_var is not None:
-            # Blend in the compute dtype, then store: a float16 batch variance may overflow
-            # even when the blended running variance does not.
-            unbiased = sum_sq / (count - 1)
-            running_var.copy_(running_var.to(unbiased.dtype) * (1.0 - momentum)
-                              + unbiased * momentum)
+            _blend(running_var, sum_sq / (count - 1), momentum)  # the unbiased variance
     return y
+
+
+def _blend(running: Tensor, batch: Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch`` in place, in ``batch``'s
+    (compute) dtype: a float16 batch variance may overflow where the blend does not."""
+    if running.dtype == batch.dtype:
+        running.lerp_(batch, momentum)
+    else:
+        running.copy_(running.to(batch.dtype).lerp_(batch, momentum))
 
 
 def _empty_batch(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
