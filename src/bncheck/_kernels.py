@@ -248,10 +248,22 @@ def eval_forward(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
 _compiled: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
 
 
+#: Each dtype, rank, grad mode and set of present arguments compiles once (sizes are dynamic):
+#: more graphs than torch's default limit of 8, past which it would silently run eagerly.
+_RECOMPILE_LIMIT = 64
+
+
 def compiled_formula() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
-    """:func:`formula` under ``torch.compile`` (built on first use; each new dtype, rank or
-    set of present arguments compiles once more, sizes are dynamic)."""
+    """:func:`formula` under ``torch.compile``, built on first use."""
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(formula, dynamic=True)
+        import torch._dynamo
+
+        graphs = torch.compile(formula, dynamic=True)
+
+        def call(*args: Any) -> tuple[Tensor, Tensor, Tensor]:
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                return graphs(*args)  # type: ignore[no-any-return]
+
+        _compiled = call
     return _compiled

@@ -40,10 +40,10 @@ from torch import Tensor
 import bncheck
 from bncheck.errors import InvalidArgument
 
-__all__ = ["SHAPES", "MODES", "IMPLS", "Case", "Result", "environment", "kernel_cases",
+__all__ = ["SHAPES", "MODES", "IMPLS", "TIMERS", "Case", "Result", "environment", "kernel_cases",
            "measure", "saved_bytes", "memory_ratios", "lenet_step_times", "onnx_latencies",
            "property_rates", "gate_ratios", "compare", "Regression", "load_baseline",
-           "baseline_document", "TOLERANCE"]
+           "baseline_document", "results_document", "parse_shape", "TOLERANCE"]
 
 #: LeNet-BN's first conv BN, its second, its first fully connected BN, and a ResNet stage.
 SHAPES: tuple[tuple[int, ...], ...] = ((256, 6, 24, 24), (256, 16, 8, 8), (256, 120),
@@ -108,6 +108,22 @@ class Result:
 
 def _shape_text(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"256x6x24x24"`` as ``(256, 6, 24, 24)``: 2 to 5 positive sizes.
+
+    Raises:
+        InvalidArgument: anything else, named ``--shape``.
+    """
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not 2 <= len(shape) <= 5 or min(shape) < 1:
+        raise InvalidArgument(f"Expected --shape as 2 to 5 positive sizes like 256x6x24x24, "
+                              f"received --shape={text!r}")
+    return shape
 
 
 def _seed_batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum):
@@ -198,20 +214,36 @@ def kernel_cases(*, shapes: Iterable[tuple[int, ...]] = SHAPES, modes: Iterable[
     return cases
 
 
-def _time(fn: Callable[[], object], iterations: int) -> float:
-    start = time.perf_counter()
+#: ``wall``: elapsed time (what a user waits). ``cpu``: this process's CPU time, which time
+#: spent descheduled by other processes does not inflate: steadier ratios on a shared machine
+#: (with one thread; with more, threads waiting for each other count too).
+TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _time(fn: Callable[[], object], iterations: int,
+          clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     for _ in range(iterations):
         fn()
-    return (time.perf_counter() - start) / iterations
+    return (clock() - start) / iterations
 
 
 def measure(cases: Sequence[Case], *, rounds: int = 7, min_seconds: float = 0.02,
-            on_step: Callable[[str], None] | None = None) -> list[Result]:
+            timer: str = "wall", on_step: Callable[[str], None] | None = None) -> list[Result]:
     """Time ``cases`` group by group in ``rounds`` interleaved rounds; medians and ratios.
 
     Each case runs once untimed first (its time is ``first_call``: compilation for
     ``compiled``), then ``iterations`` calls per round, enough for ``min_seconds``.
+
+    Raises:
+        InvalidArgument: ``rounds < 1`` or an unknown ``timer`` (``wall``, ``cpu``).
     """
+    if timer not in TIMERS:
+        raise InvalidArgument(f"Expected timer to be one of {sorted(TIMERS)}, "
+                              f"received timer={timer!r}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise InvalidArgument(f"Expected rounds >= 1, received rounds={rounds!r}")
+    clock = TIMERS[timer]
     groups: dict[str, list[Case]] = {}
     for case in cases:
         groups.setdefault(case.group, []).append(case)
@@ -231,11 +263,16 @@ def measure(cases: Sequence[Case], *, rounds: int = 7, min_seconds: float = 0.02
         for r in range(rounds):
             if on_step:
                 on_step(f"{group[0].group}: round {r + 1}/{rounds}")
-            gc.collect()
             order = list(range(len(group)))
             order = order[r % len(order):] + order[:r % len(order)]
-            for i in order:
-                times[i].append(_time(fns[i], iters[i]))
+            enabled = gc.isenabled()
+            gc.disable()  # as timeit does: no collection pause inside a timing
+            try:
+                for i in order:
+                    times[i].append(_time(fns[i], iters[i], clock))
+            finally:
+                if enabled:
+                    gc.enable()
         med = {c.impl: statistics.median(t) for c, t in zip(group, times, strict=True)}
         for case, t, first in zip(group, times, firsts, strict=True):
             results.append(Result(case.mode, case.shape, case.impl, med[case.impl], t,
@@ -282,8 +319,8 @@ def _prepared(fn: Callable[[], object]) -> Callable[[], Callable[[], object]]:
     return lambda: fn
 
 
-def lenet_step_times(*, batch: int = 256, rounds: int = 7,
-                     min_seconds: float = 0.05) -> dict[str, float]:
+def lenet_step_times(*, batch: int = 256, rounds: int = 7, min_seconds: float = 0.05,
+                     timer: str = "wall") -> dict[str, float]:
     """Seconds per LeNet-BN training step (forward, cross-entropy, backward, SGD) for the
     scratch and the torch variant, interleaved; ``images/s`` = ``batch / seconds``."""
     from bncheck.models import lenet_bn
@@ -304,11 +341,12 @@ def lenet_step_times(*, batch: int = 256, rounds: int = 7,
         steps[bn] = step
     cases = [Case("lenet_train_step", (batch, 1, 28, 28), name, _prepared(fn))
              for name, fn in steps.items()]
-    return {r.impl: r.seconds for r in measure(cases, rounds=rounds, min_seconds=min_seconds)}
+    return {r.impl: r.seconds
+            for r in measure(cases, rounds=rounds, min_seconds=min_seconds, timer=timer)}
 
 
 def onnx_latencies(*, batches: Iterable[int] = (1, 256), rounds: int = 7,
-                   min_seconds: float = 0.05) -> dict[int, dict[str, float]]:
+                   min_seconds: float = 0.05, timer: str = "wall") -> dict[int, dict[str, float]]:
     """Seconds per inference of the exported scratch LeNet-BN (dynamo exporter, onnxruntime CPU
     at ``ENABLE_ALL``) and of the eager model in eval mode under ``no_grad``."""
     from bncheck.onnx import build_model, export_onnx, make_inputs
@@ -331,8 +369,8 @@ def onnx_latencies(*, batches: Iterable[int] = (1, 256), rounds: int = 7,
 
         cases = [Case("lenet_inference", (batch, 1, 28, 28), "eager", _prepared(eager)),
                  Case("lenet_inference", (batch, 1, 28, 28), "onnxruntime", _prepared(ort))]
-        out[batch] = {r.impl: r.seconds
-                      for r in measure(cases, rounds=rounds, min_seconds=min_seconds)}
+        out[batch] = {r.impl: r.seconds for r in measure(cases, rounds=rounds,
+                                                         min_seconds=min_seconds, timer=timer)}
     return out
 
 
@@ -401,8 +439,9 @@ def compare(now: dict[str, float], baseline: dict[str, float], *,
     return regressions, missing
 
 
-def load_baseline(path: str | os.PathLike[str]) -> dict[str, float]:
-    """The ``ratios`` of a baseline file written by :func:`baseline_document`.
+def load_baseline(path: str | os.PathLike[str]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The ``ratios`` of a baseline file written from :func:`baseline_document`, and the
+    ``settings`` (threads, timer) they were measured with.
 
     Raises:
         InvalidArgument: the file is missing or not a baseline.
@@ -416,17 +455,18 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, float]:
     except (OSError, ValueError) as e:
         raise InvalidArgument(f"Cannot read baseline={str(p)!r}: {e}") from None
     ratios = doc.get("ratios") if isinstance(doc, dict) else None
-    if doc.get("format") != "bncheck-bench-baseline/1" or not isinstance(ratios, dict):
+    if (not isinstance(doc, dict) or doc.get("format") != "bncheck-bench-baseline/1"
+            or not isinstance(ratios, dict)):
         raise InvalidArgument(f"Expected a bncheck bench baseline (format "
                               f"bncheck-bench-baseline/1), received baseline={str(p)!r}")
-    return {str(k): float(v) for k, v in ratios.items()}
+    return {str(k): float(v) for k, v in ratios.items()}, dict(doc.get("settings") or {})
 
 
-def baseline_document(ratios: dict[str, float], env: dict[str, Any] | None = None
-                      ) -> dict[str, Any]:
-    """The JSON document of a baseline: the ratios and the environment they were measured in."""
-    return {"format": "bncheck-bench-baseline/1", "tolerance": TOLERANCE,
-            "environment": env or environment(), "ratios": dict(sorted(ratios.items()))}
+def baseline_document(ratios: dict[str, float], settings: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document of a baseline: the ratios, the settings that change them (threads,
+    timer) and the environment they were measured in."""
+    return {"format": "bncheck-bench-baseline/1", "tolerance": TOLERANCE, "settings": settings,
+            "environment": environment(), "ratios": dict(sorted(ratios.items()))}
 
 
 def results_document(results: Iterable[Result], **extra: Any) -> dict[str, Any]:
