@@ -13,8 +13,9 @@ bncheck's independent oracle for other BatchNorms. Each piece below was chosen b
 * **eval** (given statistics): the folded form ``x * scale + shift`` with
   ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale``, as PyTorch's CPU kernel
   computes it: one multiply that allocates the output, one add in place.
-* **compiled** (opt-in): the plain formula under ``torch.compile``, whose generated kernels fuse the
-  reductions and the elementwise work of the forward and the backward.
+* **compiled** (opt-in): the same forward and analytic backward written for ``torch.compile``,
+  whose generated kernels fuse each direction's reductions and elementwise work; the same
+  autograd Function holds them, so the same tensors are saved and ``retain_graph`` works.
 
 float16/bfloat16 input is computed in float32 (float32 accumulation) and returned in its dtype.
 Tensors are handled as rows (:func:`rows`): ``(N, C, L)`` for contiguous input, ``(M, C)`` for
@@ -30,7 +31,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["compute_dtype", "reduction_dims", "rows", "unrows", "is_channels_last",
-           "BatchNormFunction", "train_forward", "eval_forward", "formula", "compiled_formula"]
+           "BatchNormFunction", "train_forward", "train_backward", "eval_forward", "formula",
+           "compiled_forward", "compiled_backward"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -72,10 +74,10 @@ def rows(t: Tensor, channels_last: bool) -> Tensor:
 
 
 def unrows(r: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
-    """Undo :func:`rows` for a contiguous ``r``: back to ``shape`` in the same memory layout."""
+    """Undo :func:`rows`: back to ``shape`` in the same memory layout."""
     if channels_last:
-        return r.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
-    return r.view(shape)
+        return r.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+    return r.reshape(shape)
 
 
 def _per_channel(v: Tensor, r: Tensor) -> Tensor:
@@ -163,9 +165,14 @@ def train_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, i
         if need_input:
             k = invstd if weight is None else invstd * weight.to(cdtype)
             # dx = k * dy - k * sum(dy) / n - (k * invstd * sum(dy * xhat) / n) * d
-            d.mul_(_per_channel(grad_weight * invstd * k / -n, d))
-            d.sub_(_per_channel(k * sum_dy / n, d)).addcmul_(g, _per_channel(k, d))
-            grad_input = unrows(d, x.shape, channels_last).to(x.dtype)
+            coef = _per_channel(grad_weight * invstd * k / -n, d)
+            shift = _per_channel(k * sum_dy / -n, d)
+            if d.dim() == 2:  # channels innermost: one fused pass (slower for (N, C, L) rows)
+                torch.addcmul(shift, d, coef, out=d)
+            else:
+                d.mul_(coef).add_(shift)
+            grad_input = unrows(d.addcmul_(g, _per_channel(k, d)), x.shape,
+                                channels_last).to(x.dtype)
         if not need_weight:
             grad_weight = None
     grad_bias = sum_dy if need_bias else None
@@ -177,9 +184,9 @@ def _like(grad: Tensor | None, param: Tensor | None) -> Tensor | None:
 
 
 def formula(x: Tensor, weight: Tensor | None, bias: Tensor | None,
-            eps: float) -> tuple[Tensor, Tensor, Tensor]:
+            eps: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Training BatchNorm as the plain, twice-differentiable formula (autograd derives the
-    backward): ``(y, mean, biased var)``. Used for double backward and by the compiled path."""
+    backward): ``(y, mean, biased var)``. Used for double backward."""
     cdtype = compute_dtype(x.dtype)
     dims = reduction_dims(x.dim())
     xc = x.to(cdtype)
@@ -195,20 +202,22 @@ def formula(x: Tensor, weight: Tensor | None, bias: Tensor | None,
 
 
 class BatchNormFunction(torch.autograd.Function):
-    """Training BatchNorm with an analytic backward: ``apply(x, weight, bias, eps)`` returns
-    ``(y, mean, sum_of_squares)``; only ``y`` is differentiable.
+    """Training BatchNorm with an analytic backward: ``apply(x, weight, bias, eps, compiled)``
+    returns ``(y, mean, sum_of_squares)``; only ``y`` is differentiable.
 
-    Saved for backward: ``x``, ``weight`` and two per-channel vectors, as native BatchNorm saves.
-    Double backward (``create_graph=True``) differentiates :func:`formula` instead, so
-    ``gradgradcheck`` holds.
+    Saved for backward: ``x``, ``weight``, ``bias`` and two per-channel vectors (native BatchNorm
+    saves the same but ``bias``). ``compiled`` runs both directions through ``torch.compile``
+    (:func:`compiled_forward`, :func:`compiled_backward`). Double backward
+    (``create_graph=True``) differentiates :func:`formula` instead, so ``gradgradcheck`` holds.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, invstd, sum_sq = train_forward(x, weight, bias, eps)
+                eps: float, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        y, mean, invstd, sum_sq = (compiled_forward if compiled else train_forward)(
+            x, weight, bias, eps)
         ctx.save_for_backward(x, weight, bias, mean, invstd)
-        ctx.eps = eps
+        ctx.eps, ctx.compiled = eps, compiled
         ctx.mark_non_differentiable(mean, sum_sq)
         return y, mean, sum_sq
 
@@ -217,9 +226,10 @@ class BatchNormFunction(torch.autograd.Function):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            return (*_formula_gradients(dy, x, weight, bias, ctx.eps, needs), None)
-        gx, gw, gb = train_backward(dy, x, weight, mean, invstd, needs)  # type: ignore[arg-type]
-        return gx, _like(gw, weight), _like(gb, bias), None
+            return (*_formula_gradients(dy, x, weight, bias, ctx.eps, needs), None, None)
+        kernel = compiled_backward if ctx.compiled else train_backward
+        gx, gw, gb = kernel(dy, x, weight, mean, invstd, needs)  # type: ignore[arg-type]
+        return gx, _like(gw, weight), _like(gb, bias), None, None
 
 
 def _formula_gradients(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -245,25 +255,73 @@ def eval_forward(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
     return (x * scale.view(view)).add_(shift.view(view)).to(x.dtype)
 
 
-_compiled: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
+# --- the compiled path ---------------------------------------------------------------------------
+
+def _forward_math(r: Tensor, weight: Tensor | None, bias: Tensor | None,
+                  eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`train_forward` on rows, written for the compiler (no in-place ops; it fuses)."""
+    cdtype = compute_dtype(r.dtype)
+    dims = reduction_dims(r.dim())
+    xc = r.to(cdtype)
+    mean = xc.mean(dim=dims, keepdim=True)
+    d = xc - mean
+    sum_sq = d.square().sum(dim=dims)
+    invstd = torch.rsqrt(sum_sq / (r.numel() // r.shape[1]) + eps)
+    y = d * _per_channel(invstd, r)
+    if weight is not None:
+        y = y * _per_channel(weight.to(cdtype), r)
+    if bias is not None:
+        y = y + _per_channel(bias.to(cdtype), r)
+    return y.to(r.dtype), mean.flatten(), invstd, sum_sq
 
 
-#: Each dtype, rank, grad mode and set of present arguments compiles once (sizes are dynamic):
-#: more graphs than torch's default limit of 8, past which it would silently run eagerly.
+def _backward_math(g: Tensor, r: Tensor, weight: Tensor | None, mean: Tensor,
+                   invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`train_backward` on rows, written for the compiler."""
+    cdtype = compute_dtype(r.dtype)
+    dims = reduction_dims(r.dim())
+    n = r.numel() // r.shape[1]
+    g = g.to(cdtype)
+    d = r.to(cdtype) - _per_channel(mean, r)
+    sum_dy = g.sum(dim=dims)
+    grad_weight = (g * d).sum(dim=dims) * invstd
+    k = invstd if weight is None else invstd * weight.to(cdtype)
+    dx = _per_channel(k, r) * (g - _per_channel(sum_dy / n, r)
+                               - d * _per_channel(grad_weight * invstd / n, r))
+    return dx.to(r.dtype), grad_weight, sum_dy
+
+
+#: Each dtype, row rank (2 or 3) and set of present arguments compiles once (sizes and eps are
+#: dynamic): more graphs than torch's default limit of 8, past which it would silently run the
+#: functions eagerly.
 _RECOMPILE_LIMIT = 64
+_compiled: dict[str, Callable[..., Any]] = {}
 
 
-def compiled_formula() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
-    """:func:`formula` under ``torch.compile``, built on first use."""
-    global _compiled
-    if _compiled is None:
-        import torch._dynamo
+def _compile(fn: Callable[..., Any], *args: Any) -> Any:
+    from torch._dynamo import config
 
-        graphs = torch.compile(formula, dynamic=True)
+    if fn.__name__ not in _compiled:
+        _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
+    with config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        return _compiled[fn.__name__](*args)
 
-        def call(*args: Any) -> tuple[Tensor, Tensor, Tensor]:
-            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                return graphs(*args)  # type: ignore[no-any-return]
 
-        _compiled = call
-    return _compiled
+def compiled_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                     eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`train_forward` by ``torch.compile``-generated kernels (compiled on first use)."""
+    channels_last = is_channels_last(x)
+    y, mean, invstd, sum_sq = _compile(_forward_math, rows(x, channels_last), weight, bias,
+                                       torch.tensor(eps, dtype=torch.float64))
+    return unrows(y, x.shape, channels_last), mean, invstd, sum_sq
+
+
+def compiled_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
+                      invstd: Tensor, needs: tuple[bool, bool, bool]
+                      ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`train_backward` by ``torch.compile``-generated kernels."""
+    channels_last = is_channels_last(x)
+    dx, grad_weight, grad_bias = _compile(_backward_math, rows(dy, channels_last),
+                                          rows(x, channels_last), weight, mean, invstd)
+    return (unrows(dx, x.shape, channels_last) if needs[0] else None,
+            grad_weight if needs[1] else None, grad_bias if needs[2] else None)

@@ -139,15 +139,12 @@ def batch_norm(
         )
     if input.numel() == 0:
         return _empty_batch(input, weight, bias)
-    if compiled:
-        y, mean, var = _kernels.compiled_formula()(input, weight, bias, eps)
-        sum_sq = var.detach() * count
-        mean = mean.detach()
-    elif torch.is_grad_enabled() and any(
+    if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (input, weight, bias)):
-        y, mean, sum_sq = _kernels.BatchNormFunction.apply(input, weight, bias, eps)
+        y, mean, sum_sq = _kernels.BatchNormFunction.apply(input, weight, bias, eps, compiled)
     else:
-        y, mean, _, sum_sq = _kernels.train_forward(input, weight, bias, eps)
+        forward = _kernels.compiled_forward if compiled else _kernels.train_forward
+        y, mean, _, sum_sq = forward(input, weight, bias, eps)
     with torch.no_grad():
         if running_mean is not None:
             _blend(running_mean, mean, momentum)
