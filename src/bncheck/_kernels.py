@@ -257,7 +257,7 @@ def eval_forward(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
 
 # --- the compiled path ---------------------------------------------------------------------------
 
-def _forward_math(r: Tensor, weight: Tensor | None, bias: Tensor | None,
+def _forward_math(r: Tensor, weight: Tensor, bias: Tensor,
                   eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`train_forward` on rows, written for the compiler (no in-place ops; it fuses)."""
     cdtype = compute_dtype(r.dtype)
@@ -267,15 +267,11 @@ def _forward_math(r: Tensor, weight: Tensor | None, bias: Tensor | None,
     d = xc - mean
     sum_sq = d.square().sum(dim=dims)
     invstd = torch.rsqrt(sum_sq / (r.numel() // r.shape[1]) + eps)
-    y = d * _per_channel(invstd, r)
-    if weight is not None:
-        y = y * _per_channel(weight.to(cdtype), r)
-    if bias is not None:
-        y = y + _per_channel(bias.to(cdtype), r)
+    y = d * _per_channel(invstd * weight.to(cdtype), r) + _per_channel(bias.to(cdtype), r)
     return y.to(r.dtype), mean.flatten(), invstd, sum_sq
 
 
-def _backward_math(g: Tensor, r: Tensor, weight: Tensor | None, mean: Tensor,
+def _backward_math(g: Tensor, r: Tensor, weight: Tensor, mean: Tensor,
                    invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`train_backward` on rows, written for the compiler."""
     cdtype = compute_dtype(r.dtype)
@@ -285,15 +281,21 @@ def _backward_math(g: Tensor, r: Tensor, weight: Tensor | None, mean: Tensor,
     d = r.to(cdtype) - _per_channel(mean, r)
     sum_dy = g.sum(dim=dims)
     grad_weight = (g * d).sum(dim=dims) * invstd
-    k = invstd if weight is None else invstd * weight.to(cdtype)
+    k = invstd * weight.to(cdtype)
     dx = _per_channel(k, r) * (g - _per_channel(sum_dy / n, r)
                                - d * _per_channel(grad_weight * invstd / n, r))
     return dx.to(r.dtype), grad_weight, sum_dy
 
 
-#: Each dtype, row rank (2 or 3) and set of present arguments compiles once (sizes and eps are
-#: dynamic): more graphs than torch's default limit of 8, past which it would silently run the
-#: functions eagerly.
+def _present(t: Tensor | None, x: Tensor, fill: float) -> Tensor:
+    """``t``, or ``fill`` per channel: one graph serves layers with and without affine."""
+    return t.detach() if t is not None else x.new_full((x.shape[1],), fill,
+                                                       dtype=compute_dtype(x.dtype))
+
+
+#: Each dtype, row rank (2 or 3) and grad/inference mode compiles once (sizes and eps are
+#: dynamic; sizes of 1 are specialized): more graphs than torch's default limit of 8, past which
+#: it would silently run the functions eagerly.
 _RECOMPILE_LIMIT = 64
 _compiled: dict[str, Callable[..., Any]] = {}
 
@@ -311,8 +313,10 @@ def compiled_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                      eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`train_forward` by ``torch.compile``-generated kernels (compiled on first use)."""
     channels_last = is_channels_last(x)
-    y, mean, invstd, sum_sq = _compile(_forward_math, rows(x, channels_last), weight, bias,
-                                       torch.tensor(eps, dtype=torch.float64))
+    with torch.no_grad():  # one graph whatever the grad mode (the Function does the backward)
+        y, mean, invstd, sum_sq = _compile(
+            _forward_math, rows(x, channels_last), _present(weight, x, 1.0),
+            _present(bias, x, 0.0), torch.tensor(eps, dtype=torch.float64))
     return unrows(y, x.shape, channels_last), mean, invstd, sum_sq
 
 
@@ -322,6 +326,7 @@ def compiled_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor
     """:func:`train_backward` by ``torch.compile``-generated kernels."""
     channels_last = is_channels_last(x)
     dx, grad_weight, grad_bias = _compile(_backward_math, rows(dy, channels_last),
-                                          rows(x, channels_last), weight, mean, invstd)
+                                          rows(x, channels_last), _present(weight, x, 1.0),
+                                          mean, invstd)
     return (unrows(dx, x.shape, channels_last) if needs[0] else None,
             grad_weight if needs[1] else None, grad_bias if needs[2] else None)
