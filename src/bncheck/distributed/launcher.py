@@ -42,7 +42,7 @@ class RankFailure(BNCheckError):
     """Some ranks died, hung or raised: ``failures`` maps each such rank to the reason."""
 
     def __init__(self, failures: dict[int, str]) -> None:
-        self.failures = dict(sorted(failures.items()))
+        self.failures = dict(failures)  # died, then raised, then hung: the likely cause first
         super().__init__("; ".join(f"rank {r}: {why}" for r, why in self.failures.items()))
 
 
@@ -196,50 +196,57 @@ class WorkerPool:
         self.start()
         for conn, task in zip(self._conns, tasks, strict=True):
             conn.send_bytes(pickle.dumps(task))
-        answers = self._collect(self.timeout, "case")
-        raised = {r: a.error for r, a in enumerate(answers)
-                  if getattr(a, "error", None) is not None}
-        if raised:
-            self.close()  # a collective may be half done: start afresh
-            raise RankFailure({r: f"the target raised {why}" for r, why in raised.items()})
-        return answers
+        return self._collect(self.timeout, "case")
 
     def _collect(self, timeout: float, what: str) -> list[Any]:
-        """One answer per rank within ``timeout`` seconds, or :class:`RankFailure`."""
+        """One answer per rank within ``timeout`` seconds, or :class:`RankFailure` (the ranks
+        that died first, then those whose target raised, then those that hung)."""
         answers: dict[int, Any] = {}
         failures: dict[int, str] = {}
         pending = dict(enumerate(self._conns))
         deadline = time.monotonic() + timeout
+
+        def died(rank: int) -> None:
+            self._procs[rank].join(1.0)
+            failures[rank] = (f"the process {_signal_name(self._procs[rank].exitcode)} "
+                              f"during the {what}")
+            del pending[rank]
+
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             sentinels = {self._procs[r].sentinel: r for r in pending}
-            ready = wait([*pending.values(), *sentinels], timeout=left)
-            for obj in ready:
+            for obj in wait([*pending.values(), *sentinels], timeout=left):
                 rank = sentinels.get(obj)  # type: ignore[call-overload]
                 if rank is None:
-                    rank = next(r for r, c in pending.items() if c is obj)
-                    try:
-                        status, payload = pickle.loads(pending[rank].recv_bytes())
-                    except (EOFError, OSError):
-                        continue  # its sentinel reports the death
-                    del pending[rank]
-                    if status == "crash":
-                        failures[rank] = f"bncheck's worker failed:\n{payload}"
-                    else:
-                        answers[rank] = payload
-                elif rank in pending and not pending[rank].poll():
-                    self._procs[rank].join(0.1)
-                    failures[rank] = (f"the process {_signal_name(self._procs[rank].exitcode)} "
-                                      f"during the {what}")
-                    del pending[rank]
-        for rank in pending:
+                    rank = next((r for r, c in pending.items() if c is obj), None)
+                if rank is None or rank not in pending:
+                    continue  # answered through the other handle already
+                conn = pending[rank]
+                if not conn.poll():
+                    died(rank)
+                    continue
+                try:
+                    status, payload = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    died(rank)
+                    continue
+                del pending[rank]
+                if status == "crash":
+                    failures[rank] = f"bncheck's worker failed:\n{payload}"
+                elif getattr(payload, "error", None) is not None:
+                    failures[rank] = f"the target raised {payload.error}"
+                else:
+                    answers[rank] = payload
+        deaths = {r: why for r, why in failures.items() if why.startswith("the process")}
+        failures = dict(sorted(deaths.items())) | dict(sorted(failures.items()))
+        for rank in sorted(pending):
             done = sorted(answers)
             failures[rank] = (f"no answer within {timeout:g} s (hung: a collective waiting for "
                               f"a peer that never joins it?"
                               + (f" ranks {done} had finished)" if done else ")"))
         if failures:
-            self.close()
+            self.close()  # a collective may be half done: start afresh
             raise RankFailure(failures)
         return [answers[r] for r in range(self.world_size)]

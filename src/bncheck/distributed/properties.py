@@ -12,6 +12,7 @@ the oracle on the concatenated batch of its process group.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -56,6 +57,8 @@ def _cases(ctx: SyncContext, *, min_size: int = 1, empty: bool = False,
     dtypes = base.reduced_dtypes if reduced else base.full_dtypes
     n = ctx.max_world_size
 
+    # Strategies are built once per world size and per (batch, channels), not once per draw:
+    # building and validating them inside flatmap dominated the cost of each example.
     def for_world(k: int) -> st.SearchStrategy[SyncCase]:
         blocks = (st.sampled_from(ctx.pool.partitions) if partition
                   else st.just((tuple(range(k)),)))
@@ -63,13 +66,18 @@ def _cases(ctx: SyncContext, *, min_size: int = 1, empty: bool = False,
         cases = base.cases(dtypes=dtypes, training=training, grad_modes=["enabled"],
                            configs=configs, min_batch=low, max_batch=max(low, 3 * k))
 
-        def split(c: Any) -> st.SearchStrategy[SyncCase]:
-            sizes = (splits_with_empty(c.shape[0], k) if empty
-                     else splits(c.shape[0], k, min_size=min_size))
-            return st.builds(SyncCase, st.just(c), sizes, blocks, stat_values(c.num_features))
-        return cases.flatmap(split)
-    worlds = st.just(n) if partition else ctx.world_sizes()
-    return worlds.flatmap(for_world)
+        @functools.cache
+        def extras(batch: int, channels: int) -> st.SearchStrategy[Any]:
+            sizes = (splits_with_empty(batch, k) if empty
+                     else splits(batch, k, min_size=min_size))
+            return st.tuples(sizes, blocks, stat_values(channels))
+
+        return cases.flatmap(lambda c: extras(c.shape[0], c.num_features).map(
+            lambda e: SyncCase(c, *e)))
+    if partition:
+        return for_world(n)
+    worlds = {k: for_world(k) for k in range(2, n + 1)} if ctx.groups else {n: for_world(n)}
+    return ctx.world_sizes().flatmap(worlds.__getitem__)
 
 
 def _train(ctx: SyncContext, sc: SyncCase, *, backward: bool, hint: str = ""
