@@ -115,6 +115,10 @@ class SyncProperty:
     def describe(self, case: Any) -> str:
         return case.describe() if isinstance(case, SyncCase) else repr(case)
 
+    def check(self, ctx: SyncContext, case: Any) -> None:
+        """Run the property once on ``case``; raise ``PropertyFailure`` if it does not hold."""
+        self.run(ctx, case)
+
 
 REGISTRY: dict[str, SyncProperty] = {}
 

@@ -136,7 +136,7 @@ class WorkerPool:
 
         ctx: Any = mp.get_context(self.start_method)
         if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(["torch"])
+            ctx.set_forkserver_preload(["torch", "bncheck.adapter", "bncheck.target"])
         self._store = dist.TCPStore("127.0.0.1", 0, self.world_size + 1, is_master=True,
                                     wait_for_workers=False)
         groups = _groups(self.world_size)
