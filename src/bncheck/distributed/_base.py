@@ -338,10 +338,10 @@ def _expect_update(conv: Convention, sc: SyncCase, rank: int, exp: Expected,
                 raise PropertyFailure(
                     f"rank {rank} {dtype_name(c.dtype)} {name} is {float(got[ch]):g} at channel "
                     f"{ch} where the exact value {float(want[ch]):g} fits in "
-                    f"{dtype_name(stat_dtype)}: the statistics overflowed (16-bit sums or "
-                    f"collectives?)")
+                    f"{dtype_name(stat_dtype)} (sums or collectives in 16 bits that overflow, "
+                    f"or a division by a zero count?)")
         m = compare(got[keep], want.to(stat_dtype).to(torch.float64)[keep], rtol=tol.rtol,
-                    atol=tol.atol[keep], name=f"rank {rank} {name} after the training step",
+                    atol=tol.atol[keep], name=f"rank {rank} {name} after training step {step + 1}",
                     check_dtype=False)
         if m is not None:
             rule = conv.describe().split(": ", 1)[1]
