@@ -300,13 +300,30 @@ _RECOMPILE_LIMIT = 64
 _compiled: dict[str, Callable[..., Any]] = {}
 
 
+_eps_tensors: dict[float, Tensor] = {}
+
+
 def _compile(fn: Callable[..., Any], *args: Any) -> Any:
     from torch._dynamo import config
 
     if fn.__name__ not in _compiled:
         _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
-    with config.patch(recompile_limit=_RECOMPILE_LIMIT):
+    # Raised for this call only (set and restored directly: config.patch costs ~30 us a call).
+    limit = config.recompile_limit
+    config.recompile_limit = max(limit, _RECOMPILE_LIMIT)
+    try:
         return _compiled[fn.__name__](*args)
+    finally:
+        config.recompile_limit = limit
+
+
+def _eps_tensor(eps: float) -> Tensor:
+    """``eps`` as a float64 scalar tensor (a float would compile once per value), reused."""
+    if eps not in _eps_tensors:
+        if len(_eps_tensors) >= 64:  # many distinct values (a property run): keep it small
+            _eps_tensors.clear()
+        _eps_tensors[eps] = torch.tensor(eps, dtype=torch.float64)
+    return _eps_tensors[eps]
 
 
 def compiled_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -316,7 +333,7 @@ def compiled_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     with torch.no_grad():  # one graph whatever the grad mode (the Function does the backward)
         y, mean, invstd, sum_sq = _compile(
             _forward_math, rows(x, channels_last), _present(weight, x, 1.0),
-            _present(bias, x, 0.0), torch.tensor(eps, dtype=torch.float64))
+            _present(bias, x, 0.0), _eps_tensor(eps))
     return unrows(y, x.shape, channels_last), mean, invstd, sum_sq
 
 
