@@ -402,14 +402,10 @@ class Adapted:
 
     def restore(self, saved: Mapping[str, Tensor]) -> None:
         """Put back what :meth:`snapshot` saved."""
+        # Replaced, not copied into: autograd may have saved the old tensors (torch's
+        # batch_norm saves the running statistics for its backward).
         for name, value in saved.items():
-            current = getattr(self.module, name, None)
-            if (isinstance(current, Tensor) and current.shape == value.shape
-                    and current.dtype == value.dtype and not current.is_inference()):
-                with torch.no_grad():
-                    current.copy_(value)
-            else:
-                setattr(self.module, name, value.clone())
+            setattr(self.module, name, value.clone())
 
     # -- parameters --------------------------------------------------------------------------
     @property

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import secrets
+import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -433,3 +435,14 @@ def describe_target(t: Target) -> str:
             f"{', '.join(drawn) or 'nothing (built with defaults)'}"
             + (f"; declared: {', '.join(extras)}" if extras else ""))
 
+
+
+class _CallableModule(types.ModuleType):
+    """``bncheck.verify(...)`` is :func:`verify`, whether ``bncheck.verify`` was imported as a
+    submodule or reached as the package's entry point."""
+
+    def __call__(self, obj: Any, **kwargs: Any) -> Report:
+        return verify(obj, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

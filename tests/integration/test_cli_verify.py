@@ -94,9 +94,9 @@ def test_torch_target_and_skips():
 
 @pytest.mark.parametrize("args,match", [
     (["nope.py:BN"], "does not exist"),
-    (["torch.nn:NoSuchNorm"], "has no attribute 'NoSuchNorm'; available:"),
+    (["torch.nn:BatchNorm2D"], "has no attribute 'BatchNorm2D'; did you mean BatchNorm2d"),
     (["--dims", "2,x"], "--dims='2,x'"),
-    (["--convention", "keras"], "Invalid value for '--convention'"),
+    (["--convention", "flax"], "Invalid value for '--convention'"),
 ])
 def test_usage_errors_exit_2_without_traceback(args, match):
     # The whole table runs in-process in tests/unit/test_cli_verify_options.py.

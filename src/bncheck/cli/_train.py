@@ -49,7 +49,7 @@ def train(data_dir: str, bn: str, epochs: int, lr: float, batch_size: int, seed:
         bncheck export lenet.onnx --checkpoint lenet.pt
 
     The checkpoint is a plain state_dict: torch.load(path, weights_only=True) reads it, and
-    it loads into bncheck.lenet_bn(bn="scratch") and bncheck.lenet_bn(bn="torch") alike.
+    it loads into bncheck.models.lenet_bn(bn="scratch") and lenet_bn(bn="torch") alike.
     It is rewritten after every epoch, so an interrupted run keeps the last finished one.
 
     Exit codes: 0 trained, 2 bad option, bad data or diverged training, 130 interrupted.
