@@ -98,7 +98,36 @@ def preflight(t: Target, *, channels: int = 3) -> tuple[Target, list[Finding], F
         else:
             fixed[flag] = default
             t = dataclasses.replace(t, fixed=tuple(sorted(fixed.items())))
-    return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels))
+    no_stats = None
+    if not bn.has_stats:
+        try:
+            bn.require_stats()
+        except PropertyFailure as e:
+            no_stats = str(e)
+        findings.append(Finding("running_statistics", None, str(no_stats), t.label))
+    return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels),
+                              mode_from_grad=_mode_from_grad(t, channels, x),
+                              no_stats=no_stats)
+
+
+def _mode_from_grad(t: Target, channels: int, x: torch.Tensor) -> str | None:
+    """Whether an eval forward with grad enabled differs from one under no_grad (the layer
+    then picks its mode from autograd's state)."""
+    try:
+        outs = []
+        for grad in (False, True):
+            bn = t.build(channels, ndim=t.dims[0]).train(True)
+            bn.call(x, what="a training forward")
+            bn.train(False)
+            with torch.set_grad_enabled(grad):
+                outs.append(bn.call(x * 0.5 + 1, what="an eval forward").detach())
+    except (TargetRaised, PropertyFailure):
+        return None
+    if outs[0].shape == outs[1].shape and torch.allclose(outs[0], outs[1], rtol=1e-4,
+                                                        atol=1e-5, equal_nan=True):
+        return None
+    return ("train/eval is chosen by torch.is_grad_enabled(), not module.training: an eval "
+            "forward with grad enabled differs from one under no_grad (grad_mode_independence)")
 
 
 def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor) -> str | None:

@@ -285,22 +285,30 @@ class Adapted:
         self.target = target if target is not None else Target(type(module), "module")
         self.training = bool(getattr(module, "training", True))
         names = self.target.names
-        pair = _find_pair(module, WEIGHT_NAMES, num_features)
-        self.weight_name = names.weight or (pair[0] if pair else None)
-        self.bias_name = names.bias or (pair[1] if pair else None)
-        if self.weight_name and _resolve(module, self.weight_name) is None:
-            self.weight_name = None
-        if self.bias_name and _resolve(module, self.bias_name) is None:
-            self.bias_name = None
-        pair = _find_pair(module, STAT_NAMES, num_features)
-        self.mean_name = names.running_mean or (pair[0] if pair else None)
-        self.var_name = names.running_var or (pair[1] if pair else None)
-        if self.mean_name and _resolve(module, self.mean_name) is None:
-            self.mean_name = None
-        if self.var_name and _resolve(module, self.var_name) is None:
-            self.var_name = None
+        self.weight_name, self.bias_name = self._slots(
+            (names.weight, names.bias), WEIGHT_NAMES)
+        self.mean_name, self.var_name = self._slots(
+            (names.running_mean, names.running_var), STAT_NAMES)
         counts = ((names.num_batches_tracked,) if names.num_batches_tracked else COUNT_NAMES)
         self.count_name = next((n for n in counts if _resolve(module, n) is not None), None)
+
+    def _slots(self, declared: tuple[str | None, str | None],
+               usual: tuple[tuple[str, str], ...]) -> tuple[str | None, str | None]:
+        """A declared name wins; otherwise the usual pairs (both present), then each usual name
+        on its own next to a declared partner."""
+        if declared[0] is None and declared[1] is None:
+            pair = _find_pair(self.module, usual, self.num_features)
+            return pair if pair else (None, None)
+        out = []
+        for i, name in enumerate(declared):
+            if name is None:
+                name = next((p[i] for p in usual if self._holds(p[i])), None)
+            out.append(name if name is not None and self._holds(name) else None)
+        return out[0], out[1]
+
+    def _holds(self, name: str) -> bool:
+        t = _resolve(self.module, name)
+        return t is not None and t.numel() == self.num_features
 
     # -- the one path into the target's code -------------------------------------------------
     def invoke(self, what: str, fn: Callable[..., Any], *args: Any,

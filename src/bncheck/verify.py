@@ -218,19 +218,31 @@ def _once(prop: Property, ctx: Context, case: Any) -> None:
 
 
 def _consequence(prop: Property, ctx: Context, case: Any) -> str | None:
-    """The defect another property owns that explains this failure, when the same case passes
-    without it (the failing case rerun in float32, where statistics that ``.to()`` does not
-    cast are in the right dtype)."""
-    reason = ctx.facts.stats_not_cast
-    if reason is None or prop.name == "stats_are_buffers" or case is None:
+    """The defect(s) other properties own that explain this failure: the failing case rerun
+    without them (in float32, where statistics that ``.to()`` does not cast have the right
+    dtype; with grad enabled in training and disabled in eval, where a layer that picks its
+    mode from grad mode is in the right mode) passes."""
+    if case is None or prop.name in ("stats_are_buffers", "grad_mode_independence"):
         return None
-    if getattr(case, "dtype", torch.float32) == torch.float32 or not hasattr(case, "with_dtype"):
-        return None
-    try:
-        _once(prop, ctx, case.with_dtype(torch.float32))
-    except PropertyFailure:
-        return None
-    return reason
+    fixes: list[tuple[str, Callable[[Any], Any]]] = []
+    if (ctx.facts.stats_not_cast and getattr(case, "dtype", torch.float32) != torch.float32
+            and hasattr(case, "with_dtype")):
+        fixes.append((ctx.facts.stats_not_cast, lambda c: c.with_dtype(torch.float32)))
+    if ctx.facts.mode_from_grad and hasattr(case, "with_matching_grad_modes"):
+        fixes.append((ctx.facts.mode_from_grad, lambda c: c.with_matching_grad_modes()))
+    tries = [[f] for f in fixes] + ([fixes] if len(fixes) > 1 else [])
+    for chosen in tries:
+        fixed = case
+        for _, fix in chosen:
+            fixed = fix(fixed)
+        if fixed.describe() == case.describe():
+            continue
+        try:
+            _once(prop, ctx, fixed)
+        except PropertyFailure:
+            continue
+        return "; ".join(reason for reason, _ in chosen)
+    return None
 
 
 def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
@@ -263,7 +275,7 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
         owner = _consequence(prop, ctx, state["case"])
         if owner is not None:
             res.consequence_of = owner
-            res.message = (f"consequence of: {owner}; the same case passes in float32\n"
+            res.message = (f"consequence of: {owner} (the same case passes without it)\n"
                            f"{res.message}")
         return res
     except Flaky as e:
@@ -336,7 +348,9 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
     try:
         target, findings, facts = preflight(target)
         for f in findings:
-            res = PropertyResult("constructor", Status.FAILED, f.message, f.call)
+            res = PropertyResult("constructor" if f.value is not None or f.flag != \
+                                 "running_statistics" else f.flag, Status.FAILED, f.message,
+                                 f.call)
             report.results.append(res)
             if on_result is not None:
                 on_result(res)

@@ -26,7 +26,8 @@ from bncheck.properties._tolerance import forward_tolerance
 from bncheck.strategies import BNCase, BNConfig, Mode, bn_cases, bn_configs, dtype_name, show_values
 
 __all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
-           "register", "check_output", "stat_values", "FULL", "REDUCED"]
+           "register", "check_output", "stat_values", "needs_full", "needs_stats", "FULL",
+           "REDUCED"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
@@ -70,6 +71,13 @@ class PropertyCase:
     def with_dtype(self, dtype: torch.dtype) -> PropertyCase:
         return replace(self, case=self.case.with_dtype(dtype))
 
+    def with_matching_grad_modes(self) -> PropertyCase:
+        """The same case with grad enabled for training forwards and disabled for eval ones (a
+        layer that picks its mode from grad mode then sees the mode it is in)."""
+        mode = Mode(self.case.mode.training, "enabled" if self.case.mode.training else "no_grad")
+        return replace(self, case=replace(self.case, mode=mode),
+                       eval_mode=None if self.eval_mode is None else Mode(False, "no_grad"))
+
     def describe(self) -> str:
         parts = [self.case.describe()]
         if self.installed is not None:
@@ -93,6 +101,10 @@ class Facts:
 
     #: why the running statistics do not follow ``module.to(dtype)``, or None when they do
     stats_not_cast: str | None = None
+    #: that the target picks train/eval from autograd's grad mode, or None
+    mode_from_grad: str | None = None
+    #: that no running statistics were found, or None
+    no_stats: str | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +241,14 @@ def needs_full(ctx: Context) -> str | None:
         return ("needs float32 or float64; requested dtypes: "
                 + ", ".join(dtype_name(d) for d in ctx.dtypes))
     return None
+
+
+def needs_stats(ctx: Context) -> str | None:
+    """Skip reason of the properties that read the running statistics, when there are none
+    (reported once, by the preflight)."""
+    if ctx.facts.no_stats:
+        return "needs the running statistics, which were not found (see running_statistics)"
+    return needs_full(ctx)
 
 
 def register(number: int, name: str, *, checks: str, catches: str, tolerance: str,

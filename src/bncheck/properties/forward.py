@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from bncheck import oracle
 from bncheck.adapter import Adapted
 from bncheck.properties._base import (
+    needs_stats,
     Checks,
     Context,
     PropertyCase,
@@ -52,6 +53,7 @@ def _eval_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     catches="batch statistics in eval, mode chosen by grad mode, statistics updated in eval",
     tolerance="forward_tolerance with n=1 (no reduction), x8",
     cases=_eval_cases,
+    requires=needs_stats,
 )
 def eval_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case

@@ -6,7 +6,7 @@ import torch
 from hypothesis import strategies as st
 
 from bncheck import oracle
-from bncheck.properties._base import Checks, Context, PropertyCase, register
+from bncheck.properties._base import needs_stats, Checks, Context, PropertyCase, register
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
 from bncheck.strategies import GRAD_MODES, Mode
 
@@ -24,6 +24,7 @@ def _cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     catches="train/eval chosen by torch.is_grad_enabled() instead of module.training",
     tolerance="forward_tolerance (and stats_tolerance) of two runs, summed",
     cases=_cases,
+    requires=needs_stats,
 )
 def grad_mode_independence(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case

@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from bncheck.adapter import Adapted
-from bncheck.properties._base import Checks, Context, PropertyCase, check_output, register
+from bncheck.properties._base import (
+    Checks,
+    Context,
+    PropertyCase,
+    check_output,
+    needs_stats,
+    register,
+)
 from bncheck.strategies import BNCase
 
 #: What a fresh BatchNorm holds, in every convention bncheck knows (torch, ONNX, Keras, Flax):
@@ -82,6 +89,8 @@ def _empty_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
 
 
 def _needs_declaration(ctx: Context) -> str | None:
+    if ctx.facts.no_stats:
+        return needs_stats(ctx)
     if not ctx.target.empty_batches:
         return ("the target does not declare that it accepts empty batches "
                 "(empty_batches=True, --empty-batches; torch's BatchNorm classes do)")

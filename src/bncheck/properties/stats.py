@@ -14,7 +14,7 @@ from bncheck import oracle
 from bncheck.adapter import Adapted
 from bncheck.compare import Tolerance, compare
 from bncheck.conventions import Convention
-from bncheck.properties._base import Checks, Context, PropertyCase, check_output, register
+from bncheck.properties._base import needs_stats, Checks, Context, PropertyCase, check_output, register
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance, std_tolerance
 from bncheck.strategies import BNConfig, dtype_name, modes, shapes
 
@@ -64,6 +64,7 @@ def _update_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     tolerance="stats_tolerance: reduction error of the batch statistics x batch weight plus the "
               "rounding of the stored statistics, x8",
     cases=_update_cases,
+    requires=needs_stats,
 )
 def running_stats_update(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case, steps = drawn.case, drawn.steps or 1
@@ -136,6 +137,7 @@ SIGMAS = 10.0
     tolerance=f"remaining bias (1-w)^T |init - limit| + {SIGMAS:g} standard deviations of the "
               "averaged batch statistic (fixed generator seed: deterministic)",
     cases=_convergence_cases,
+    requires=needs_stats,
 )
 def running_stats_convergence(ctx: Context, case: ConvergenceCase, checks: Checks) -> None:
     conv, cfg = ctx.target.convention, case.config
@@ -195,6 +197,7 @@ def _switch_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     tolerance="eval outputs: forward_tolerance with n=1, x2 (two runs); statistics frozen "
               "exactly; the resumed update: stats_tolerance",
     cases=_switch_cases,
+    requires=needs_stats,
 )
 def train_eval_switch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case, eval_mode = drawn.case, drawn.eval_mode
@@ -262,7 +265,7 @@ def _state_key(bn: Adapted, t: Tensor) -> str | None:
     tolerance="exact (structural checks)",
     cases=lambda ctx: ctx.cases(dtypes=(torch.float32,), training=True, grad_modes=["enabled"],
                                 configs=ctx.configs(track_running_stats=True)).map(PropertyCase),
-    requires=lambda ctx: None,
+    requires=lambda ctx: needs_stats(ctx) if ctx.facts.no_stats else None,
 )
 def stats_are_buffers(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
@@ -278,14 +281,14 @@ def stats_are_buffers(ctx: Context, drawn: PropertyCase, checks: Checks) -> None
                 f"{name} is a plain attribute, not a registered buffer: it is missing from "
                 f"state_dict() (keys: {keys}) and .to()/.cuda() do not move it; register it "
                 f"with self.register_buffer({name!r}, ...)")
-        if t.requires_grad:
-            checks.fail(f"{name} requires grad: an optimizer over module.parameters() would "
-                        f"update it; register it with register_buffer (or requires_grad=False)")
-        elif t.grad_fn is not None:
+        if t.grad_fn is not None:
             checks.fail(
                 f"{name} carries the autograd graph after a training step (grad_fn="
                 f"{type(t.grad_fn).__name__}): every batch's graph stays alive; update it in "
                 f"place under torch.no_grad() or from detached values")
+        elif t.requires_grad:
+            checks.fail(f"{name} requires grad: an optimizer over module.parameters() would "
+                        f"update it; register it with register_buffer (or requires_grad=False)")
     bn.to(torch.float64)  # the last check: the module is not used afterwards
     for name, t in bn.stat_tensors().items():
         checks.that(t.dtype == torch.float64,
