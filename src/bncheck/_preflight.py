@@ -82,6 +82,8 @@ def preflight(t: Target, *, channels: int = 3) -> tuple[Target, list[Finding], F
             + ")")
     findings: list[Finding] = []
     for flag, value, default in _FLAGS:
+        if y is None:  # the default build already fails: no flag is to blame
+            break
         if flag not in t.configurable:
             continue
         if flag == "momentum" and not t.cumulative:
