@@ -332,7 +332,8 @@ class Adapted:
         torch's layout (channels in dim 1)."""
         kwargs = ({self.target.mode_argument: self.training}
                   if self.target.mode_argument else {})
-        y = self.invoke(what, self.module, self.to_target_layout(x), **kwargs)
+        xt = self.to_target_layout(x)
+        y = self.invoke(what, lambda: self.module(xt, **kwargs))
         if not isinstance(y, Tensor):
             raise TargetRaised(f"the target's {what} returned {type(y).__name__}, "
                                f"expected a Tensor")

@@ -178,7 +178,7 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None,
     flat_a, flat_e = a64.flatten(), e64.flatten()
     if bool(one_nan.any()):
         i = int(one_nan.flatten().nonzero()[0])
-        lines = (
+        lines: tuple[str, ...] = (
             f"Mismatched elements: {bad} / {total} ({100.0 * bad / total:.1f}%), "
             f"{int(one_nan.sum())} of them NaN on one side only",
             f"Greatest absolute difference: nan at {_where(i, shape)}",

@@ -10,8 +10,14 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from bncheck.cli._common import EXIT_FAILED, EXIT_INTERRUPTED, console, debug_option, err, \
-    handles_errors
+from bncheck.cli._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    console,
+    debug_option,
+    err,
+    handles_errors,
+)
 
 
 @click.command()

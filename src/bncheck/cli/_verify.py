@@ -13,8 +13,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from bncheck._validation import not_set
-from bncheck.cli._common import EXIT_FAILED, EXIT_INTERRUPTED, console, debug_option, err, \
-    handles_errors
+from bncheck.cli._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    console,
+    debug_option,
+    err,
+    handles_errors,
+)
 from bncheck.errors import InvalidArgument
 
 REFERENCE = "bncheck.reference:BatchNorm"

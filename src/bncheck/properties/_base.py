@@ -180,9 +180,9 @@ class Checks:
     def fail(self, message: str) -> None:
         self.failures.append(message)
 
-    def that(self, ok: bool, message: str | Callable[[], str]) -> bool:
+    def that(self, ok: bool, message: str) -> bool:
         if not ok:
-            self.fail(message() if callable(message) else message)
+            self.fail(message)
         return ok
 
     def close(self, actual: Tensor, expected: Tensor, tol: Tolerance, what: str,

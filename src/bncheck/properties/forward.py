@@ -8,15 +8,14 @@ from hypothesis import strategies as st
 from bncheck import oracle
 from bncheck.adapter import Adapted
 from bncheck.properties._base import (
-    needs_stats,
     Checks,
     Context,
     PropertyCase,
     check_output,
+    needs_stats,
     oracle_eval,
     oracle_train,
     register,
-    stat_values,
 )
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
 from bncheck.strategies import BNCase, dtype_name
@@ -71,12 +70,11 @@ def eval_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     for name, before, now in (("running mean", mean, after[0]),
                               ("running variance", var, after[1])):
         checks.that(torch.equal(before, now),
-                    lambda name=name, before=before, now=now: (
-                        f"an eval forward changed the {name} (eval must only read the running "
-                        f"statistics)\nbefore: {before.tolist()}\nafter:  {now.tolist()}"))
+                    f"an eval forward changed the {name} (eval must only read the running "
+                    f"statistics)\nbefore: {before.tolist()}\nafter:  {now.tolist()}")
     checks.that(count is None or bn.num_batches_tracked() == count,
-                lambda: f"an eval forward changed num_batches_tracked from {count} to "
-                        f"{bn.num_batches_tracked()}")
+                f"an eval forward changed num_batches_tracked from {count} to "
+                f"{bn.num_batches_tracked()}")
     expected, tol = oracle_eval(bn, case.x, mean, var, case.config.eps, case.dtype)
     checks.close(y, expected, tol, "eval output")
     _, tol1 = oracle_eval(bn, case.x[:1], mean, var, case.config.eps, case.dtype)
@@ -159,7 +157,7 @@ def _needs_reduced(ctx: Context) -> str | None:
 def reduced_precision(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
     assert drawn.installed is not None
-    conv, cfg, x, name = ctx.target.convention, case.config, case.x, dtype_name(case.dtype)
+    cfg, x, name = case.config, case.x, dtype_name(case.dtype)
     bn = ctx.build(case).train(True)
     before = bn.stats()
     y = bn.call(x, what=f"a {name} training forward")

@@ -6,7 +6,7 @@ import torch
 from hypothesis import strategies as st
 
 from bncheck import oracle
-from bncheck.properties._base import needs_stats, Checks, Context, PropertyCase, register
+from bncheck.properties._base import Checks, Context, PropertyCase, needs_stats, register
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
 from bncheck.strategies import GRAD_MODES, Mode
 

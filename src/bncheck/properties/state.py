@@ -41,12 +41,11 @@ def _expect_initial(bn: Adapted, checks: Checks, what: str, *, params: bool = Tr
         if got is None:
             continue
         want = INITIAL[key]
+        note = ("; a fresh model in eval() divides by sqrt(running_var + eps)"
+                if key == "running_var" else "")
         checks.that(bool((got == want).all()),
-                    lambda name=name, got=got, want=want, key=key: (
-                        f"{what}: {name} is {got.tolist()}, expected {want:g} in every channel "
-                        f"({key} of a fresh BatchNorm"
-                        + ("; a fresh model in eval() divides by sqrt(running_var + eps)"
-                           if key == "running_var" else "") + ")"))
+                    f"{what}: {name} is {got.tolist()}, expected {want:g} in every channel "
+                    f"({key} of a fresh BatchNorm{note})")
     count = bn.num_batches_tracked()
     if stats and count is not None:
         checks.that(count == 0, f"{what}: num_batches_tracked is {count}, expected 0")
@@ -125,9 +124,9 @@ def empty_batch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     after = bn.require_stats()
     for name, a, b in (("running_mean", before[0], after[0]), ("running_var", before[1],
                                                                   after[1])):
-        checks.that(torch.equal(a, b), lambda name=name, a=a, b=b: (
-            f"an empty training batch changed {name}: {a.tolist()} -> {b.tolist()} (there is "
-            f"no batch statistic to blend in)"))
+        checks.that(torch.equal(a, b),
+                    f"an empty training batch changed {name}: {a.tolist()} -> {b.tolist()} "
+                    f"(there is no batch statistic to blend in)")
     if count is not None:
         checks.that(bn.num_batches_tracked() == count + 1,
                     f"num_batches_tracked is {bn.num_batches_tracked()} after an empty training "

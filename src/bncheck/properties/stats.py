@@ -14,7 +14,14 @@ from bncheck import oracle
 from bncheck.adapter import Adapted
 from bncheck.compare import Tolerance, compare
 from bncheck.conventions import Convention
-from bncheck.properties._base import needs_stats, Checks, Context, PropertyCase, check_output, register
+from bncheck.properties._base import (
+    Checks,
+    Context,
+    PropertyCase,
+    check_output,
+    needs_stats,
+    register,
+)
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance, std_tolerance
 from bncheck.strategies import BNConfig, dtype_name, modes, shapes
 
@@ -218,10 +225,9 @@ def train_eval_switch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None
     for name, a, now_v in (("running_mean", frozen[0], now[0]),
                            ("running_var", frozen[1], now[1])):
         checks.that(torch.equal(a, now_v),
-                    lambda name=name, a=a, now_v=now_v: (
-                        f"{name} changed in eval mode ({eval_mode}): eval() must freeze the "
-                        f"statistics\nafter training: {a.tolist()}\nafter eval:     "
-                        f"{now_v.tolist()}"))
+                    f"{name} changed in eval mode ({eval_mode}): eval() must freeze the "
+                    f"statistics\nafter training: {a.tolist()}\nafter eval:     "
+                    f"{now_v.tolist()}")
     checks.that(count is None or bn.num_batches_tracked() == count,
                 "num_batches_tracked changed in eval mode")
     w, b = bn.params()
