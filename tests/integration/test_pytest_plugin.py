@@ -33,7 +33,8 @@ def test_fixture_and_profile(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text(USER_TESTS)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         str(tmp_path / "test_user.py")], capture_output=True, text=True,
-                       cwd=tmp_path, env={**_env(), "HYPOTHESIS_PROFILE": "bncheck-ci"}, timeout=300)
+                       cwd=tmp_path, env={**_env(), "HYPOTHESIS_PROFILE": "bncheck-ci"},
+                       timeout=300)
     out = r.stdout + r.stderr
     assert "2 passed, 1 failed" in out or "1 failed, 2 passed" in out, out
     assert "property stats_are_buffers failed" in out

@@ -19,27 +19,14 @@ from torch import Tensor, nn
 
 from bncheck._validation import check_positive_int, check_type
 from bncheck.errors import InvalidArgument
-from bncheck.models import INPUT_SHAPE, BNFactory, lenet_bn
+from bncheck.models import BUILTIN_BN, INPUT_SHAPE, BNFactory, lenet_bn, resolve_bn
 
 __all__ = ["BUILTIN_BN", "resolve_bn", "build_model", "calibrate", "make_inputs", "load_checkpoint"]
-
-#: Names ``--bn`` accepts besides a ``FILE.py:Name`` / ``pkg.mod:Name`` TARGET.
-BUILTIN_BN = ("scratch", "torch")
 
 #: Calibration: this many training-mode forwards of this batch size. Enough steps that the
 #: running statistics are mostly batch statistics (0.9 ** 24 = 8% of the initial 0 / 1 left),
 #: and a small batch, so a running-variance bias of n / (n - 1) shows in Linear layers.
 CALIBRATION_STEPS, CALIBRATION_BATCH = 24, 16
-
-
-def resolve_bn(bn: str) -> str | BNFactory:
-    """``"scratch"``/``"torch"`` as is; anything else is a TARGET turned into a factory."""
-    check_type(str, bn, "bn")
-    if bn in BUILTIN_BN:
-        return bn
-    from bncheck.target import bn_factory, load_target
-
-    return bn_factory(load_target(bn))
 
 
 def make_inputs(batch: int, *, seed: int) -> Tensor:
@@ -77,45 +64,16 @@ def calibrate(model: nn.Module, *, seed: int, steps: int = CALIBRATION_STEPS,
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a ``state_dict`` saved with ``torch.save`` (read with ``weights_only=True``).
 
+    The checkpoint format is ``bncheck.training``'s; this reads it with
+    :func:`bncheck.training.load_checkpoint`.
+
     Raises:
         InvalidArgument: the file is missing or unreadable, is not a state_dict, or its keys
             or shapes do not fit the model.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidArgument(f"Expected --checkpoint to be an existing file, received "
-                              f"checkpoint={str(p)!r} (no such file)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of every kind: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidArgument(f"checkpoint={str(p)!r} cannot be read with "
-                              f"torch.load(weights_only=True): {first}") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise InvalidArgument(f"checkpoint={str(p)!r} is a {type(state).__name__}, expected a "
-                              f"state_dict (a dict of parameter and buffer names to tensors)")
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_clip(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_clip(unexpected)}")
-        raise InvalidArgument(f"checkpoint={str(p)!r} does not fit this LeNet-BN: "
-                              + "; ".join(parts))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
-        detail = lines[0] if lines else str(e).splitlines()[0]
-        raise InvalidArgument(f"checkpoint={str(p)!r} does not fit this LeNet-BN: "
-                              f"{detail}") from None
+    from bncheck.training import load_checkpoint as load
 
-
-def _clip(keys: list[str], n: int = 4) -> str:
-    shown = ", ".join(keys[:n])
-    return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)})"
+    load(model, path)
 
 
 def build_model(bn: str | BNFactory = "scratch", *, seed: int = 0,
