@@ -137,11 +137,12 @@ def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor) 
     try:
         bn = t.build(channels, ndim=t.dims[0], **kwargs)
     except TargetRaised as e:
-        return (f"{_call_text(t, channels, **kwargs)} raised: {e}. The layer does not take "
+        what = str(e).split(" raised ", 1)[-1]
+        return (f"{_call_text(t, channels, **kwargs)} raised {what}. The layer does not take "
                 f"{flag}={value!r}; declare fixed={{{flag!r}: {not value!r}}} "
                 f"(--fixed {flag}={str(not value).lower()}) to verify the rest"
                 if flag != "momentum" else
-                f"{_call_text(t, channels, **kwargs)} raised: {e}. Its momentum is not "
+                f"{_call_text(t, channels, **kwargs)} raised {what}. Its momentum is not "
                 f"Optional; momentum=None (the cumulative average) is not drawn for it")
     try:
         bn.train(True).call(x, what="a training forward")

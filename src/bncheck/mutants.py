@@ -390,7 +390,7 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
     import time
 
     from bncheck.errors import InvalidArgument
-    from bncheck.verify import verify
+    from bncheck.verify import Status, verify
 
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]
@@ -403,7 +403,7 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
         report = verify(m.factory, label=name, convention=m.convention, dims=m.dims,
                         profile=profile, examples=examples, seed=seed, shrink=False,
                         **dict(m.declarations))
-        failed = [r for r in report.results if r.status == "failed"]
+        failed = [r for r in report.results if r.status is Status.FAILED]
         res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},
                            time.perf_counter() - start)
         results.append(res)

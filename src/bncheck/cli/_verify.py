@@ -201,10 +201,16 @@ def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
     out.print(f"  convention: {escape(t.convention.describe())}")
     out.print(f"  {escape(describe_target(t))}")
     done: list[PropertyResult] = []
+
+    def finished(r: PropertyResult) -> None:
+        done.append(r)
+        if out.is_terminal:  # progress on a terminal; quiet when piped
+            out.print(f"  [{_STYLE[r.status]}]{r.status:7}[/] {r.name} ({r.seconds:.1f}s)")
+
     start = time.perf_counter()
     try:
         report = run(t, properties=properties, dtypes=dtypes, profile=profile,
-                     examples=examples, seed=seed, replay=replay, on_result=done.append)
+                     examples=examples, seed=seed, replay=replay, on_result=finished)
     except KeyboardInterrupt:
         partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
                          profile, done)
