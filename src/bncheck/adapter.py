@@ -295,10 +295,11 @@ class Adapted:
     def _slots(self, declared: tuple[str | None, str | None],
                usual: tuple[tuple[str, str], ...]) -> tuple[str | None, str | None]:
         """A declared name wins; otherwise the usual pairs (both present), then each usual name
-        on its own next to a declared partner."""
+        on its own (torch's ``bias=False`` keeps a weight without a bias)."""
         if declared[0] is None and declared[1] is None:
             pair = _find_pair(self.module, usual, self.num_features)
-            return pair if pair else (None, None)
+            if pair:
+                return pair
         out = []
         for i, name in enumerate(declared):
             if name is None:
