@@ -27,6 +27,7 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "batch_norm",
+    "SyncBatchNorm",
     "BNCheckError",
     "UsageError",
     "InvalidArgument",
@@ -47,6 +48,10 @@ def __getattr__(name: str) -> object:
         import bncheck.verify as module
 
         return module
+    if name == "SyncBatchNorm":  # the distributed package: loaded when first used
+        from bncheck.distributed import SyncBatchNorm
+
+        return SyncBatchNorm
     if name == "check_batchnorm":
         from bncheck.verify import check_batchnorm
 

@@ -71,6 +71,9 @@ class PropertyResult:
     replay: str = ""
     consequence_of: str | None = None
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
     def render(self, label: str) -> str:
         if self.status is Status.PASSED:
             return f"property {self.name} passed ({self.examples} examples)"
@@ -222,14 +225,16 @@ def _consequence(prop: Property, ctx: Context, case: Any) -> str | None:
     without them (in float32, where statistics that ``.to()`` does not cast have the right
     dtype; with grad enabled in training and disabled in eval, where a layer that picks its
     mode from grad mode is in the right mode) passes."""
-    if case is None or prop.name in ("stats_are_buffers", "grad_mode_independence"):
+    facts = getattr(ctx, "facts", None)  # the distributed properties have none
+    if case is None or facts is None or prop.name in ("stats_are_buffers",
+                                                       "grad_mode_independence"):
         return None
     fixes: list[tuple[str, Callable[[Any], Any]]] = []
-    if (ctx.facts.stats_not_cast and getattr(case, "dtype", torch.float32) != torch.float32
+    if (facts.stats_not_cast and getattr(case, "dtype", torch.float32) != torch.float32
             and hasattr(case, "with_dtype")):
-        fixes.append((ctx.facts.stats_not_cast, lambda c: c.with_dtype(torch.float32)))
-    if ctx.facts.mode_from_grad and hasattr(case, "with_matching_grad_modes"):
-        fixes.append((ctx.facts.mode_from_grad, lambda c: c.with_matching_grad_modes()))
+        fixes.append((facts.stats_not_cast, lambda c: c.with_dtype(torch.float32)))
+    if facts.mode_from_grad and hasattr(case, "with_matching_grad_modes"):
+        fixes.append((facts.mode_from_grad, lambda c: c.with_matching_grad_modes()))
     tries = [[f] for f in fixes] + ([fixes] if len(fixes) > 1 else [])
     for chosen in tries:
         fixed = case

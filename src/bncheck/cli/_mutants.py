@@ -18,6 +18,7 @@ from bncheck.cli._common import (
     err,
     handles_errors,
 )
+from bncheck.cli._distributed import distributed_options
 
 
 @click.command()
@@ -29,15 +30,18 @@ from bncheck.cli._common import (
 @click.option("--seed", type=int, default=0, show_default=True, help="Hypothesis seed.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON here (checked before any work).")
+@distributed_options(device=False)
 @debug_option
 @handles_errors
 def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: int,
-            json_path: Path | None, debug: bool) -> None:
+            json_path: Path | None, world_size: int | None, timeout: float,
+            debug: bool) -> None:
     """Run the property catalogue against each bundled mutant and print the mutation score.
 
     A mutant is killed when some property fails on it; each should be killed by the property
-    meant for it (listed first). Exit status: 0 when every mutant is killed by its property,
-    1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are still reported).
+    meant for it (listed first). With --world-size N, the distributed mutants against the
+    distributed properties on N local processes. Exit status: 0 when every mutant is killed by
+    its property, 1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are reported).
     """
     from bncheck._io import check_output_path, write_json_atomic
     from bncheck.mutants import MutantResult, run_mutants
@@ -46,8 +50,15 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
         json_path = check_output_path(json_path, "--json")
     done: list[MutantResult] = []
     try:
-        run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
-                    on_result=done.append)
+        if world_size:
+            from bncheck.cli._distributed import run_mutants as run_distributed
+
+            run_distributed(list(names) or None, world_size=world_size, timeout=timeout,
+                            profile=profile, examples=examples, seed=seed,
+                            on_result=done.append)
+        else:
+            run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
+                        on_result=done.append)
     except KeyboardInterrupt:
         err(f"interrupted (Ctrl-C) after {len(done)} mutants"
             + (f" (finished: {', '.join(r.mutant.name for r in done)})" if done else "")

@@ -21,6 +21,7 @@ from bncheck.cli._common import (
     err,
     handles_errors,
 )
+from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options
 from bncheck.errors import InvalidArgument
 
 REFERENCE = "bncheck.reference:BatchNorm"
@@ -123,6 +124,7 @@ def _momentum(text: str | None) -> Any:
 @click.option("--seed", type=int, help="Hypothesis seed (default 0 under ci, else random).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here (checked before any work).")
+@distributed_options()
 @debug_option
 @handles_errors
 def verify(target: str | None, convention: str, momentum_weights: str | None,
@@ -131,12 +133,14 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
            channel_axis: int | None, mode_argument: str | None, fixed_text: str | None,
            empty_batches: bool | None, dtypes_text: str | None, properties: tuple[str, ...],
            profile: str | None, examples: int | None, seed: int | None,
-           json_path: Path | None, debug: bool) -> None:
+           json_path: Path | None, world_size: int | None, timeout: float, device: str,
+           debug: bool) -> None:
     """Check a BatchNorm implementation against the property catalogue.
 
     TARGET is path/to/file.py:Name or package.module:Name, a Module class or a factory, built as
     Name(num_features) or, when its signature has num_dims, Name(num_features, num_dims).
-    Without TARGET, bncheck's reference BatchNorm is checked.
+    Without TARGET, bncheck's reference BatchNorm is checked. With --world-size N, the
+    distributed properties run on N local processes (TARGET defaults to bncheck.SyncBatchNorm).
 
     Exit status: 0 all properties pass, 1 some property fails, 2 usage error, 130 Ctrl-C.
     """
@@ -152,20 +156,32 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     dims = _ints(dims_text, "--dims")
     dtype_names = _names(dtypes_text)
     dtypes = _resolve_dtypes(dtype_names) if dtype_names is not None else None
-    for name in properties:
+    if world_size:
+        from bncheck.cli._distributed import check_property_names
+
+        check_property_names(properties)
+    for name in () if world_size else properties:
         get(name)
+    spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
+    obj = load_target(spec)
+    if world_size:
+        from bncheck.distributed.verify import refuse_on_device
+
+        refuse_on_device(obj, device)
     conv = preset(convention, momentum_weights=momentum_weights, running_var=running_var,
                   running_stat=running_stat)
-    label = "bncheck reference BatchNorm" if target is None else target
+    label = "bncheck reference BatchNorm" if target is None and not world_size else spec
     t = build_target(
-        load_target(target or REFERENCE), label=label, convention=conv,
+        obj, label=label, convention=conv,
         momentum=_momentum(momentum_text), eps=not_set if eps is None else eps,
-        dims=(2, 3, 4, 5) if target is None and dims is None else dims,
+        dims=(2, 3, 4, 5) if target is None and dims is None and not world_size else dims,
         names=_pairs(names_text, "--names"), channel_axis=channel_axis,
         mode_argument=mode_argument, fixed=_flags(fixed_text), empty_batches=empty_batches,
         debug=debug)
+    distributed = None if not world_size else {"spec": spec, "world_size": world_size,
+                                                "timeout": timeout, "device": device}
     _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,
-         replay=_replay_command(profile))
+         replay=_replay_command(profile), distributed=distributed)
 
 
 def _replay_command(profile: str) -> Any:
@@ -191,7 +207,8 @@ def _replay_command(profile: str) -> Any:
 
 
 def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
-         examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any) -> None:
+         examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
+         distributed: dict[str, Any] | None = None) -> None:
     from bncheck._io import write_json_atomic
     from bncheck.verify import PropertyResult, Report, describe_target
     from bncheck.verify import verify as run
@@ -209,8 +226,16 @@ def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
 
     start = time.perf_counter()
     try:
-        report = run(t, properties=properties, dtypes=dtypes, profile=profile,
-                     examples=examples, seed=seed, replay=replay, on_result=finished)
+        if distributed:
+            from bncheck.cli._distributed import run_verify
+
+            report = run_verify(distributed["spec"], t, world_size=distributed["world_size"],
+                                timeout=distributed["timeout"], device=distributed["device"],
+                                properties=properties, dtypes=dtypes, profile=profile,
+                                examples=examples, seed=seed, replay=replay, on_result=finished)
+        else:
+            report = run(t, properties=properties, dtypes=dtypes, profile=profile,
+                         examples=examples, seed=seed, replay=replay, on_result=finished)
     except KeyboardInterrupt:
         partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
                          profile, done)

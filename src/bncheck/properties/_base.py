@@ -26,8 +26,8 @@ from bncheck.properties._tolerance import forward_tolerance
 from bncheck.strategies import BNCase, BNConfig, Mode, bn_cases, bn_configs, dtype_name, show_values
 
 __all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
-           "register", "check_output", "stat_values", "needs_full", "needs_stats", "FULL",
-           "REDUCED"]
+           "register", "check_output", "expect_close", "stat_values", "needs_full", "needs_stats",
+           "FULL", "REDUCED"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
@@ -264,6 +264,14 @@ def register(number: int, name: str, *, checks: str, catches: str, tolerance: st
         return run
 
     return deco
+
+
+def expect_close(actual: Tensor, expected: Tensor, tol: Tolerance, what: str) -> None:
+    """Raise :class:`PropertyFailure` with an assert_close-style report unless close (a check
+    that ends the property; :meth:`Checks.close` records one and goes on)."""
+    checks = Checks()
+    checks.close(actual, expected, tol, what)
+    checks.raise_if_failed()
 
 
 def check_output(y: Tensor, x: Tensor, what: str) -> None:
