@@ -43,3 +43,9 @@ def test_mutants_unknown_name_exits_2():
     r = CliRunner().invoke(main, ["mutants", "--mutant", "nope"])
     assert r.exit_code == 2
     assert "Unknown mutant='nope'; available: seed_bata_typo" in r.output
+
+
+def test_mutants_json_is_checked_before_any_work(tmp_path):
+    r = CliRunner().invoke(main, ["mutants", "--json", str(tmp_path / "no" / "m.json")])
+    assert r.exit_code == 2 and "does not exist" in r.output, r.output
+    assert "Mutation score" not in r.output
