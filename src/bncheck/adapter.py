@@ -202,7 +202,10 @@ class Target:
         info = inspect_constructor(obj)
         name: str = label or getattr(obj, "__qualname__", None) or repr(obj)
         kwargs.setdefault("channel_axis", convention.channel_axis)
-        kwargs.setdefault("empty_batches", info.torch_batchnorm)
+        # torch's classes accept empty batches; a class may say so with a class attribute
+        # ``accepts_empty_batches = True`` (bncheck's reference, once it does).
+        kwargs.setdefault("empty_batches", info.torch_batchnorm
+                          or getattr(obj, "accepts_empty_batches", False) is True)
         return cls(obj, name, convention,
                    convention.momentum if momentum is not_set else momentum,
                    convention.eps if eps is not_set else eps, tuple(dims), info,
