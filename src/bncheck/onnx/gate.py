@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bncheck.compare import compare
+from bncheck.compare import compare, max_errors
 from bncheck.errors import InvalidArgument, VerificationFailed
 from bncheck.onnx.build import build_model
 from bncheck.onnx.export import INPUT_NAME, OUTPUT_NAME, export_onnx, write_atomic
@@ -85,11 +85,8 @@ class GateResult:
         return not self.drift
 
 
-def _errors(a: np.ndarray, e: np.ndarray) -> tuple[float, float]:
-    if a.shape != e.shape:
-        return float("inf"), float("inf")
-    d = np.abs(a.astype(np.float64) - e.astype(np.float64))
-    return float(d.max()), float((d / np.maximum(np.abs(e), 1e-30)).max())
+def _errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    return max_errors(np.asarray(actual), np.asarray(expected))
 
 
 def _compare_eager(result: GateResult, bn: str, model: torch.nn.Module,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bncheck.compare import Tolerance, compare
+from bncheck.compare import Tolerance, compare, max_errors
 from bncheck.errors import UsageError
 from bncheck.models import BN_LAYER_INDICES, INPUT_SHAPE
 from bncheck.onnx.build import make_inputs
@@ -196,12 +196,7 @@ def signature(model: Any, *, where: str = "model") -> int | None:
 
 
 def _errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
-    if a.shape != e.shape or a.size == 0:
-        return float("inf"), float("inf")
-    diff = np.abs(a - e)
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
-    return float(diff.max()), float(rel.max())
+    return max_errors(np.asarray(actual), np.asarray(expected))
 
 
 def _start(data: bytes, model: Any, placement_labels: Mapping[int, str] | None) -> Report:
