@@ -203,6 +203,9 @@ class BatchNorm(nn.Module):
     """
 
     _version = 2
+    #: An empty batch is valid input (as for torch's classes): ``bncheck verify`` runs its
+    #: ``empty_batch`` property on the reference without being told.
+    accepts_empty_batches = True
     running_mean: Tensor | None
     running_var: Tensor | None
     num_batches_tracked: Tensor | None
