@@ -287,6 +287,12 @@ def _backward_math(g: Tensor, r: Tensor, weight: Tensor, mean: Tensor,
     return dx.to(r.dtype), grad_weight, sum_dy
 
 
+def _unaliased(r: Tensor) -> Tensor:
+    """``r`` without its view base (no copy): the compiler would otherwise guard on the base's
+    layout and compile once per layout of the caller's tensor."""
+    return r.detach()
+
+
 def _present(t: Tensor | None, x: Tensor, fill: float) -> Tensor:
     """``t``, or ``fill`` per channel: one graph serves layers with and without affine."""
     return t.detach() if t is not None else x.new_full((x.shape[1],), fill,
@@ -332,7 +338,7 @@ def compiled_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     channels_last = is_channels_last(x)
     with torch.no_grad():  # one graph whatever the grad mode (the Function does the backward)
         y, mean, invstd, sum_sq = _compile(
-            _forward_math, rows(x, channels_last), _present(weight, x, 1.0),
+            _forward_math, _unaliased(rows(x, channels_last)), _present(weight, x, 1.0),
             _present(bias, x, 0.0), _eps_tensor(eps))
     return unrows(y, x.shape, channels_last), mean, invstd, sum_sq
 
@@ -342,8 +348,8 @@ def compiled_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor
                       ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """:func:`train_backward` by ``torch.compile``-generated kernels."""
     channels_last = is_channels_last(x)
-    dx, grad_weight, grad_bias = _compile(_backward_math, rows(dy, channels_last),
-                                          rows(x, channels_last), _present(weight, x, 1.0),
-                                          mean, invstd)
+    dx, grad_weight, grad_bias = _compile(_backward_math, _unaliased(rows(dy, channels_last)),
+                                          _unaliased(rows(x, channels_last)),
+                                          _present(weight, x, 1.0), mean, invstd)
     return (unrows(dx, x.shape, channels_last) if needs[0] else None,
             grad_weight if needs[1] else None, grad_bias if needs[2] else None)
