@@ -89,5 +89,5 @@ def check_eps(eps: Any, name: str = "eps", *, training: bool = True) -> None:
     check_finite_float(eps, name, min_value=0.0)
     if training and eps == 0:
         raise InvalidArgument(
-            f"Expected {name} > 0 when normalizing with batch statistics (training; a constant "
-            f"channel has variance 0), received {name}={eps!r}")
+            f"Expected {name} > 0.0, received {name}={eps!r} (training normalizes with batch "
+            f"statistics, and a constant channel has variance 0)")
