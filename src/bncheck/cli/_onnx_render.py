@@ -43,7 +43,17 @@ def render_report(con: Console, report: Report, *, title: str) -> None:
     for note in notes:
         con.print(f"[red]FAIL[/] {note}")
     con.print(f"opset {report.opset}; " + "; ".join(report.structure))
-    con.print(placement_line(report.placement))
+    if report.placement:
+        con.print(placement_line(report.placement))
+    con.print(f"BatchNormalization nodes: {len(report.bn_nodes) or 'none'}")
+    for node in report.bn_nodes:
+        style = "[red]" if node.batch_statistics else ""
+        con.print(f"  {style}{node}{'[/]' if style else ''}")
+    for fold in report.folds:
+        con.print(f"  {fold}")
+    for name, op, module in report.batch_nodes:
+        con.print(f"[red]batch-dependent node:[/] {op} node {name!r}"
+                  + (f" (module {module})" if module else ""))
     if isinstance(report.localization, str):
         con.print(f"[bold red]localization:[/] {report.localization}")
     elif report.localization is not None:

@@ -12,14 +12,17 @@ fresh layer and an export that ignores them cannot pass by accident.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bncheck._validation import check_positive_int, check_type
 from bncheck.errors import InvalidArgument
-from bncheck.models import INPUT_SHAPE, BNFactory, lenet_bn
+from bncheck.models import INPUT_SHAPE, BNFactory
 
 __all__ = ["BUILTIN_BN", "resolve_bn", "build_model", "calibrate", "make_inputs", "load_checkpoint"]
 
@@ -54,8 +57,20 @@ def make_inputs(batch: int, *, seed: int) -> Tensor:
 
 
 def calibrate(model: nn.Module, *, seed: int, steps: int = CALIBRATION_STEPS,
-              batch: int = CALIBRATION_BATCH) -> None:
-    """Run ``steps`` training-mode forwards (grad enabled) so BatchNorm running stats move."""
+              batch: int = CALIBRATION_BATCH,
+              make: Callable[[int, int], tuple[Tensor, ...]] | None = None,
+              label: str = "the model") -> None:
+    """Run ``steps`` training-mode forwards (grad enabled) so BatchNorm running stats move.
+
+    ``make(batch, seed)`` gives the inputs (default: LeNet-BN's); they are offset and scaled
+    (``x * 2 + 0.25``) so the statistics differ per channel and layer.
+
+    Raises:
+        TargetError: a forward raised (the message names the file and line).
+    """
+    from bncheck.target import user_code
+
+    make = make or (lambda b, s: (make_inputs(b, seed=s),))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     try:
@@ -63,37 +78,62 @@ def calibrate(model: nn.Module, *, seed: int, steps: int = CALIBRATION_STEPS,
         # requires grad, so no graph is built: 10x faster on CPU.
         for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad(), user_code(f"calibrating {label} (training-mode forward)"):
             for step in range(steps):
-                # Offset and scale the batches so the statistics differ per channel and layer.
-                x = make_inputs(batch, seed=10_000 + 97 * seed + step) * 2.0 + 0.25
-                model(x)
+                xs = make(batch, 10_000 + 97 * seed + step)
+                model(*(x * 2.0 + 0.25 for x in xs))
     finally:
         for p in params:
             p.requires_grad_(True)
     model.eval()
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+def _torch_load(p: Path) -> Any:
+    """``torch.load(weights_only=True)`` with one-paragraph errors for what users hand in."""
+    head = p.read_bytes()[:4]
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise InvalidArgument(f"checkpoint={str(p)!r} is not a file written by torch.save "
+                              f"(it starts with bytes {head!r}, neither a zip archive nor a "
+                              f"pickle)")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors of every kind: one paragraph
+        text = str(e)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            raise InvalidArgument(
+                f"checkpoint={str(p)!r} holds a pickled {found.group(1)} object (a whole model "
+                f"saved with torch.save(model)), not a state_dict; bncheck reads checkpoints "
+                f"with weights_only=True and never runs pickled code. Save the weights instead: "
+                f"torch.save(model.state_dict(), {p.name!r})") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", text, re.S)
+        why = (detail.group(1).strip().splitlines()[0] if detail
+               else (text.strip().splitlines() or [type(e).__name__])[0])
+        raise InvalidArgument(f"checkpoint={str(p)!r} is not a readable torch.save file "
+                              f"(truncated or corrupt: {why})") from None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, label: str = "this LeNet-BN"
+                    ) -> None:
     """Load a ``state_dict`` saved with ``torch.save`` (read with ``weights_only=True``).
 
     Raises:
-        InvalidArgument: the file is missing or unreadable, is not a state_dict, or its keys
-            or shapes do not fit the model.
+        InvalidArgument: the file is missing or unreadable, holds a pickled model or no
+            state_dict, or its keys or shapes do not fit the model.
     """
     p = Path(path)
     if not p.is_file():
         raise InvalidArgument(f"Expected --checkpoint to be an existing file, received "
                               f"checkpoint={str(p)!r} (no such file)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of every kind: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidArgument(f"checkpoint={str(p)!r} cannot be read with "
-                              f"torch.load(weights_only=True): {first}") from None
+    state = _torch_load(p)
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise InvalidArgument(f"checkpoint={str(p)!r} is a {type(state).__name__}, expected a "
                               f"state_dict (a dict of parameter and buffer names to tensors)")
+    nested = [k for k, v in state.items() if isinstance(v, dict)]
+    if nested and not any(isinstance(v, Tensor) for v in state.values()):
+        raise InvalidArgument(f"checkpoint={str(p)!r} is a dict of dicts (keys {nested[:4]}), "
+                              f"expected the state_dict itself: save "
+                              f"torch.save(checkpoint[{nested[0]!r}], PATH) instead")
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -102,14 +142,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
             parts.append(f"missing keys {_clip(missing)}")
         if unexpected:
             parts.append(f"unexpected keys {_clip(unexpected)}")
-        raise InvalidArgument(f"checkpoint={str(p)!r} does not fit this LeNet-BN: "
+        raise InvalidArgument(f"checkpoint={str(p)!r} does not fit {label}: "
                               + "; ".join(parts))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
         detail = lines[0] if lines else str(e).splitlines()[0]
-        raise InvalidArgument(f"checkpoint={str(p)!r} does not fit this LeNet-BN: "
+        raise InvalidArgument(f"checkpoint={str(p)!r} does not fit {label}: "
                               f"{detail}") from None
 
 
@@ -129,15 +169,10 @@ def build_model(bn: str | BNFactory = "scratch", *, seed: int = 0,
 
     Raises:
         InvalidArgument: unknown ``bn``, a bad checkpoint.
-        TargetError: the TARGET cannot be loaded or built.
+        TargetError: the TARGET cannot be loaded or built, or raised in a forward.
     """
-    check_type(int, seed, "seed")
-    if seed < 0:
-        raise InvalidArgument(f"Expected seed >= 0, received seed={seed}")
-    factory = resolve_bn(bn) if isinstance(bn, str) else bn
-    model = lenet_bn(factory, seed=seed)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    else:
-        calibrate(model, seed=seed)
-    return model.eval()
+    from bncheck.onnx.source import lenet_source
+
+    model = lenet_source(bn).build(seed=seed, checkpoint=checkpoint)
+    assert isinstance(model, nn.Sequential)
+    return model
