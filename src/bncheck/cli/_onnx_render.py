@@ -49,7 +49,7 @@ def render_report(con: Console, report: Report, *, title: str) -> None:
     for node in report.bn_nodes:
         style = "[red]" if node.batch_statistics else ""
         con.print(f"  {style}{node}{'[/]' if style else ''}")
-    for fold in report.folds:
+    for fold in [] if report.placement else report.folds:
         con.print(f"  {fold}")
     for name, op, module in report.batch_nodes:
         con.print(f"[red]batch-dependent node:[/] {op} node {name!r}"

@@ -148,7 +148,8 @@ def display_name(module: str) -> str:
 def intermediates(data: bytes, feeds: Mapping[str, np.ndarray],
                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Every float tensor of the graph (or those in ``names``), computed by onnxruntime CPU
-    at ``DISABLE_ALL`` (so no fusion hides one) with each made a graph output."""
+    at ``DISABLE_ALL`` (so no fusion hides one) with each made a graph output; by
+    ``onnx.reference`` where onnxruntime refuses the graph or would crash on it."""
     import onnx
 
     from bncheck.onnx.runtimes import ort_session
@@ -164,7 +165,22 @@ def intermediates(data: bytes, feeds: Mapping[str, np.ndarray],
                 model.graph.output.append(
                     onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
                 have.add(name)
-    session = ort_session(model.SerializeToString(), level="DISABLE_ALL")
-    out_names = [o.name for o in session.get_outputs()]
-    values = session.run(None, dict(feeds))
-    return dict(zip(out_names, values, strict=True))
+    from bncheck.onnx.runtimes.ort_cpu import crash_hazard
+
+    if crash_hazard(model) is None:
+        try:
+            session = ort_session(model.SerializeToString(), level="DISABLE_ALL")
+        except Exception:  # noqa: BLE001 - onnxruntime refuses the graph: onnx.reference next
+            session = None
+        if session is not None:
+            out_names = [o.name for o in session.get_outputs()]
+            return dict(zip(out_names, session.run(None, dict(feeds)), strict=True))
+    from onnx.reference import ReferenceEvaluator
+
+    # onnx.reference needs no declared outputs: ask for every node output by name.
+    out_names = list(dict.fromkeys(
+        [o.name for o in model.graph.output] + [t for n in model.graph.node for t in n.output
+                                                if t and (wanted is None or t in wanted)]))
+    values = ReferenceEvaluator(model).run(out_names, dict(feeds))
+    return {n: np.asarray(v) for n, v in zip(out_names, values, strict=True)
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f"}

@@ -198,7 +198,8 @@ def _consumers(graph: Any) -> dict[str, list[Any]]:
 
 def localize(data: bytes, model: nn.Module, inputs: Sequence[Tensor] | Tensor,
              context: str = "torch.no_grad()", *, input_names: Sequence[str] | None = None,
-             tolerance: Tolerance | None = None) -> Localization | None:
+             tolerance: Tolerance | None = None,
+             layers: Sequence[BNLayer] | None = None) -> Localization | None:
     """The first module whose graph tensors disagree with the eager module, or None.
 
     Args:
@@ -208,6 +209,7 @@ def localize(data: bytes, model: nn.Module, inputs: Sequence[Tensor] | Tensor,
         context: a key of :data:`GRAD_CONTEXTS`: the grad context of the eager reference.
         input_names: the graph's input names (default: read from the graph).
         tolerance: per-tensor tolerance; ``None`` is onnxruntime's (:data:`TOLERANCES`).
+        layers: the model's BatchNorm modules (default: found by :func:`bn_layers`).
     """
     import onnx
 
@@ -224,7 +226,8 @@ def localize(data: bytes, model: nn.Module, inputs: Sequence[Tensor] | Tensor,
     by_module = nodes_by_module(graph, known)
     consumers = _consumers(graph)
     producer = {t: n for n in graph.graph.node for t in n.output}
-    layers, _ = bn_layers(model, inputs)
+    if layers is None:
+        layers, _ = bn_layers(model, inputs)
     placements = {p.layer: p for p in bn_placement(graph, layers, known=known)}
     order = [n for n in run.order if not list(modules[n].children()) or is_batchnorm(modules[n])]
     for i, name in enumerate(order):

@@ -322,12 +322,13 @@ def _compare_outputs(report: Report, rt: Runtime, ys: list[np.ndarray],
             continue
         for name, y, r in zip(out_names, ys, ref, strict=False):
             worst = max(worst, _errors(y, r))
+            against = " ".join(p for p in ("vs", what, key) if p)
             m = compare(y, r, tolerance=tol, check_dtype=False,
-                        name=f"{name} ({rt.label}, batch {b}, {what} {key})".replace(" )", ")"))
+                        name=f"{name} ({rt.label}, batch {b}, {against})")
             if m is not None:
                 failed = failed or key
                 report.failures.append(str(m))
-    note = f"differs from {what} {failed}".replace("  ", " ") if failed else ""
+    note = " ".join(p for p in ("differs from", what, failed) if p) if failed else ""
     report.rows.append(Row(check, rt.name, rt.level, b, worst[0], worst[1], tol,
                            "FAIL" if failed else "ok", note))
     return failed
@@ -389,7 +390,8 @@ def verify_against_torch(data: bytes, model: nn.Module, *, source: ModelSource |
         if xs[0].shape[0] < 2:
             xs = probe
         try:
-            report.localization = localize(data, model, xs, ctx, input_names=names) or (
+            report.localization = localize(data, model, xs, ctx, input_names=names,
+                                           layers=layers) or (
                 "no layer's tensors diverge under onnxruntime DISABLE_ALL: the difference "
                 "comes from a runtime or its graph optimizations (see the failing rows), "
                 "not from the exported graph")
