@@ -82,9 +82,9 @@ def test_placement_flags_the_seed_batch_statistics(seed_model) -> None:  # type:
 def test_localize_names_the_first_seed_batchnorm(seed_model) -> None:  # type: ignore[no-untyped-def]
     data = export_onnx(seed_model, exporter="torchscript", keep_bn=True)
     found = localize(data, seed_model, make_inputs(5, seed=3))
-    assert found is not None and found.layer == 1
+    assert found is not None and found.layer == "1"
     assert str(found) == ("layer 1: BatchNorm(6) — exported graph normalizes with batch "
-                          "statistics (ReduceMean over the batch axis)")
+                          "statistics (ReduceMean over the batch axis) [graph node '/1/Add']")
 
 
 def test_localize_finds_nothing_in_a_good_export() -> None:
