@@ -55,7 +55,7 @@ def make_source(model_spec: str | None, model_args: tuple[str, ...],
 
 
 @click.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.onnx")
+@click.argument("out", type=click.Path(path_type=Path), metavar="OUT.onnx")
 @source_options
 @click.option("--opset", type=int, default=None,
               help="ONNX opset to export (default: the exporter's; dynamo 18-23, "
