@@ -17,7 +17,10 @@ def num(v: float | None) -> str:
 
 
 def tol_text(t: Tolerance | None) -> str:
-    return "-" if t is None else f"{t.rtol:.2g} / {t.atol:.2g}"
+    if t is None:
+        return "-"
+    per_max = getattr(t, "atol_per_max", 0.0)
+    return f"{t.rtol:.2g} / {per_max:.0%}·max" if per_max else f"{t.rtol:.2g} / {t.atol:.2g}"
 
 
 def verdict(v: str) -> str:

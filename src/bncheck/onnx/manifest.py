@@ -91,7 +91,9 @@ def make_manifest(*, data: bytes, report: Report, onnx_file: str, golden_file: s
             "file": golden_file, "batch": golden_rows,
             "inputs": [i["name"] for i in report.inputs],
             "outputs": [o["name"] for o in report.outputs]},
-        "tolerances": {k: {"rtol": t.rtol, "atol": t.atol, "reason": t.reason}
+        "tolerances": {k: {"rtol": t.rtol, "atol": t.atol, "reason": t.reason,
+                           **({"atol_per_max": t.atol_per_max}
+                              if hasattr(t, "atol_per_max") else {})}
                        for k, t in TOLERANCES.items()},
         "structure": report.structure,
         "results": [r.to_json() for r in report.rows],

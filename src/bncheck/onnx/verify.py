@@ -45,6 +45,7 @@ from bncheck.onnx.localize import (
 )
 from bncheck.onnx.placement import LENET_BN_LAYERS, BNLayer, Placement, bn_placement
 from bncheck.onnx.runtimes import TOLERANCES, Runtime, onnx_opset, runtimes
+from bncheck.onnx.runtimes._tolerances import OutputScaledTolerance, concrete
 from bncheck.onnx.source import InputSpec, ModelSource, generated_inputs, lenet_source
 
 __all__ = ["Row", "Report", "ModelFileError", "load_onnx", "structure_problems",
@@ -323,7 +324,7 @@ def _compare_outputs(report: Report, rt: Runtime, ys: list[np.ndarray],
         for name, y, r in zip(out_names, ys, ref, strict=False):
             worst = max(worst, _errors(y, r))
             against = " ".join(p for p in ("vs", what, key) if p)
-            m = compare(y, r, tolerance=tol, check_dtype=False,
+            m = compare(y, r, tolerance=concrete(tol, r), check_dtype=False,
                         name=f"{name} ({rt.label}, batch {b}, {against})")
             if m is not None:
                 failed = failed or key
@@ -588,9 +589,12 @@ def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = 
 
 
 def _summed(a: Tolerance, b: Tolerance) -> Tolerance:
-    return Tolerance(a.rtol + b.rtol, a.atol + b.atol,
-                     f"no source model, so neither runtime is the truth: the sum of both "
-                     f"tolerances ({a.reason} | {b.reason})")
+    reason = (f"no source model, so neither runtime is the truth: the sum of both tolerances "
+              f"({a.reason} | {b.reason})")
+    per_max = sum(getattr(t, "atol_per_max", 0.0) for t in (a, b))
+    if per_max:
+        return OutputScaledTolerance(a.rtol + b.rtol, a.atol + b.atol, reason, per_max)
+    return Tolerance(a.rtol + b.rtol, a.atol + b.atol, reason)
 
 
 def _cross_runtime_localization(data: bytes, graph: Any, rt: Runtime, anchor: Runtime,

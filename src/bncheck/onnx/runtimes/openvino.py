@@ -52,7 +52,7 @@ class OpenVino(RuntimePlugin):
         if "CPU" not in ov.Core().available_devices:
             return f"OpenVINO {ov.__version__} has no CPU device"
         if self.precision == "default":
-            self.level = f"default ({default_precision()})"
+            self.level = f"default {default_precision()}"
         return None
 
     def load(self, data: bytes, model: Any) -> Runner:
