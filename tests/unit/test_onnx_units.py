@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
 from bncheck.errors import InvalidArgument, OutputError
 from bncheck.onnx import build_model, export_onnx, make_inputs
@@ -20,13 +18,7 @@ from bncheck.target import bn_factory, load_target
 SEED_BN = str(Path(__file__).parents[1] / "data" / "seed_bn_fixed.py") + ":BatchNorm"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """LeNet-BN is tiny: one intra-op thread avoids OpenMP spinning on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("opset", "exporter", "message"), [

@@ -47,7 +47,9 @@ GOLDEN_BATCH, MODEL_GOLDEN_BATCH = 16, 4
 
 
 def golden_batch(source: ModelSource) -> int:
-    """Rows in ``source``'s golden input batch."""
+    """Rows in ``source``'s golden input batch (a fixed batch size when it is exported so)."""
+    if not source.dynamic_batch:
+        return source.inputs[0].shape[0]
     return GOLDEN_BATCH if source.is_lenet else MODEL_GOLDEN_BATCH
 
 
