@@ -46,6 +46,7 @@ __all__ = [
     "load_fashion_mnist",
     "read_idx",
     "synthetic_dataset",
+    "write_fashion_mnist",
     "write_idx",
 ]
 
@@ -68,6 +69,8 @@ _IDX_DTYPES: dict[int, np.dtype[Any]] = {
 _TYPE_CODES = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
 _IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+# What a Fashion-MNIST file with this many dims is.
+_KIND = {1: " (a labels file's)", 3: " (an images file's)"}
 _CHUNK = 1 << 24
 
 
@@ -142,14 +145,20 @@ def _read_exact(f: IO[bytes], n: int, path: Path, what: str) -> bytes:
     return b"".join(chunks)
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], *, what: str | None = None,
+             ndim: int | None = None) -> np.ndarray:
     """Read one IDX file (optionally ``.gz``) into a native-endian numpy array.
 
+    ``ndim``: the number of dims the caller expects (3 for images, 1 for labels); a header
+    with another count is reported at once, naming what the magic number says the file holds
+    (``what`` names what was expected, e.g. ``"images"``).
+
     Raises:
-        DataError: the file is missing, unreadable, has a bad magic number, is truncated,
-            or has bytes after the data.
+        DataError: the file is missing, unreadable, has a bad magic number (or one with the
+            wrong number of dims), is truncated, or has bytes after the data.
     """
     path = Path(path)
+    expected = ndim
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     with _open(path) as f:
@@ -160,6 +169,12 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
                 f"{path}: not an IDX file: expected a magic number 0x0000TTDD (TT a type code in "
                 f"{_TYPE_CODES}, DD >= 1 dims), received 0x{magic.hex()}"
             )
+        if expected is not None and ndim != expected:
+            raise DataError(
+                f"{path}: expected {what or 'data'} with {expected} dims (IDX magic "
+                f"0x0000{code:02x}{expected:02x}), received magic 0x{magic.hex()}, which says "
+                f"{ndim} dim{'' if ndim == 1 else 's'}{_KIND.get(ndim, '')}; is this the right "
+                f"file?")
         dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, "dimension sizes"))
         dtype = _IDX_DTYPES[code]
         nbytes = math.prod(dims) * dtype.itemsize
@@ -210,6 +225,30 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray | Tensor) -> None:
     write_atomic({path: payload})
 
 
+def write_fashion_mnist(root: str | os.PathLike[str], train: Dataset, test: Dataset, *,
+                        gz: bool = False) -> Path:
+    """Write ``train`` and ``test`` (images in [0, 1]) as the four Fashion-MNIST IDX files.
+
+    Images are rounded to bytes. ``root`` must exist. Returns it as a ``Path``.
+
+    Raises:
+        InvalidArgument: an image is not ``(1, 28, 28)`` or a label is outside 0..9.
+    """
+    root = Path(root)
+    for split, data in (("train", train), ("test", test)):
+        check_type(Dataset, data, split)
+        if data.images.shape[1:] != (1, *_IMAGE_SIZE) or data.labels.min() < 0 or \
+                data.labels.max() >= NUM_CLASSES:
+            raise InvalidArgument(f"Expected {split} images of shape (N, 1, 28, 28) and labels "
+                                  f"in 0..9, received images={describe(data.images)}")
+        images, labels = IDX_FILES[split]
+        suffix = ".gz" if gz else ""
+        pixels = (data.images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8)
+        write_idx(root / f"{images}{suffix}", pixels)
+        write_idx(root / f"{labels}{suffix}", data.labels.to(torch.uint8))
+    return root
+
+
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 
@@ -254,9 +293,9 @@ def load_fashion_mnist(root: str | os.PathLike[str], *,
                         f"but {root} {what}")
     image_path, label_path = (_find(root, name) for name in IDX_FILES[split])
 
-    images = read_idx(image_path)
+    images = read_idx(image_path, what="images", ndim=3)
     _check_array(images, image_path, "images", (None, *_IMAGE_SIZE), "(N, 28, 28)")
-    labels = read_idx(label_path)
+    labels = read_idx(label_path, what="labels", ndim=1)
     _check_array(labels, label_path, "labels", (None,), "(N,)")
     if len(images) != len(labels):
         raise DataError(

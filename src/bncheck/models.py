@@ -21,7 +21,7 @@ from bncheck._validation import check_type
 from bncheck.errors import InvalidArgument
 from bncheck.reference import BatchNorm
 
-__all__ = ["lenet_bn", "BN_LAYER_INDICES", "INPUT_SHAPE", "BNFactory"]
+__all__ = ["lenet_bn", "resolve_bn", "BN_LAYER_INDICES", "BUILTIN_BN", "INPUT_SHAPE", "BNFactory"]
 
 #: Builds a BatchNorm for ``num_features`` channels and inputs of ``num_dims`` dims (2 or 4).
 BNFactory = Callable[[int, int], nn.Module]
@@ -42,6 +42,23 @@ def _scratch_bn(num_features: int, num_dims: int) -> nn.Module:
 
 
 _BUILTIN: dict[str, BNFactory] = {"scratch": _scratch_bn, "torch": _torch_bn}
+
+#: Names ``--bn`` accepts besides a ``FILE.py:Name`` / ``pkg.mod:Name`` TARGET.
+BUILTIN_BN = tuple(_BUILTIN)
+
+
+def resolve_bn(bn: str) -> str | BNFactory:
+    """``"scratch"``/``"torch"`` as is; anything else is a TARGET turned into a factory.
+
+    Raises:
+        TargetError: the TARGET cannot be imported or found (see :mod:`bncheck.target`).
+    """
+    check_type(str, bn, "bn")
+    if bn in _BUILTIN:
+        return bn
+    from bncheck.target import bn_factory, load_target
+
+    return bn_factory(load_target(bn))
 
 
 def lenet_bn(bn: str | BNFactory = "scratch", *, seed: int = 0) -> nn.Sequential:

@@ -1,129 +1,222 @@
-"""``bncheck train`` end to end: a real subprocess on small IDX files, and its error exits."""
+"""``bncheck train`` end to end: two real subprocesses (a fresh machine, Ctrl-C), the rest
+in-process with click's runner (same code path, no start-up cost)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from bncheck._io import file_mode
 from bncheck.cli import main
-from bncheck.data import IDX_FILES, synthetic_dataset, write_idx
-from bncheck.models import lenet_bn
+from bncheck.data import IDX_FILES, synthetic_dataset, write_fashion_mnist
+from bncheck.models import resolve_bn
+from bncheck.onnx.build import build_model
+from bncheck.training import STAND_IN_LABEL, load_checkpoint
+
+FILES = ["checkpoint.pt", "command.txt", "curves.png", "metrics.json"]
 
 
-def bncheck(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bncheck", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+def fresh_env(home: Path) -> dict[str, str]:
+    """This process's environment as a fresh machine has it: no data anywhere."""
+    env = {k: v for k, v in os.environ.items() if k not in ("BNCHECK_DATA", "XDG_CACHE_HOME")}
+    return {**env, "HOME": str(home)}
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Synthetic Fashion-MNIST look-alike: 256 train (gzipped) and 64 test samples."""
-    root = tmp_path_factory.mktemp("fashion")
-    for split, n, seed, suffix in (("train", 256, 0, ".gz"), ("test", 64, 1, "")):
-        data = synthetic_dataset(n, seed=seed)
-        images, labels = IDX_FILES[split]
-        write_idx(root / f"{images}{suffix}", (data.images[:, 0] * 255).round().to(torch.uint8))
-        write_idx(root / f"{labels}{suffix}", data.labels.to(torch.uint8))
-    return root
+    """Synthetic Fashion-MNIST look-alike: 64 train (gzipped) and 32 test samples."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"), synthetic_dataset(64),
+                               synthetic_dataset(32, seed=1), gz=True)
 
 
-def test_train_writes_table_checkpoint_and_json(data_dir: Path, tmp_path: Path) -> None:
-    ckpt, out = tmp_path / "lenet.pt", tmp_path / "history.json"
-    result = bncheck("train", "--data", data_dir, "--bn", "torch", "--epochs", "2",
-                     "--batch-size", "32", "--limit", "128", "--seed", "3",
-                     "--checkpoint", ckpt, "--json", out)
+def test_fresh_machine_trains_on_the_labelled_stand_in(tmp_path: Path) -> None:
+    """`bncheck train --epochs 1` with no data anywhere: checkpoint, metrics, plot; every line
+    and every file says stand-in; `export --checkpoint` takes the checkpoint."""
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "bncheck", "train", "--epochs", "1",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env=fresh_env(tmp_path / "home"))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert "bn=torch" in lines[0] and "128 of 256 training samples, 64 test samples" in lines[0]
-    assert lines[1].split() == ["epoch", "train", "loss", "train", "acc", "test", "acc", "seconds"]
-    assert [line.split()[0] for line in lines[2:4]] == ["1", "2"]
-    assert any(line.startswith("Final: ") for line in lines)
-
-    state = torch.load(ckpt, weights_only=True)
-    for bn in ("scratch", "torch"):  # what `bncheck export --checkpoint` loads
-        lenet_bn(bn).load_state_dict(state)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-
-    record = json.loads(out.read_text())
-    assert (record["bn"], record["limit"], record["seed"], record["num_train"]) == ("torch", 128,
-                                                                                   3, 128)
-    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
-    assert f"{record['epochs'][-1]['test_acc']:.4f}" in lines[3]
-
-
-def test_bad_data_dir_exits_2_with_one_line(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("not data")
-    result = bncheck("train", "--data", tmp_path, "--epochs", "1")
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith("Error: ")
-    assert "missing train-images-idx3-ubyte" in result.stderr and "notes.txt" in result.stderr
+    assert all(line.startswith("[stand-in] ") for line in lines)  # piped: no progress bar
+    assert STAND_IN_LABEL in lines[0] and "To train on Fashion-MNIST" in lines[1]
+    assert sum(line.split()[1:2] == ["1"] and len(line.split()) == 7 for line in lines) == 1
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    assert all(stat.S_IMODE((out / f).stat().st_mode) == file_mode() for f in FILES)
+    record = json.loads((out / "metrics.json").read_text())
+    assert (record["status"], record["stand_in"], record["data"]["label"]) == (
+        "completed", True, STAND_IN_LABEL)
+    assert [e["epoch"] for e in record["epochs"]] == [1] and len(record["population_gaps"]) == 4
+    assert record["versions"]["torch"].startswith("2.")
+    assert (out / "command.txt").read_text().splitlines()[:2] == [
+        f"# {STAND_IN_LABEL}",
+        "bncheck train --bn scratch --epochs 1 --lr 1.0 --batch-size 256 --seed 0 --out "
+        f"{out}"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "stand-in" in (load_checkpoint(build_model("scratch"), out / "checkpoint.pt") or "")
+    build_model("torch", checkpoint=out / "checkpoint.pt")  # as `bncheck export --checkpoint`
 
 
-# In-process (click's runner) for the rest of the error table: same code path, no start-up cost.
+def test_ctrl_c_writes_the_finished_epochs_and_exits_130(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck", "train", "--data", str(data_dir),
+                             "--bn", "torch", "--epochs", "100000", "--batch-size", "16",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.startswith("Error: interrupted (Ctrl-C) after ") and "Traceback" not in stderr
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and len(record["epochs"]) >= 1
+    assert f"of 100000 epochs. Wrote {out / 'checkpoint.pt'}" in stderr
+    assert f"holds epoch {record['epochs'][-1]['epoch']}" in stderr
+    assert sorted(p.name for p in out.iterdir()) == FILES
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["train", *map(str, args)])
+    assert isinstance(result.exception, SystemExit | None), result.exception
+    return result.exit_code, result.output
+
+
+def test_table_remainder_statistics_and_relocated_files(data_dir: Path, tmp_path: Path) -> None:
+    ckpt, metrics = tmp_path / "lenet.pt", tmp_path / "m.json"
+    code, output = invoke("--data", data_dir, "--bn", "torch", "--epochs", "2", "--batch-size",
+                          "16", "--limit", "33", "--out", tmp_path / "run", "--checkpoint", ckpt,
+                          "--json", metrics)
+    assert code == 0, output
+    lines = output.splitlines()
+    assert lines[0].startswith(f"LeNet-BN (bn=torch) on Fashion-MNIST ({data_dir}): 33 of 64 "
+                               f"training, 32 test samples")
+    assert "33 training samples = 2 x 16 + 1: the one sample left over each epoch" in lines[1]
+    assert lines[2].split() == ["epoch", "train", "loss", "train", "acc", "test", "acc",
+                                "seconds", "examples/s"]
+    assert [line.split()[0] for line in lines[3:5]] == ["1", "2"]
+    assert sum("mean off by" in line for line in lines) == 4
+    record = json.loads(metrics.read_text())
+    assert (record["status"], record["num_train"], record["dropped_per_epoch"]) == (
+        "completed", 33, 1)
+    assert f"{record['epochs'][-1]['test_acc']:.4f}" in lines[4]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["command.txt", "curves.png"]
+    assert lines[-1] == f"Next: bncheck export lenet.onnx --checkpoint {ckpt}"
+    load_checkpoint(build_model("scratch"), ckpt)
+
+
+def test_a_diverging_run_exits_2_and_keeps_its_metrics(data_dir: Path, tmp_path: Path) -> None:
+    code, output = invoke("--data", data_dir, "--lr", "1e30", "--batch-size", "16", "--out",
+                          tmp_path)
+    assert code == 2
+    error = output.splitlines()[-1]
+    assert error.startswith("Error: training diverged at epoch 1, step 2: the batch loss")
+    assert error.endswith("no epoch finished, no checkpoint (status: diverged)")
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "diverged" and record["epochs"] == []
+
+
+MY_BN = '''
+from bncheck import BatchNorm
+
+
+class MyBN(BatchNorm):
+    """A user's layer: bncheck's reference under another name."""
+
+
+class Biased(BatchNorm):
+    """Forgets the n / (n - 1) of the running variance."""
+
+    def forward(self, x):
+        n = x.numel() // x.shape[1]
+        old = self.running_var.clone()
+        y = super().forward(x)
+        if self.training:
+            self.running_var.copy_(old + (self.running_var - old) * (n - 1) / n)
+        return y
+'''
+
+
+def test_your_own_batchnorm_verify_train_export_and_compare(data_dir: Path,
+                                                            tmp_path: Path) -> None:
+    target = tmp_path / "my_bn.py"
+    target.write_text(MY_BN)
+    verify = CliRunner().invoke(main, ["verify", f"{target}:MyBN", "--property",
+                                       "running_stats_update", "--examples", "5"])
+    assert verify.exit_code == 0, verify.output
+    code, output = invoke("--data", data_dir, "--bn", f"{target}:MyBN", "--epochs", "1",
+                          "--batch-size", "16", "--out", tmp_path / "run")
+    assert code == 0, output
+    assert output.splitlines()[-1].endswith(f"--bn {target}:MyBN")
+    build_model(resolve_bn(f"{target}:MyBN"), checkpoint=tmp_path / "run" / "checkpoint.pt")
+    code, output = invoke("--data", data_dir, "--bn", f"{target}:MyBN", "--compare", "--steps",
+                          "3", "--batch-size", "16")
+    assert code == 0 and "agree at every one of 3 steps" in output, output
+    code, output = invoke("--data", data_dir, "--bn", f"{target}:Biased", "--compare",
+                          "--batch-size", "16")
+    assert code == 1
+    assert "step 1: layer 5 (5: Biased(16) vs BatchNorm2d): running_var" in output
+    assert f"bn={target}:Biased and bn=torch diverge at step 1 of 1." in output
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
-    (["--data", "{missing}"], "does not exist"),
     (["--epochs", "0"], "--epochs=0"),
-    (["--batch-size", "-2"], "--batch-size=-2"),
+    (["--batch-size", "1"], "Expected --batch-size >= 2 (BatchNorm needs at least 2 samples"),
     (["--limit", "0"], "--limit=0"),
+    (["--steps", "0"], "--steps=0"),
     (["--lr", "inf"], "--lr=inf"),
     (["--lr", "-1"], "--lr=-1"),
-    (["--checkpoint", "{missing}/c.pt"], "--checkpoint's directory to exist"),
-    (["--json", "{missing}/h.json"], "--json's directory to exist"),
+    (["--checkpoint", "{missing}/c.pt"], "--checkpoint='{missing}/c.pt'"),
+    (["--json", "{missing}/h.json"], "--json='{missing}/h.json'"),
+    (["--out", "{missing}/run"], "--out='{missing}/run.probe'"),
+    (["--out", "/proc/bncheck-run"], "is not writable"),
+    (["--json", "/proc/bncheck.json"], "is not writable"),
+    (["--out", "{file}"], "Expected --out to be a directory"),
+    (["--data", "{missing}"], "does not exist"),
     (["--data", "{truncated}"], "truncated data"),
+    (["--bn", "{missing}/bn.py:BN"], "does not exist"),
 ])
-def test_bad_options_exit_2_with_one_line(data_dir: Path, tmp_path: Path, args: list[str],
-                                          fragment: str) -> None:
+def test_bad_options_exit_2_in_one_paragraph_before_any_work(data_dir: Path, tmp_path: Path,
+                                                             args: list[str],
+                                                             fragment: str) -> None:
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     for name in (*IDX_FILES["train"], *IDX_FILES["test"]):
-        src = data_dir / name if (data_dir / name).exists() else data_dir / f"{name}.gz"
-        (truncated / src.name).write_bytes(src.read_bytes())
-    labels = truncated / IDX_FILES["test"][1]
-    labels.write_bytes(labels.read_bytes()[:-1])
-    paths = {"missing": str(tmp_path / "missing"), "truncated": str(truncated)}
-    argv = ["train", "--data", str(data_dir), *(a.format(**paths) for a in args)]
-    result = CliRunner().invoke(main, argv)
-    assert result.exit_code == 2, result.output
-    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
-    assert fragment in result.output
-    assert isinstance(result.exception, SystemExit)  # exited, no exception escaped
-
-
-def test_interrupt_exits_130_and_names_the_saved_epoch(data_dir: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import bncheck.training
-
-    def interrupted(*args: Any, on_epoch: Any, **kwargs: Any) -> None:
-        on_epoch(bncheck.training.EpochStats(1, 0.5, 0.8, 0.7, 1.0))
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(bncheck.training, "train", interrupted)
-    ckpt = tmp_path / "c.pt"
-    result = CliRunner().invoke(main, ["train", "--data", str(data_dir), "--epochs", "3",
-                                       "--checkpoint", str(ckpt)])
-    assert result.exit_code == 130
-    assert f"Error: interrupted after 1 of 3 epochs; {ckpt} holds epoch 1\n" in result.output
-
-
-def test_debug_shows_the_exception(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "x"), "--debug"])
-    assert result.exit_code != 0
-    assert type(result.exception).__name__ == "DataError"
+        content = gzip.decompress((data_dir / f"{name}.gz").read_bytes())
+        (truncated / name).write_bytes(content[:-1] if name == IDX_FILES["test"][1] else content)
+    (tmp_path / "file").write_text("x")
+    paths = {"missing": str(tmp_path / "missing"), "truncated": str(truncated),
+             "file": str(tmp_path / "file")}
+    out = tmp_path / "out"
+    argv = ["--data", str(data_dir), "--out", str(out),
+            *(a.format(**paths) for a in args)]
+    code, output = invoke(*argv)
+    assert code == 2, output
+    assert output.count("\n") == 1 and output.startswith("Error: ")
+    assert fragment.format(**paths) in output
+    assert not out.exists()  # nothing was written
 
 
 def test_help_is_the_docstring() -> None:
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
-    assert "Train LeNet-BN on Fashion-MNIST as the seed notebook does." in result.output
-    assert "--checkpoint OUT.pt" in result.output
+    assert "Train LeNet-BN on Fashion-MNIST as the seed notebook does, and watch it." in \
+        result.output
+    assert "--compare" in result.output and "--out DIR" in result.output
+    assert torch.__version__  # torch imported: the command's module loads

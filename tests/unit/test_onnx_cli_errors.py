@@ -75,14 +75,14 @@ def test_a_layer_that_raises_names_the_users_file_and_line(tmp_path: Path, comma
 
 @pytest.mark.parametrize(("make", "message", "absent"), [
     (lambda p: torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), p),
-     "holds a pickled torch.nn.modules.container.Sequential object (a whole model saved with "
-     "torch.save(model)), not a state_dict", None),
+     "holds a pickled torch.nn.modules.container.Sequential object, not a state_dict (was a "
+     "whole model saved with torch.save(model)?)", None),
     (lambda p: p.write_bytes(os.urandom(64) + b"\x80"),
      "is not a file written by torch.save", "weights_only=False"),
     (lambda p: p.write_bytes(b"\x80\x02" + os.urandom(200)),
-     "is not a readable torch.save file (truncated or corrupt", "weights_only=False"),
+     "cannot be read as a state_dict (UnpicklingError)", "weights_only=False"),
     (lambda p: torch.save({"model": {"w": torch.zeros(1)}}, p),
-     "expected the state_dict itself: save torch.save(checkpoint['model'], PATH)", None),
+     "its entry 'model' looks like one: torch.save(checkpoint['model'], path)", None),
 ])
 def test_checkpoints_that_are_not_state_dicts(tmp_path: Path, make, message: str,  # type: ignore[no-untyped-def]
                                               absent: str | None) -> None:

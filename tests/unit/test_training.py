@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from bncheck.data import Dataset, batches, synthetic_dataset
+from bncheck.data import Dataset, synthetic_dataset, write_fashion_mnist
 from bncheck.errors import BNCheckError, InvalidArgument, InvalidArgumentType
 from bncheck.models import lenet_bn
 from bncheck.training import (
-    EpochStats,
+    BatchProgress,
     TrainingDiverged,
-    evaluate_accuracy,
-    save_checkpoint,
+    TrainingHistory,
+    find_data,
     train,
     xavier_init,
 )
@@ -28,29 +28,42 @@ FAST: dict[str, Any] = {"epochs": 2, "batch_size": 16}  # 16 SGD steps per epoch
 
 
 @pytest.fixture(scope="module", params=["scratch", "torch"])
-def trained(request: pytest.FixtureRequest) -> tuple[str, nn.Module, object]:
-    model = lenet_bn(request.param)
-    return request.param, model, train(model, TRAIN, TEST, seed=0, **FAST)
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[str, nn.Module, TrainingHistory, list[BatchProgress]]:
+    """Three epochs on easy Fashion-MNIST-format files written here (the issue's bar: >= 0.9)."""
+    root = write_fashion_mnist(tmp_path_factory.mktemp("fmnist"), TRAIN, TEST, gz=True)
+    source = find_data(root)
+    assert not source.stand_in and source.label == "Fashion-MNIST"
+    model, progress = lenet_bn(request.param), []
+    history = train(model, source.train, source.test, seed=0, epochs=3, batch_size=16,
+                    on_batch=progress.append)
+    return request.param, model, history, progress
 
 
-def test_learns_the_synthetic_task(trained) -> None:  # type: ignore[no-untyped-def]
-    _, model, history = trained
+def test_three_epochs_on_easy_files_reach_090_test_accuracy(trained) -> None:  # type: ignore[no-untyped-def]
+    _, model, history, _ = trained
     first, last = history.epochs[0], history.epochs[-1]
     assert last.train_loss < 0.5 * first.train_loss
     assert last.train_loss < 0.1 * math.log(10)  # ln 10: the loss of a uniform guess
     assert last.train_acc > 0.9
-    assert last.test_acc > 0.9  # measured in eval mode, with the running statistics
+    assert last.test_acc >= 0.9  # measured in eval mode, with the running statistics
     assert not model.training
-    assert evaluate_accuracy(model, TEST) == last.test_acc
 
 
-def test_history_records_settings_and_epochs(trained) -> None:  # type: ignore[no-untyped-def]
-    _, _, history = trained
+def test_history_records_settings_epochs_and_curve(trained) -> None:  # type: ignore[no-untyped-def]
+    _, _, history, progress = trained
     d = history.to_dict()
-    assert (d["epochs_requested"], d["lr"], d["batch_size"], d["seed"]) == (2, 1.0, 16, 0)
-    assert (d["num_train"], d["num_test"]) == (256, 128)
-    assert [e["epoch"] for e in d["epochs"]] == [1, 2]
-    assert all(e["seconds"] > 0 for e in d["epochs"])
+    assert (d["epochs_requested"], d["lr"], d["batch_size"], d["seed"]) == (3, 1.0, 16, 0)
+    assert (d["num_train"], d["num_test"], d["dropped_per_epoch"]) == (256, 128, 0)
+    assert [e["epoch"] for e in d["epochs"]] == [1, 2, 3]
+    assert all(0 < e["train_seconds"] <= e["seconds"] for e in d["epochs"])
+    # Five running-average points per epoch, as d2l's Animator plots them.
+    assert [round(p["epoch"], 2) for p in d["curve"][:5]] == [0.19, 0.38, 0.62, 0.81, 1.0]
+    assert d["curve"][4]["train_loss"] == pytest.approx(d["epochs"][0]["train_loss"])
+    assert [(p.epoch, p.step, p.num_batches, p.examples) for p in progress[:2]] == [
+        (1, 1, 16, 16), (1, 2, 16, 32)]
+    assert len(progress) == 48 and progress[15].running_loss == pytest.approx(
+        d["epochs"][0]["train_loss"])
 
 
 @pytest.mark.parametrize("bn", ["scratch", "torch"])
@@ -68,34 +81,6 @@ def test_same_seed_same_weights_and_global_rng_untouched(bn: str) -> None:
     assert [e.train_loss for e in ha.epochs] == [e.train_loss for e in hb.epochs]
 
 
-def test_both_bn_variants_train_the_same() -> None:
-    """Same seed, same data: the reference BN and torch's follow the same trajectory."""
-    a, b = lenet_bn("scratch"), lenet_bn("torch")
-    ha = train(a, TRAIN.head(128), TEST, seed=0, epochs=2, batch_size=32)
-    hb = train(b, TRAIN.head(128), TEST, seed=0, epochs=2, batch_size=32)
-    # The two compute BN in a different float32 order; lr=1.0 amplifies the rounding step by
-    # step (measured here: 1.1e-4 relative after 8 steps), so allow 1e-3.
-    for ea, eb in zip(ha.epochs, hb.epochs, strict=True):
-        assert ea.train_loss == pytest.approx(eb.train_loss, rel=1e-3)
-
-
-def test_sgd_step_equals_torch_optim_sgd() -> None:
-    """The written-out update is torch.optim.SGD(lr) exactly (same data order, same init)."""
-    data = TRAIN.head(64)
-    ours, ref = lenet_bn("torch"), lenet_bn("torch")
-    train(ours, data, TEST.head(8), epochs=1, batch_size=32, seed=5)
-    xavier_init(ref, seed=5)
-    opt = torch.optim.SGD(ref.parameters(), lr=1.0)
-    ref.train()
-    order = torch.Generator().manual_seed(5)  # what train(seed=5) shuffles with
-    for x, y in batches(data, batch_size=32, shuffle=True, generator=order):
-        opt.zero_grad()
-        nn.functional.cross_entropy(ref(x), y).backward()
-        opt.step()
-    so, sr = ours.state_dict(), ref.state_dict()
-    assert all(torch.equal(so[k], sr[k]) for k in so)
-
-
 def test_xavier_init_redraws_conv_and_linear_weights_only() -> None:
     a, b = lenet_bn("torch", seed=0), lenet_bn("torch", seed=0)
     xavier_init(b, seed=3)
@@ -106,34 +91,32 @@ def test_xavier_init_redraws_conv_and_linear_weights_only() -> None:
     assert sb["4.weight"].abs().max() <= bound
 
 
-def test_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path: Path) -> None:
-    path = tmp_path / "ckpt.pt"
-    seen: list[EpochStats] = []
-    model = lenet_bn("scratch")
-    train(model, TRAIN.head(64), TEST.head(16), epochs=1, batch_size=32, checkpoint=path,
-          on_epoch=seen.append)
-    assert [e.epoch for e in seen] == [1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temporary left
-    state = torch.load(path, weights_only=True)
-    assert state.keys() == model.state_dict().keys()
-    for bn in ("scratch", "torch"):  # the state_dict keys are shared by both variants
-        fresh = lenet_bn(bn)
-        fresh.load_state_dict(state)
-        assert evaluate_accuracy(fresh, TEST.head(16)) == evaluate_accuracy(model, TEST.head(16))
-
-
-def test_save_checkpoint_replaces_an_existing_file(tmp_path: Path) -> None:
-    path = tmp_path / "c.pt"
-    path.write_bytes(b"old")
-    save_checkpoint(lenet_bn("torch"), str(path))
-    assert "0.weight" in torch.load(path, weights_only=True)
-
-
-def test_divergence_raises_and_names_the_epoch() -> None:
+def test_non_finite_loss_is_divergence_at_the_first_step() -> None:
     bad = Dataset(torch.full((8, 1, 28, 28), math.inf), torch.zeros(8, dtype=torch.int64))
-    with pytest.raises(TrainingDiverged, match="diverged in epoch 1") as info:
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1, step 1: the batch loss is "
+                                               "nan") as info:
         train(lenet_bn("torch"), bad, bad, epochs=1, batch_size=4)
     assert isinstance(info.value, BNCheckError)
+
+
+def test_a_huge_learning_rate_is_divergence_not_a_trained_model() -> None:
+    """lr=1e30 once gave loss 1.5e31 and exited 0 "trained"; now step 2 is caught."""
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 2: the batch loss .* is more than "
+                                               r"10x the first batch's .*lr=1e\+30") as info:
+        train(lenet_bn("torch"), TRAIN.head(64), TEST.head(8), epochs=1, batch_size=16, lr=1e30)
+    assert (info.value.epoch, info.value.step) == (1, 2)
+
+
+def test_a_remainder_batch_of_one_is_dropped() -> None:
+    """33 = 2 x 16 + 1: the 1-sample batch BatchNorm cannot train on is left out each epoch."""
+    progress: list[BatchProgress] = []
+    history = train(lenet_bn("torch"), TRAIN.head(33), TEST.head(8), epochs=2, batch_size=16,
+                    on_batch=progress.append)
+    assert (history.num_train, history.dropped_per_epoch) == (33, 1)
+    assert [(p.epoch, p.step, p.examples) for p in progress] == [
+        (1, 1, 16), (1, 2, 32), (2, 1, 16), (2, 2, 32)]
+    kept = train(lenet_bn("torch"), TRAIN.head(34), TEST.head(8), epochs=1, batch_size=16)
+    assert kept.dropped_per_epoch == 0  # a last batch of 2 trains
 
 
 IMAGES = torch.zeros(4, 1, 28, 28)
@@ -145,11 +128,13 @@ LABELS = torch.zeros(4, dtype=torch.int64)
     ({"lr": 0.0}, InvalidArgument, "lr=0.0"),
     ({"lr": math.nan}, InvalidArgument, "lr=nan"),
     ({"batch_size": -1}, InvalidArgument, "batch_size=-1"),
+    ({"batch_size": 1}, InvalidArgument, "batch_size >= 2 (BatchNorm needs at least 2"),
+    ({"train_data": Dataset(IMAGES[:1], LABELS[:1])}, InvalidArgument, "at least 2 samples"),
+    ({"history": {}}, InvalidArgumentType, "history"),
     ({"seed": 1.5}, InvalidArgumentType, "seed=1.5"),
     ({"init": 1}, InvalidArgumentType, "init"),
     ({"train_data": (IMAGES, LABELS)}, InvalidArgumentType, "train_data"),
     ({"test_data": Dataset(IMAGES[:0], LABELS[:0])}, InvalidArgument, "test_data to hold"),
-    ({"checkpoint": "/no/such/dir/c.pt"}, InvalidArgument, "does not exist"),
     ({"model": "lenet"}, InvalidArgumentType, "model"),
 ])
 def test_invalid_arguments_fail_before_training(tmp_path: Path, kwargs: dict, error: type,

