@@ -166,8 +166,7 @@ class ModelSource:
 
 def lenet_source(bn: str | BNFactory = "scratch") -> ModelSource:
     """The seed's LeNet-BN with ``bn`` (``scratch``, ``torch``, a TARGET or a factory)."""
-    from bncheck.models import lenet_bn
-    from bncheck.models import resolve_bn
+    from bncheck.models import lenet_bn, resolve_bn
 
     factory = resolve_bn(bn) if isinstance(bn, str) else bn
     name = bn if isinstance(bn, str) else getattr(bn, "__qualname__", "factory")
