@@ -20,7 +20,9 @@ def tol_text(t: Tolerance | None) -> str:
     if t is None:
         return "-"
     per_max = getattr(t, "atol_per_max", 0.0)
-    return f"{t.rtol:.2g} / {per_max:.0%}·max" if per_max else f"{t.rtol:.2g} / {t.atol:.2g}"
+    if per_max:
+        return f"{t.rtol:.2g}/{t.atol:.2g}|{per_max:.0%}max"
+    return f"{t.rtol:.2g} / {t.atol:.2g}"
 
 
 def verdict(v: str) -> str:

@@ -24,8 +24,8 @@ __all__ = ["TOLERANCES", "OutputScaledTolerance", "concrete"]
 @dataclass(frozen=True)
 class OutputScaledTolerance(Tolerance):
     """A tolerance whose atol is ``atol_per_max`` times the expected output's largest
-    magnitude (never below ``atol``): for low-precision arithmetic, whose error scales with
-    the values it carries through every layer."""
+    magnitude, never below ``atol``: for low-precision arithmetic, whose error grows with the
+    values it carries through every layer."""
 
     atol_per_max: float = 0.0
 
@@ -59,10 +59,12 @@ TOLERANCES: dict[str, Tolerance] = {
     "openvino": Tolerance(1e-4, 1e-5, "OpenVINO CPU with INFERENCE_PRECISION_HINT=f32: "
                           + _KERNELS),
     "openvino-default": OutputScaledTolerance(
-        5e-2, 1e-5, "OpenVINO CPU at its default precision: bfloat16 on CPUs with AVX-512 "
-        "BF16/AMX (unit roundoff 2^-8 = 3.9e-3 at every layer, compounding with depth), so atol "
-        "is 5% of the output's largest magnitude; measured up to 1.5% (MONAI resnet18, "
-        "DenseNet121, EfficientNet-B0, LeNet-BN)", atol_per_max=5e-2),
+        5e-2, 2e-2, "OpenVINO CPU at its default precision: bfloat16 on CPUs with AVX-512 "
+        "BF16/AMX (unit roundoff 2^-8 = 3.9e-3 at every layer, compounding with depth; the "
+        "error scales with the activations carried, not with the outputs), so atol is the "
+        "larger of 2e-2 and 5% of the output's largest magnitude: coarse on purpose, the f32 "
+        "row is the precise check. Measured: up to 1.5e-2 on logits of 1.35 (MONAI resnet18), "
+        "1e-3 on logits of 4e-3 (resnet18 3D at a quarter width)", atol_per_max=5e-2),
     "torch-cuda": Tolerance(1e-3, 1e-4, "float32 on cuDNN/cuBLAS (TF32 off) vs torch on CPU"),
     "grad-mode": Tolerance(1.3e-6, 1e-5, "same eager model and kernels; only the grad mode "
                            "differs (assert_close float32 default)"),
