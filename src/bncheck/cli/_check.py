@@ -18,17 +18,26 @@ from bncheck.errors import InvalidArgument, VerificationFailed
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The manifest naming the golden inputs/outputs (default: MODEL.json when "
                    "it exists).")
+@click.option("--polygraphy-inputs", "pg_inputs", type=click.Path(path_type=Path),
+              default=None, help="Golden inputs saved by polygraphy run --save-inputs.")
+@click.option("--polygraphy-outputs", "pg_outputs", type=click.Path(path_type=Path),
+              default=None, help="Golden outputs saved by polygraphy run --save-outputs "
+                                 "(with --polygraphy-inputs).")
+@click.option("--polygraphy-runner", "pg_runner", default=None, metavar="NAME",
+              help="The runner in --polygraphy-outputs to compare with (default: the first).")
 @debug_option
 @handles_errors
 def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
           input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
           calibrate: int | None, checkpoint: Path | None, seed: int, manifest: Path | None,
+          pg_inputs: Path | None, pg_outputs: Path | None, pg_runner: str | None,
           debug: bool) -> None:
     """Verify MODEL.onnx on every runtime, with the same table and exit codes as export.
 
     With --bn or --model (and --checkpoint or --seed): against that PyTorch source, built
     as `bncheck export` builds it, in eval mode; a failure names the first diverging module.
-    Else, with a manifest (MODEL.json, or --manifest): against its golden inputs and outputs.
+    Else, with a manifest (MODEL.json, or --manifest): against its golden inputs and outputs;
+    or with --polygraphy-inputs and --polygraphy-outputs: against what polygraphy run saved.
     Else, any ONNX file: inputs are generated from the graph's signature (--input-shape for
     symbolic dimensions), every runtime is compared with onnxruntime CPU DISABLE_ALL, batch
     independence is checked (the nodes that make a sample depend on its batch are named),
@@ -54,7 +63,20 @@ def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
 
     data, _ = load_onnx(model_path)
     con = console()
-    if bn is not None or model_spec is not None:
+    if (pg_inputs is None) != (pg_outputs is None):
+        raise InvalidArgument("Give --polygraphy-inputs and --polygraphy-outputs both or "
+                              "neither")
+    if pg_inputs is not None and pg_outputs is not None:
+        from bncheck.onnx.polygraphy_io import read_golden as read_polygraphy
+
+        if bn is not None or model_spec is not None or manifest is not None:
+            raise InvalidArgument("Give --polygraphy-inputs/-outputs, or --bn/--model, or "
+                                  "--manifest: one reference at a time")
+        report = verify_against_golden(data, read_polygraphy(pg_inputs, pg_outputs,
+                                                             runner=pg_runner), seed=seed,
+                                       layers=[])
+        title = f"{model_path.name} vs Polygraphy's {pg_outputs.name}"
+    elif bn is not None or model_spec is not None:
         if manifest is not None:
             raise InvalidArgument("Give --bn/--model or --manifest, not both")
         source = make_source(model_spec, model_args, input_shapes, bn, static_batch)

@@ -66,12 +66,17 @@ def make_source(model_spec: str | None, model_args: tuple[str, ...],
               help="Export without BN folding, so BatchNormalization nodes stay.")
 @click.option("--keep-failed", is_flag=True,
               help="Write the files even when verification fails (exit code still 1).")
+@click.option("--polygraphy", is_flag=True,
+              help="Also write the goldens in Polygraphy's format: OUT.polygraphy-inputs.json "
+                   "and OUT.polygraphy-outputs.json (for polygraphy run --load-inputs "
+                   "--load-outputs).")
 @debug_option
 @handles_errors
 def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
            input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
            calibrate: int | None, checkpoint: Path | None, seed: int, opset: int | None,
-           exporter: str, keep_bn: bool, keep_failed: bool, debug: bool) -> None:
+           exporter: str, keep_bn: bool, keep_failed: bool, polygraphy: bool,
+           debug: bool) -> None:
     """Export a model to OUT.onnx and verify it on every runtime.
 
     Builds LeNet-BN (--bn, default scratch) or --model FILE.py:factory /
@@ -108,6 +113,9 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
     out = check_output_path(out, "OUT", suffix=".onnx")
     json_path = check_output_path(out.with_suffix(".json"), "OUT (its manifest)")
     npz_path = check_output_path(out.with_suffix(".npz"), "OUT (its goldens)")
+    pg_paths = [check_output_path(out.with_suffix(f".polygraphy-{kind}.json"),
+                                  f"OUT (its Polygraphy {kind})")
+                for kind in ("inputs", "outputs")] if polygraphy else []
     check_opset(opset, exporter)
     source = make_source(model_spec, model_args, input_shapes, bn, static_batch)
     con = console()
@@ -131,8 +139,16 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
         manifest = make_manifest(data=data, report=report, onnx_file=out.name,
                                  golden_file=npz_path.name, source=info,
                                  golden_rows=golden_batch(source))
-        write_atomic({out: data, json_path: manifest_bytes(manifest), npz_path: npz_bytes(golden)})
-        con.print(f"wrote {out}, {json_path.name}, {npz_path.name}")
+        files = {out: data, json_path: manifest_bytes(manifest), npz_path: npz_bytes(golden)}
+        if pg_paths:
+            from bncheck.onnx.polygraphy_io import inputs_bytes, outputs_bytes
+
+            ins = {i["name"]: golden[i["name"]] for i in report.inputs}
+            files[pg_paths[0]] = inputs_bytes(ins)
+            files[pg_paths[1]] = outputs_bytes({o["name"]: golden[o["name"]]
+                                                for o in report.outputs})
+        write_atomic(files)
+        con.print(f"wrote {out}, " + ", ".join(p.name for p in list(files)[1:]))
     if not report.ok:
         kept = (f"files kept (--keep-failed): {out}, {json_path.name}, {npz_path.name}"
                 if keep_failed else "nothing written (--keep-failed writes the files anyway)")
