@@ -17,6 +17,7 @@ __all__ = [
     "batch_norm",
     "lenet_bn",
     "check_batchnorm",
+    "SyncBatchNorm",
 ]
 
 
@@ -26,4 +27,8 @@ def __getattr__(name: str) -> object:
         from bncheck.verify import check_batchnorm
 
         return check_batchnorm
+    if name == "SyncBatchNorm":  # the distributed package: loaded when first used
+        from bncheck.distributed import SyncBatchNorm
+
+        return SyncBatchNorm
     raise AttributeError(f"module 'bncheck' has no attribute {name!r}")

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bncheck.cli._common import EXIT_FAILED, console, debug_option, handles_errors
+from bncheck.cli._distributed import distributed_options
 
 
 @click.command()
@@ -22,19 +23,30 @@ from bncheck.cli._common import EXIT_FAILED, console, debug_option, handles_erro
 @click.option("--seed", type=int, default=0, show_default=True, help="Hypothesis seed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON here.")
+@distributed_options(device=False)
 @debug_option
 @handles_errors
 def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: int,
-            json_path: Path | None, debug: bool) -> None:
+            json_path: Path | None, world_size: int | None, timeout: float,
+            debug: bool) -> None:
     """Run the property catalogue against each bundled mutant and print the mutation score.
 
     A mutant is killed when some property fails on it; each should be killed by the property
-    meant for it (listed first). Exit status: 0 when every mutant is killed by its property.
+    meant for it (listed first). With --world-size N, the distributed mutants against the
+    distributed properties on N local processes. Exit status: 0 when every mutant is killed by
+    its property.
     """
     from bncheck.mutants import run_mutants
 
     out = console()
-    results = run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed)
+    if world_size:
+        from bncheck.cli._distributed import run_mutants as run_distributed
+
+        results = run_distributed(list(names) or None, world_size=world_size, timeout=timeout,
+                                  profile=profile, examples=examples, seed=seed)
+    else:
+        results = run_mutants(list(names) or None, profile=profile, examples=examples,
+                              seed=seed)
     table = Table()
     for col in ("mutant", "defect", "killed by", "time"):
         table.add_column(col)

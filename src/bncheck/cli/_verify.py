@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bncheck.cli._common import EXIT_FAILED, console, debug_option, handles_errors
+from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options, replay_flags
 from bncheck.errors import InvalidArgument
 
 REFERENCE = "bncheck.reference:BatchNorm"
@@ -75,18 +76,21 @@ def _momentum(text: str | None) -> float | None | str:
 @click.option("--seed", type=int, help="Hypothesis seed (default 0 under ci, else random).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the report as JSON here.")
+@distributed_options()
 @debug_option
 @handles_errors
 def verify(target: str | None, convention: str, momentum_weights: str | None,
            running_var: str | None, momentum_text: str | None, eps: float,
            dims_text: str | None, dtypes_text: str | None, properties: tuple[str, ...],
            profile: str | None, examples: int | None, seed: int | None,
-           json_path: Path | None, debug: bool) -> None:
+           json_path: Path | None, world_size: int | None, timeout: float, device: str,
+           debug: bool) -> None:
     """Check a BatchNorm implementation against the property catalogue.
 
     TARGET is path/to/file.py:Name or package.module:Name, a Module class or a factory, built as
     Name(num_features) or, when its signature has num_dims, Name(num_features, num_dims).
-    Without TARGET, bncheck's reference BatchNorm is checked.
+    Without TARGET, bncheck's reference BatchNorm is checked. With --world-size N, the
+    distributed properties run on N local processes (TARGET defaults to bncheck.SyncBatchNorm).
 
     Exit status: 0 all properties pass, 1 some property fails, 2 usage error.
     """
@@ -97,7 +101,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     from bncheck.verify import _resolve_dtypes, build_target
     from bncheck.verify import verify as run
 
-    spec = target or REFERENCE
+    spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
     # Resolved here so the replay command names it even when it came from HYPOTHESIS_PROFILE.
     if profile is None:
         env = profile_from_env("ci")
@@ -109,10 +113,18 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
         dims = (2, 3, 4, 5)  # the reference takes every rank: differential vs BatchNorm1d/2d/3d
     dtype_names = _names(dtypes_text)
     dtypes = _resolve_dtypes(dtype_names) if dtype_names is not None else None
-    for name in properties:
+    if world_size:
+        from bncheck.cli._distributed import check_property_names
+
+        check_property_names(properties)
+    for name in () if world_size else properties:
         get(name)
     obj = load_target(spec)
-    label = "bncheck reference BatchNorm" if target is None else spec
+    if world_size:
+        from bncheck.distributed.verify import refuse_on_device
+
+        refuse_on_device(obj, device)
+    label = "bncheck reference BatchNorm" if target is None and not world_size else spec
     t = build_target(obj, label=label, convention=conv,
                      momentum=None if mom == "default" else mom,  # type: ignore[arg-type]
                      eps=eps, dims=dims)
@@ -130,6 +142,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
                             ("--examples", None if examples is None else str(examples))):
             if value is not None:
                 args += [flag, value]
+        args += replay_flags(world_size, timeout, device)
         return shlex.join([*args, "--property", name, "--seed", str(s)])
 
     out = console()
@@ -139,8 +152,15 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
               f"dtypes {dtypes_text or 'float32,float64,float16,bfloat16'}; configurable: "
               f"{', '.join(sorted(t.configurable)) or 'nothing (built with defaults)'}")
     start = time.perf_counter()
-    report = run(t, properties=list(properties) or None, dtypes=dtypes, profile=profile,
-                 examples=examples, seed=seed, replay=replay)
+    if world_size:
+        from bncheck.cli._distributed import run_verify
+
+        report = run_verify(spec, t, world_size=world_size, timeout=timeout, device=device,
+                            properties=list(properties) or None, dtypes=dtypes,
+                            profile=profile, examples=examples, seed=seed, replay=replay)
+    else:
+        report = run(t, properties=list(properties) or None, dtypes=dtypes, profile=profile,
+                     examples=examples, seed=seed, replay=replay)
     wall = time.perf_counter() - start
     out.print(f"  profile {report.profile}, seed {report.seed}")
     table = Table(title=None, show_lines=False)

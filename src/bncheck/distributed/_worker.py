@@ -1,0 +1,217 @@
+"""What runs inside each rank: the task protocol and the worker's main loop.
+
+The parent sends one :class:`RankTask` per rank (or ``None``: this rank sits the case out);
+the rank builds the target with the task's configuration and process group, installs the
+weight, bias and running statistics, runs the task's steps (forward, then backward with the
+given upstream gradient) and answers with a :class:`RankResult`. Messages are plain pickles of
+these dataclasses (tensors keep their strides, so channels_last inputs stay channels_last).
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Step", "RankTask", "StepResult", "RankResult", "takes_process_group", "worker_main"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One forward of a rank's batch; with ``grad``, a backward of ``(y * grad).sum()``."""
+
+    training: bool
+    x: Tensor
+    grad: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class RankTask:
+    """Everything one rank needs for one drawn case."""
+
+    target: str
+    num_features: int
+    ndim: int
+    dtype: torch.dtype
+    eps: float
+    momentum: float | None
+    affine: bool
+    track_running_stats: bool
+    group: tuple[int, ...] | None
+    weight: Tensor
+    bias: Tensor
+    stats: tuple[Tensor, Tensor] | None
+    steps: tuple[Step, ...]
+
+
+@dataclass
+class StepResult:
+    """A rank's output, gradients (``None`` without a backward) and statistics after a step."""
+
+    y: Tensor
+    dx: Tensor | None = None
+    dweight: Tensor | None = None
+    dbias: Tensor | None = None
+    stats: tuple[Tensor, Tensor] | None = None
+    count: int | None = None
+
+
+@dataclass
+class RankResult:
+    """A rank's answer: its steps, or where the target raised (``error``)."""
+
+    steps: list[StepResult] = field(default_factory=list)
+    installed: tuple[Tensor, Tensor] | None = None
+    error: str | None = None
+
+
+def takes_process_group(obj: Any) -> bool:
+    """Whether ``obj``'s constructor has a ``process_group`` parameter (torch's keyword)."""
+    try:
+        return "process_group" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _Rank:
+    """State kept by one worker: its rank, device, process groups and loaded targets."""
+
+    def __init__(self, rank: int, device: str, groups: dict[tuple[int, ...], Any]) -> None:
+        self.rank, self.device, self.groups = rank, device, groups
+        self.targets: dict[str, Any] = {}
+        self.where = ""
+
+    def target(self, spec: str) -> Any:
+        if spec not in self.targets:
+            from bncheck.target import load_target
+
+            self.targets[spec] = load_target(spec)
+        return self.targets[spec]
+
+    def build(self, task: RankTask) -> Any:
+        from bncheck.adapter import Adapted, Target
+        from bncheck.target import bn_factory
+
+        obj = self.target(task.target)
+        wanted = {"eps": task.eps, "momentum": task.momentum, "affine": task.affine,
+                  "track_running_stats": task.track_running_stats}
+        kwargs = {k: v for k, v in wanted.items() if k in Target.from_object(obj).configurable}
+        if task.group is not None:
+            kwargs["process_group"] = self.groups[task.group]
+        module = bn_factory(obj, **kwargs)(task.num_features, task.ndim)
+        if task.dtype != torch.float32:
+            module = module.to(task.dtype)
+        module = module.to(self.device)
+        bn = Adapted(module, task.num_features)
+        bn.set_params(task.weight, task.bias)
+        if task.stats is not None and bn.has_stats:
+            bn.set_stats(*task.stats)
+        return bn
+
+    def run(self, task: RankTask) -> RankResult:
+        """Run ``task``; an exception raised by the target is the result's ``error``."""
+        self.where = "building the target"
+        try:
+            bn = self.build(task)
+            result = RankResult(installed=bn.stats())
+            for i, step in enumerate(task.steps, 1):
+                mode = "training" if step.training else "eval"
+                result.steps.append(self._step(bn, step, f"{mode} step {i}"))
+        except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
+            text = str(e).strip().splitlines()
+            return RankResult(error=f"{type(e).__name__} in {self.where}"
+                                    + (f": {text[0]}" if text else ""))
+        return result
+
+    def _step(self, bn: Any, step: Step, label: str) -> StepResult:
+        module = bn.module
+        self.where = f"{label} (module.train)"
+        module.train(step.training)
+        for p in module.parameters():
+            p.grad = None
+        x = step.x.to(self.device)
+        if step.grad is not None:
+            x = x.detach().requires_grad_(True)
+        self.where = f"{label} forward"
+        y = module(x)
+        if not isinstance(y, Tensor):
+            raise TypeError(f"the forward returned {type(y).__name__}, expected a Tensor")
+        out = StepResult(y.detach().cpu())
+        if step.grad is not None:
+            self.where = f"{label} backward"
+            y.backward(step.grad.to(device=y.device, dtype=y.dtype))
+            out.dx = None if x.grad is None else x.grad.detach().cpu()
+            for name, attr in ((bn.weight_name, "dweight"), (bn.bias_name, "dbias")):
+                g = getattr(getattr(module, name, None) if name else None, "grad", None)
+                setattr(out, attr, None if g is None else g.detach().reshape(-1).cpu())
+        self.where = f"{label} (reading the statistics)"
+        out.stats = bn.stats()
+        out.count = bn.num_batches_tracked()
+        return out
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the process that started the pool is gone (no orphaned ranks)."""
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os._exit(3)
+        except PermissionError:  # pid reused by another user's process: the parent is gone
+            os._exit(3)
+
+
+def worker_main(rank: int, world_size: int, port: int, conn: Connection, device: str,
+                groups: tuple[tuple[int, ...], ...], timeout: float, parent_pid: int) -> None:
+    """A rank's life: join the process group, create ``groups``, answer tasks until told to stop.
+
+    Every message is ``pickle``d: a :class:`RankTask`, ``None`` (sit this case out) or
+    ``"stop"``; an answer is ``("ok", result)`` or ``("crash", traceback)``
+    (a bug in bncheck's worker, not in the target). The rank exits with ``os._exit`` so that a
+    stuck collective cannot delay teardown.
+    """
+    import torch.distributed as dist
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    torch.set_num_threads(1)  # tiny tensors, many ranks on few cores
+    try:
+        delta = datetime.timedelta(seconds=timeout)
+        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=delta)
+        backend = "nccl" if device.startswith("cuda") and torch.cuda.device_count() >= world_size \
+            else "gloo"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+            device = f"cuda:{rank % torch.cuda.device_count()}"
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=delta)
+        made = {ranks: dist.new_group(list(ranks)) for ranks in groups}
+        state = _Rank(rank, device, made)
+        conn.send_bytes(pickle.dumps(("ok", backend)))
+    except Exception:  # noqa: BLE001 - reported to the parent, which fails the run
+        conn.send_bytes(pickle.dumps(("crash", traceback.format_exc())))
+        os._exit(1)
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            os._exit(0)
+        if message == "stop":
+            os._exit(0)
+        try:
+            answer: tuple[str, Any] = ("ok", None if message is None else state.run(message))
+        except Exception:  # noqa: BLE001 - a bug in bncheck: the parent reports it
+            answer = ("crash", traceback.format_exc())
+        conn.send_bytes(pickle.dumps(answer))
