@@ -119,3 +119,20 @@ def test_update_writes_goldens_that_then_pass(tmp_path: Path,
     manifest = json.loads((tmp_path / "lenet_torch.json").read_text())
     assert manifest["golden"]["file"] == "lenet_torch.npz" and manifest["verified"]
     assert gate_module.run_gate(tmp_path).ok
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_monai_variant_fails_on_a_changed_fingerprint_or_structure(tmp_path: Path) -> None:
+    """The non-LeNet variant has no npz: a drift in its outputs (the fingerprint) or in where
+    its BNs went (the structure) must still fail the gate."""
+    pytest.importorskip("monai")
+    manifest = json.loads((ROOT / "exports" / "monai_resnet18_2d.json").read_text())
+    manifest["fingerprint"][1][3] += 0.01
+    manifest["bn_placement"][5]["kind"] = "node"
+    (tmp_path / "monai_resnet18_2d.json").write_text(json.dumps(manifest))
+    result = gate_module.run_gate(tmp_path, only=["monai_resnet18_2d"])
+    assert not result.ok
+    drift = "\n".join(result.drift)
+    assert "monai_resnet18_2d: eager outputs vs golden: Mismatched elements: 1 / 20" in drift
+    assert "at index (1, 3)" in drift
+    assert "monai_resnet18_2d: manifest 'bn_placement' changed" in drift
