@@ -18,7 +18,8 @@ import torch
 from onnx import helper, numpy_helper
 
 from bncheck.onnx.source import model_source
-from bncheck.onnx.verify import verify_against_torch, verify_standalone
+from bncheck.onnx.standalone import verify_standalone
+from bncheck.onnx.verify import verify_against_torch
 
 MODELS = str(Path(__file__).parents[1] / "data" / "models.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

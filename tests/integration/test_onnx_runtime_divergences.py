@@ -193,7 +193,7 @@ def test_openvino_default_precision_is_bfloat16_here_and_differs_from_f32(
 def test_bncheck_refuses_to_run_onnxruntime_on_the_crashing_graph() -> None:
     """The graph that kills onnxruntime 1.32 (above) is checked without it: onnxruntime's rows
     fail with the reason, onnx.reference shows the batch dependence and names the node."""
-    from bncheck.onnx.verify import verify_standalone
+    from bncheck.onnx.standalone import verify_standalone
 
     model = bn_model(15, ["Y", "", ""], training=1)
     report = verify_standalone(model.SerializeToString())

@@ -54,12 +54,8 @@ def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
     from bncheck.cli._onnx_render import render_report
     from bncheck.onnx.manifest import layers_from_manifest, read_golden, read_manifest, sha256
     from bncheck.onnx.source import parse_shape
-    from bncheck.onnx.verify import (
-        load_onnx,
-        verify_against_golden,
-        verify_against_torch,
-        verify_standalone,
-    )
+    from bncheck.onnx.standalone import verify_standalone
+    from bncheck.onnx.verify import load_onnx, verify_against_golden, verify_against_torch
 
     data, _ = load_onnx(model_path)
     con = console()
