@@ -78,11 +78,13 @@ class Fold:
 
 
 def _attr(node: Any, name: str, default: float) -> float:
+    """An attribute's value; float attributes (stored as float32) to float32's 7 digits."""
     import onnx
 
     for a in node.attribute:
         if a.name == name:
-            return float(onnx.helper.get_attribute_value(a))
+            value = float(onnx.helper.get_attribute_value(a))
+            return float(f"{value:.7g}") if a.type == onnx.AttributeProto.FLOAT else value
     return default
 
 
