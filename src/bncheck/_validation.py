@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 import math
-from typing import Any
+from typing import Any, Final, Literal
 
 from bncheck.errors import InvalidArgument, InvalidArgumentType
+
+
+class _NotSet(enum.Enum):
+    NOT_SET = "not_set"
+
+    def __repr__(self) -> str:
+        return "not_set"
+
+
+#: "Not given" for arguments where ``None`` is itself meaningful (``momentum=None`` is PyTorch's
+#: cumulative average), as Hypothesis's ``not_set``: ``momentum: float | None | NotSet = not_set``.
+not_set: Final = _NotSet.NOT_SET
+NotSet = Literal[_NotSet.NOT_SET]
 
 
 def describe(value: Any) -> str:
@@ -57,16 +71,16 @@ def check_min_max(min_name: str, min_value: int | float, max_name: str,
         )
 
 
-def check_momentum(momentum: Any, *, allow_none: bool) -> None:
+def check_momentum(momentum: Any, *, allow_none: bool, name: str = "momentum") -> None:
     if momentum is None:
         if allow_none:
             return
         raise InvalidArgumentType(
-            "Expected momentum to be a float in [0, 1], received momentum=None "
+            f"Expected {name} to be a float in [0, 1], received {name}=None "
             "(None means a cumulative average, which only the BatchNorm module can keep)"
         )
-    check_finite_float(momentum, "momentum", min_value=0.0, max_value=1.0)
+    check_finite_float(momentum, name, min_value=0.0, max_value=1.0)
 
 
-def check_eps(eps: Any) -> None:
-    check_finite_float(eps, "eps", min_value=0.0, exclude_min=True)
+def check_eps(eps: Any, name: str = "eps") -> None:
+    check_finite_float(eps, name, min_value=0.0, exclude_min=True)

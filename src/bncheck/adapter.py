@@ -10,70 +10,80 @@
 tensor([1., 1., 1.], dtype=torch.float64)
 
 Parameters are found as ``weight``/``bias`` or ``gamma``/``beta``; statistics as
-``running_mean``/``running_var`` or ``moving_mean``/``moving_var`` (or ``mean``/``var``); each
-in ``(C,)`` or any broadcast shape holding ``C`` values. Every call into the target goes through
-:meth:`Adapted.call`, which turns an exception raised by the target into a :class:`TargetRaised`.
+``running_mean``/``running_var`` or ``moving_mean``/``moving_var`` (or ``mean``/``var``), unless
+the target declares its own names (:class:`Names`); each in ``(C,)`` or any broadcast shape
+holding ``C`` values, as a tensor or a Keras variable. A target may keep channels last
+(``channel_axis=-1``), store the running standard deviation (a ``std`` convention), and take its
+mode as a call argument (``mode_argument="training"``).
+
+Every call into the target goes through :meth:`Adapted.invoke` (forward, ``train()``, ``.to()``,
+``state_dict()``, ``load_state_dict()``, backward, gradcheck): an exception raised there becomes a
+:class:`~bncheck.errors.TargetRaised` naming the user's file and line.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import os
+import sysconfig
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from bncheck._validation import NotSet, not_set
 from bncheck.conventions import TORCH, Convention
-from bncheck.errors import TargetError
-from bncheck.target import bn_factory
+from bncheck.errors import InvalidArgument, PropertyFailure, TargetError, TargetRaised
+from bncheck.target import CONFIG_KWARGS, Constructor, bn_factory, inspect_constructor
 
-__all__ = ["Target", "Adapted", "TargetRaised", "PropertyFailure", "CONFIG_KWARGS"]
+__all__ = ["Target", "Adapted", "Names", "TargetRaised", "PropertyFailure", "CONFIG_KWARGS",
+           "user_location"]
 
 WEIGHT_NAMES = (("weight", "bias"), ("gamma", "beta"))
 STAT_NAMES = (("running_mean", "running_var"), ("moving_mean", "moving_var"), ("mean", "var"))
 COUNT_NAMES = ("num_batches_tracked",)
-#: Constructor keywords bncheck varies when the target's signature accepts them.
-CONFIG_KWARGS = ("eps", "momentum", "affine", "track_running_stats")
 ALL_DIMS = (2, 3, 4, 5)
+#: Constructor flags a target may fix (``fixed=``): their types.
+FLAG_TYPES: dict[str, type] = {"affine": bool, "track_running_stats": bool, "bias": bool}
 
 
-class PropertyFailure(AssertionError):
-    """A property does not hold; the message is the report (not an error of bncheck)."""
+@dataclass(frozen=True)
+class Names:
+    """Attribute names a target declares for what bncheck reads and sets (``None``: search the
+    usual names)."""
 
+    weight: str | None = None
+    bias: str | None = None
+    running_mean: str | None = None
+    running_var: str | None = None
+    num_batches_tracked: str | None = None
 
-class TargetRaised(PropertyFailure):
-    """The target raised while a property exercised it."""
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, str] | Names | None) -> Names:
+        """``{"weight": "scale", ...}``; keys are torch's names."""
+        if mapping is None:
+            return cls()
+        if isinstance(mapping, Names):
+            return mapping
+        if not isinstance(mapping, Mapping):
+            raise InvalidArgument(f"Expected names to be a mapping like {{'weight': 'scale'}}, "
+                                  f"received names={mapping!r}")
+        keys = [f.name for f in fields(cls)]
+        for key, value in mapping.items():
+            if key not in keys:
+                raise InvalidArgument(f"Expected names keys from {keys}, received "
+                                      f"names={dict(mapping)!r} ({key!r} is not one of them)")
+            if not isinstance(value, str) or not value.replace(".", "_").isidentifier():
+                raise InvalidArgument(f"Expected names[{key!r}] to be an attribute name, "
+                                      f"received {value!r}")
+        return cls(**dict(mapping))
 
-
-def _accepted_kwargs(obj: Any) -> frozenset[str]:
-    try:
-        params = inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return frozenset()
-    return frozenset(k for k in CONFIG_KWARGS if k in params)
-
-
-def _takes_none_momentum(obj: Any) -> bool:
-    """Whether ``obj`` declares that ``momentum=None`` (PyTorch's cumulative average) is valid:
-    a torch BatchNorm class, a ``momentum`` defaulting to None, or one annotated Optional.
-    Most hand-written layers take a float momentum only; drawing None for them is a false alarm."""
-    if isinstance(obj, type) and issubclass(obj, nn.modules.batchnorm._NormBase):
-        return True
-    try:
-        param = inspect.signature(obj).parameters.get("momentum")
-    except (TypeError, ValueError):
-        return False
-    if param is None:
-        return False
-    if param.default is None:
-        return True
-    ann = param.annotation
-    if ann is inspect.Parameter.empty:
-        return False
-    text = ann if isinstance(ann, str) else repr(ann)
-    return "None" in text or "Optional" in text
+    def declared(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
 
 
 def _supported_dims(obj: Any) -> tuple[int, ...] | None:
@@ -89,6 +99,57 @@ def _supported_dims(obj: Any) -> tuple[int, ...] | None:
     return None
 
 
+# -- where in the user's code ------------------------------------------------------------------
+_LIBRARY_DIRS = tuple(str(Path(p).resolve()) for p in {
+    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+    sysconfig.get_paths()["platlib"], str(Path(torch.__file__).parent.parent)})
+_BNCHECK_DIR = str(Path(__file__).resolve().parent)
+_USER_INSIDE_BNCHECK = ("mutants.py", "reference.py")
+
+
+def _is_user_file(filename: str) -> bool:
+    path = str(Path(filename).resolve()) if not filename.startswith("<") else filename
+    if path.startswith(_BNCHECK_DIR):
+        return Path(path).name in _USER_INSIDE_BNCHECK
+    return not path.startswith(_LIBRARY_DIRS) and "site-packages" not in path
+
+
+def _shown(filename: str) -> str:
+    try:
+        return os.path.relpath(filename)
+    except ValueError:  # another drive on Windows
+        return filename
+
+
+def user_location(e: BaseException, *, full: bool = False) -> str:
+    """Where ``e`` was raised in the user's code: ``file:line in function`` (innermost user
+    frame), or the user-side traceback when ``full``; empty when no frame is the user's."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if _is_user_file(f.filename)]
+    if not frames:
+        return ""
+    if full:
+        return "".join(f"  {_shown(f.filename)}:{f.lineno} in {f.name}\n    {f.line}\n"
+                       for f in frames).rstrip()
+    last = frames[-1]
+    return f"{_shown(last.filename)}:{last.lineno} in {last.name}"
+
+
+def describe_exception(e: BaseException, *, debug: bool = False) -> str:
+    """``Type: message (at file:line in function)``; a bare assert as ``AssertionError at
+    file:line``; with ``debug`` the user-side traceback follows."""
+    where = user_location(e)
+    message = str(e).strip()
+    if not message:
+        text = f"{type(e).__name__} at {where}" if where else type(e).__name__
+    else:
+        text = f"{type(e).__name__}: {message}" + (f" (at {where})" if where else "")
+    if debug:
+        tb = user_location(e, full=True)
+        if tb:
+            text += f"\nTraceback (the target's code, innermost last):\n{tb}"
+    return text
+
+
 @dataclass(frozen=True)
 class Target:
     """A BatchNorm under verification: how to build it and what it declares.
@@ -98,8 +159,17 @@ class Target:
             signature has ``num_dims``, ``obj(num_features, num_dims=ndim)``.
         label: how reports name it.
         convention: the running-statistics rule it declares.
-        momentum, eps: the values it uses when bncheck cannot pass them to the constructor.
+        momentum, eps: the values it uses; passed to its constructor when it takes them.
         dims: the input ranks it supports.
+        constructor: what its signature says (:func:`~bncheck.target.inspect_constructor`).
+        momentum_declared: the caller gave the momentum: never drawn, always passed.
+        names: its own attribute names.
+        channel_axis: 1, or -1 for layers that keep channels last.
+        mode_argument: the call keyword that selects train/eval (Keras: ``training``); None when
+            the mode comes from ``module.train()``/``eval()``.
+        fixed: constructor flags never drawn (``{"affine": True}``).
+        empty_batches: it declares that an empty batch is valid input (torch's classes do).
+        debug: failures show the user-side traceback.
     """
 
     obj: Callable[..., Any]
@@ -108,164 +178,355 @@ class Target:
     momentum: float | None = 0.1
     eps: float = 1e-5
     dims: tuple[int, ...] = (2, 4)
-    configurable: frozenset[str] = field(default_factory=frozenset)
-    #: whether the constructor accepts ``momentum=None`` (drawn only then)
-    cumulative: bool = False
+    constructor: Constructor = field(
+        default_factory=lambda: Constructor(False, frozenset(), False, False))
+    momentum_declared: bool = False
+    names: Names = field(default_factory=Names)
+    channel_axis: int = 1
+    mode_argument: str | None = None
+    fixed: tuple[tuple[str, Any], ...] = ()
+    empty_batches: bool = False
+    debug: bool = False
 
     @classmethod
     def from_object(cls, obj: Callable[..., Any], *, label: str | None = None,
-                    convention: Convention = TORCH, momentum: float | None = None,
-                    eps: float = 1e-5, dims: tuple[int, ...] | None = None) -> Target:
-        """Describe ``obj``; ``momentum=None`` here means the convention's default and ``dims=None``
-        means ``(2, 4)`` restricted to the ranks a known class supports."""
+                    convention: Convention = TORCH, momentum: float | None | NotSet = not_set,
+                    eps: float | NotSet = not_set, dims: tuple[int, ...] | None = None,
+                    **kwargs: Any) -> Target:
+        """Describe ``obj``; ``momentum``/``eps`` not given mean the convention's defaults and
+        ``dims=None`` means ``(2, 4)`` restricted to the ranks a known class supports."""
         if dims is None:
             known = _supported_dims(obj)
             dims = (2, 4) if known is None else (tuple(d for d in (2, 4) if d in known)
                                                  or known)
+        info = inspect_constructor(obj)
         name: str = label or getattr(obj, "__qualname__", None) or repr(obj)
+        kwargs.setdefault("channel_axis", convention.channel_axis)
+        # torch's classes accept empty batches; a class may say so with a class attribute
+        # ``accepts_empty_batches = True`` (bncheck's reference, once it does).
+        kwargs.setdefault("empty_batches", info.torch_batchnorm
+                          or getattr(obj, "accepts_empty_batches", False) is True)
         return cls(obj, name, convention,
-                   convention.momentum if momentum is None else momentum, eps, tuple(dims),
-                   _accepted_kwargs(obj), _takes_none_momentum(obj))
+                   convention.momentum if momentum is not_set else momentum,
+                   convention.eps if eps is not_set else eps, tuple(dims), info,
+                   momentum is not not_set, **kwargs)
+
+    @property
+    def fixed_flags(self) -> dict[str, Any]:
+        return dict(self.fixed)
+
+    @property
+    def configurable(self) -> frozenset[str]:
+        """Constructor keywords bncheck draws: those the signature takes, less the fixed ones
+        and a declared momentum."""
+        out = set(self.constructor.accepts) - set(self.fixed_flags)
+        if self.momentum_declared:
+            out.discard("momentum")
+        return frozenset(out)
+
+    @property
+    def cumulative(self) -> bool:
+        """Whether ``momentum=None`` (the cumulative average) is drawn or declared."""
+        return self.momentum is None or (
+            "momentum" in self.configurable and self.constructor.momentum_may_be_none)
 
     def build(self, num_features: int, *, ndim: int, eps: float | None = None,
-              momentum: float | None | str = "default", affine: bool = True,
-              track_running_stats: bool = True, dtype: torch.dtype | None = None) -> Adapted:
-        """Build the target for ``ndim``-dim inputs; config values it cannot take are dropped
-        (``configurable`` says which it takes)."""
+              momentum: float | None | NotSet = not_set, affine: bool = True,
+              track_running_stats: bool = True, bias: bool = True,
+              dtype: torch.dtype | None = None) -> Adapted:
+        """Build the target for ``ndim``-dim inputs; config values it cannot take are dropped,
+        fixed flags and a declared momentum always win."""
         wanted: dict[str, Any] = {
             "eps": self.eps if eps is None else eps,
-            "momentum": self.momentum if momentum == "default" else momentum,
-            "affine": affine, "track_running_stats": track_running_stats}
-        kwargs = {k: v for k, v in wanted.items() if k in self.configurable}
+            "momentum": self.momentum if momentum is not_set or self.momentum_declared
+            else momentum,
+            "affine": affine, "track_running_stats": track_running_stats, "bias": bias,
+            **self.fixed_flags}
+        kwargs = {k: v for k, v in wanted.items() if k in self.constructor.accepts}
+        if not kwargs.get("affine", True):
+            kwargs.pop("bias", None)  # torch: bias= only where affine
         try:
             module = bn_factory(self.obj, **kwargs)(num_features, ndim)
         except TargetError as e:
-            raise TargetRaised(str(e)) from None
+            cause = e.__cause__
+            detail = describe_exception(cause, debug=self.debug) if cause else str(e)
+            raise TargetRaised(f"{e.args[0].split(' raised ')[0]} raised {detail}"
+                               if cause else str(e)) from None
+        bn = Adapted(module, num_features, self)
         if dtype is not None:
-            try:
-                module = module.to(dtype)
-            except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
-                raise TargetRaised(f"module.to({dtype}) raised {type(e).__name__}: {e}") from None
-        return Adapted(module, num_features)
+            bn.to(dtype)
+        return bn
 
 
 def _find_pair(module: nn.Module, pairs: tuple[tuple[str, str], ...],
                channels: int) -> tuple[str, str] | None:
     for a, b in pairs:
-        ta, tb = getattr(module, a, None), getattr(module, b, None)
-        if (isinstance(ta, Tensor) and isinstance(tb, Tensor) and ta.numel() == channels
+        ta, tb = _resolve(module, a), _resolve(module, b)
+        if (ta is not None and tb is not None and ta.numel() == channels
                 and tb.numel() == channels):
             return a, b
     return None
 
 
-class Adapted:
-    """A built target with uniform access to its parameters and statistics (``(C,)`` float64)."""
+def _resolve(module: nn.Module, name: str) -> Tensor | None:
+    """The tensor behind attribute ``name``: a tensor, or a variable holding one (Keras)."""
+    t = getattr(module, name, None)
+    if isinstance(t, Tensor):
+        return t
+    value = getattr(t, "value", None)
+    return value if isinstance(value, Tensor) else None
 
-    def __init__(self, module: nn.Module, num_features: int) -> None:
+
+class Adapted:
+    """A built target with uniform access to its parameters and statistics (``(C,)`` float64
+    copies, in torch's layout and meaning: the running *variance*, channels in dim 1)."""
+
+    def __init__(self, module: nn.Module, num_features: int, target: Target | None = None
+                 ) -> None:
         self.module = module
         self.num_features = num_features
-        self.weight_name: str | None = None
-        self.bias_name: str | None = None
-        self.mean_name: str | None = None
-        self.var_name: str | None = None
-        names = _find_pair(module, WEIGHT_NAMES, num_features)
-        if names:
-            self.weight_name, self.bias_name = names
-        names = _find_pair(module, STAT_NAMES, num_features)
-        if names:
-            self.mean_name, self.var_name = names
-        self.count_name = next((n for n in COUNT_NAMES if isinstance(
-            getattr(module, n, None), Tensor)), None)
+        self.target = target if target is not None else Target(type(module), "module")
+        self.training = bool(getattr(module, "training", True))
+        names = self.target.names
+        self.weight_name, self.bias_name = self._slots(
+            (names.weight, names.bias), WEIGHT_NAMES)
+        self.mean_name, self.var_name = self._slots(
+            (names.running_mean, names.running_var), STAT_NAMES)
+        counts = ((names.num_batches_tracked,) if names.num_batches_tracked else COUNT_NAMES)
+        self.count_name = next((n for n in counts if _resolve(module, n) is not None), None)
 
-    # -- calling -----------------------------------------------------------------------------
-    def call(self, x: Tensor, *, what: str = "forward") -> Tensor:
-        """``module(x)``; an exception raised inside becomes :class:`TargetRaised`."""
+    def _slots(self, declared: tuple[str | None, str | None],
+               usual: tuple[tuple[str, str], ...]) -> tuple[str | None, str | None]:
+        """A declared name wins; otherwise the usual pairs (both present), then each usual name
+        on its own (torch's ``bias=False`` keeps a weight without a bias)."""
+        if declared[0] is None and declared[1] is None:
+            pair = _find_pair(self.module, usual, self.num_features)
+            if pair:
+                return pair
+        out = []
+        for i, name in enumerate(declared):
+            if name is None:
+                name = next((p[i] for p in usual if self._holds(p[i])), None)
+            out.append(name if name is not None and self._holds(name) else None)
+        return out[0], out[1]
+
+    def _holds(self, name: str) -> bool:
+        t = _resolve(self.module, name)
+        return t is not None and t.numel() == self.num_features
+
+    # -- the one path into the target's code -------------------------------------------------
+    def invoke(self, what: str, fn: Callable[..., Any], *args: Any,
+               passthrough: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, where ``fn`` runs the target's code; an exception raised
+        there becomes :class:`TargetRaised` naming ``what`` and the user's file and line
+        (``passthrough`` exceptions are bncheck's own findings and propagate)."""
         try:
-            y = self.module(x)
+            return fn(*args, **kwargs)
+        except passthrough:
+            raise
+        except PropertyFailure:
+            raise
         except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
-            raise TargetRaised(f"the target raised {type(e).__name__} in {what}: {e}") from None
+            raise TargetRaised(f"the target raised "
+                               f"{describe_exception(e, debug=self.target.debug)} in {what}"
+                               ) from None
+
+    def call(self, x: Tensor, *, what: str = "forward") -> Tensor:
+        """``module(x)`` in the target's layout and mode convention; the output comes back in
+        torch's layout (channels in dim 1)."""
+        kwargs = ({self.target.mode_argument: self.training}
+                  if self.target.mode_argument else {})
+        xt = self.to_target_layout(x)
+        y = self.invoke(what, lambda: self.module(xt, **kwargs))
         if not isinstance(y, Tensor):
             raise TargetRaised(f"the target's {what} returned {type(y).__name__}, "
                                f"expected a Tensor")
-        return y
+        return self.from_target_layout(y)
+
+    def functional(self, x: Tensor, params: Mapping[str, Tensor], *, what: str) -> Tensor:
+        """The forward with the parameters replaced by ``params`` (``torch.func.functional_call``),
+        for gradient checks."""
+        from torch.func import functional_call
+
+        kwargs = ({self.target.mode_argument: self.training}
+                  if self.target.mode_argument else {})
+        y = self.invoke(what, functional_call, self.module, dict(params),
+                        (self.to_target_layout(x),), kwargs)
+        if not isinstance(y, Tensor):
+            raise TargetRaised(f"the target's {what} returned {type(y).__name__}, "
+                               f"expected a Tensor")
+        return self.from_target_layout(y)
 
     def train(self, training: bool = True) -> Adapted:
-        try:
-            self.module.train(training)
-        except Exception as e:  # noqa: BLE001 - user code
-            raise TargetRaised(f"module.train({training}) raised {type(e).__name__}: {e}") from None
+        self.training = training
+        self.invoke(f"module.train({training})", self.module.train, training)
         return self
+
+    def to(self, dtype: torch.dtype) -> Adapted:
+        self.invoke(f"module.to({dtype})", self.module.to, dtype)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.invoke("module.state_dict()", self.module.state_dict))
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.invoke("load_state_dict of its own state_dict into a fresh instance",
+                    self.module.load_state_dict, state)
+
+    def backward(self, y: Tensor, grad: Tensor, *, what: str = "backward") -> None:
+        self.invoke(what, y.backward, grad)
+
+    def grad(self, y: Tensor, x: Tensor, grad: Tensor, *, what: str = "backward") -> Tensor:
+        (dx,) = self.invoke(what, torch.autograd.grad, y, x, grad)
+        return dx  # type: ignore[no-any-return]
+
+    def gradcheck(self, fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], *,
+                  what: str, **kwargs: Any) -> None:
+        from torch.autograd.gradcheck import GradcheckError
+
+        self.invoke(what, torch.autograd.gradcheck, fn, inputs, passthrough=(GradcheckError,),
+                    **kwargs)
+
+    # -- layout ------------------------------------------------------------------------------
+    def to_target_layout(self, x: Tensor) -> Tensor:
+        if self.target.channel_axis == 1 or x.dim() <= 2:
+            return x
+        moved = x.movedim(1, -1)
+        return moved.contiguous() if x.is_contiguous() else moved
+
+    def from_target_layout(self, y: Tensor) -> Tensor:
+        if self.target.channel_axis == 1 or y.dim() <= 2:
+            return y
+        return y.movedim(-1, 1)
+
+    # -- state (for stateless calls) -----------------------------------------------------------
+    def snapshot(self) -> dict[str, Tensor]:
+        """Copies of every tensor the module keeps besides its parameters (buffers and plain
+        tensor attributes)."""
+        params = {id(p) for p in self.module.parameters()}
+        out = {}
+        for name, t in vars(self.module).items():
+            if isinstance(t, Tensor) and id(t) not in params:
+                out[name] = t.detach().clone()
+        for name, t in self.module.named_buffers(recurse=False):
+            if t is not None:
+                out[name] = t.detach().clone()
+        return out
+
+    def restore(self, saved: Mapping[str, Tensor]) -> None:
+        """Put back what :meth:`snapshot` saved."""
+        # Replaced, not copied into: autograd may have saved the old tensors (torch's
+        # batch_norm saves the running statistics for its backward).
+        for name, value in saved.items():
+            setattr(self.module, name, value.clone())
 
     # -- parameters --------------------------------------------------------------------------
     @property
     def affine(self) -> bool:
         return self.weight_name is not None
 
-    def params(self) -> tuple[Tensor, Tensor] | None:
-        """The current weight and bias as ``(C,)`` float64 copies, or None when not affine."""
-        if self.weight_name is None or self.bias_name is None:
-            return None
-        return (self._read(self.weight_name), self._read(self.bias_name))
+    def params(self) -> tuple[Tensor | None, Tensor | None]:
+        """The current weight and bias as ``(C,)`` float64 copies (None where absent)."""
+        return (self._read(self.weight_name) if self.weight_name else None,
+                self._read(self.bias_name) if self.bias_name else None)
+
+    def param_names(self) -> list[str]:
+        """The attribute names of the weight and bias that exist (for functional calls)."""
+        return [n for n in (self.weight_name, self.bias_name) if n is not None]
+
+    def param_key(self, name: str) -> str:
+        """The ``named_parameters`` key of attribute ``name`` (a Keras variable's differs)."""
+        t = _resolve(self.module, name)
+        for key, p in self.module.named_parameters():
+            if p is t:
+                return key
+        return name
 
     def set_params(self, weight: Tensor, bias: Tensor) -> None:
-        """Copy ``(C,)`` values into the weight and bias (no-op when the target is not affine)."""
-        if self.weight_name is not None and self.bias_name is not None:
+        """Copy ``(C,)`` values into the weight and bias that exist."""
+        if self.weight_name is not None:
             self._write(self.weight_name, weight)
+        if self.bias_name is not None:
             self._write(self.bias_name, bias)
 
     # -- statistics --------------------------------------------------------------------------
     @property
     def has_stats(self) -> bool:
-        return self.mean_name is not None
+        return self.mean_name is not None and self.var_name is not None
+
+    @property
+    def stores_std(self) -> bool:
+        return self.target.convention.running_stat == "std"
 
     def stats(self) -> tuple[Tensor, Tensor] | None:
-        """The running mean and variance as ``(C,)`` float64 copies, or None when none found."""
+        """The running mean and variance as ``(C,)`` float64 copies, or None when none found
+        (a stored standard deviation is squared)."""
         if self.mean_name is None or self.var_name is None:
             return None
-        return (self._read(self.mean_name), self._read(self.var_name))
+        var = self._read(self.var_name)
+        return (self._read(self.mean_name), var.square() if self.stores_std else var)
+
+    def stored_stats(self) -> tuple[Tensor, Tensor]:
+        """The running mean and the stored second statistic (variance or std), as stored."""
+        self.require_stats()
+        assert self.mean_name is not None and self.var_name is not None
+        return self._read(self.mean_name), self._read(self.var_name)
 
     def require_stats(self) -> tuple[Tensor, Tensor]:
         stats = self.stats()
         if stats is None:
+            tensors = [n for n in vars(self.module) if _resolve(self.module, n) is not None]
             raise PropertyFailure(
                 "no running statistics found: looked for "
                 + ", ".join(f"{a}/{b}" for a, b in STAT_NAMES)
                 + f" holding {self.num_features} values each; the module has "
-                + (", ".join(n for n, v in vars(self.module).items() if isinstance(v, Tensor))
-                   or "no tensor attributes")
-                + f" (buffers: {', '.join(n for n, _ in self.module.named_buffers()) or 'none'})")
+                + (", ".join(tensors) or "no tensor attributes")
+                + f" (buffers: {', '.join(n for n, _ in self.module.named_buffers()) or 'none'})"
+                + "; declare its names with names={'running_mean': ..., 'running_var': ...} "
+                  "(--names running_mean=...,running_var=...)")
         return stats
 
+    def stat_tensors(self) -> dict[str, Tensor]:
+        """The running-statistics tensors themselves, by attribute name."""
+        out = {}
+        for name in (self.mean_name, self.var_name):
+            t = _resolve(self.module, name) if name else None
+            if name and t is not None:
+                out[name] = t
+        return out
+
     def stat_dtype(self) -> torch.dtype | None:
-        t = getattr(self.module, self.mean_name, None) if self.mean_name else None
-        return t.dtype if isinstance(t, Tensor) else None
+        t = _resolve(self.module, self.mean_name) if self.mean_name else None
+        return t.dtype if t is not None else None
 
     def set_stats(self, mean: Tensor, var: Tensor) -> None:
-        """Copy ``(C,)`` values into the running statistics."""
+        """Copy ``(C,)`` running mean and variance into the statistics (as std where stored)."""
         self.require_stats()
         assert self.mean_name is not None and self.var_name is not None
         self._write(self.mean_name, mean)
-        self._write(self.var_name, var)
+        self._write(self.var_name, var.clamp_min(0).sqrt() if self.stores_std else var)
 
     def num_batches_tracked(self) -> int | None:
-        t = getattr(self.module, self.count_name, None) if self.count_name else None
-        return int(t) if isinstance(t, Tensor) and t.numel() == 1 else None
+        t = _resolve(self.module, self.count_name) if self.count_name else None
+        return int(t) if t is not None and t.numel() == 1 else None
 
     # -- helpers -----------------------------------------------------------------------------
     def _read(self, name: str) -> Tensor:
-        t = getattr(self.module, name)
-        if not isinstance(t, Tensor) or t.numel() != self.num_features:
-            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        t = _resolve(self.module, name)
+        if t is None or t.numel() != self.num_features:
+            got = tuple(t.shape) if t is not None else type(getattr(self.module, name,
+                                                                     None)).__name__
             raise PropertyFailure(f"{name} no longer holds {self.num_features} values "
                                   f"(found {got})")
         return t.detach().reshape(-1).to(torch.float64).clone()
 
     def _write(self, name: str, values: Tensor) -> None:
-        t = getattr(self.module, name)
+        t = _resolve(self.module, name)
+        assert t is not None
         new = values.detach().reshape(t.shape).to(dtype=t.dtype, device=t.device)
         try:
             with torch.no_grad():
                 t.copy_(new)
         except RuntimeError:  # e.g. an inference tensor left by the target: replace it
             setattr(self.module, name, nn.Parameter(new) if isinstance(t, nn.Parameter) else new)
+

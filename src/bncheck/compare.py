@@ -7,8 +7,10 @@
 running_mean: Mismatched elements: 1 / 2 (50.0%)
 Greatest absolute difference: 0.5 at channel 1 (up to 1e-05 allowed)
 Greatest relative difference: 0.2 at channel 1 (up to 1.3e-06 allowed)
+At channel 1: expected 2.5, got 2
 
 Attributes (shape, dtype) are compared first, values after. Every tolerance carries its reason.
+:func:`max_errors` is the one max-abs/max-rel error measure (the ONNX checks use it too).
 """
 
 from __future__ import annotations
@@ -22,21 +24,37 @@ from torch import Tensor
 
 from bncheck.errors import InvalidArgument, VerificationFailed
 
-__all__ = ["Tolerance", "default_tolerance", "compare", "assert_close", "Mismatch"]
+__all__ = ["Tolerance", "default_tolerance", "compare", "assert_close", "Mismatch",
+           "max_errors"]
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """An ``(rtol, atol)`` pair and the reason for it (dtype, reduction length, ...)."""
+    """``|actual - expected| <= atol + rtol * |expected|`` and the reason for it (dtype,
+    reduction length, conditioning). ``atol`` may be a tensor: one bound per element or
+    channel, broadcast against the values."""
 
     rtol: float
-    atol: float
+    atol: float | Tensor
     reason: str
 
     def scaled(self, factor: float, why: str) -> Tolerance:
         """The same tolerance multiplied by ``factor``, with ``why`` appended to the reason."""
         reason = f"{self.reason}; x{factor:g}: {why}"
         return Tolerance(self.rtol * factor, self.atol * factor, reason)
+
+    def kwargs(self) -> dict[str, object]:
+        return {"rtol": self.rtol, "atol": self.atol}
+
+    def __add__(self, other: Tolerance) -> Tolerance:
+        """The sum of two bounds (two runs or two implementations, each with its own error)."""
+        return Tolerance(self.rtol + other.rtol, self.atol + other.atol,
+                         f"{self.reason} (sum of the two runs' bounds)")
+
+    def restricted(self, keep: Tensor) -> Tolerance:
+        """The bounds of the channels ``keep`` selects (a per-channel ``atol``)."""
+        atol = self.atol[keep] if isinstance(self.atol, Tensor) else self.atol
+        return Tolerance(self.rtol, atol, self.reason)
 
 
 # torch.testing.assert_close's defaults: rtol is about the dtype's epsilon, atol a small floor.
@@ -77,6 +95,31 @@ def _as_tensor(x: Any) -> Tensor:
     if isinstance(x, np.ndarray | np.generic | float | int | list):
         return torch.as_tensor(np.asarray(x))
     raise InvalidArgument(f"Expected a tensor or array, received {type(x).__name__}")
+
+
+def max_errors(actual: Any, expected: Any) -> tuple[float, float]:
+    """The greatest absolute and relative difference of two arrays of the same shape.
+
+    ``inf`` when the shapes differ or exactly one side is NaN at some element; 0 for empty
+    arrays (nothing differs). The relative difference divides by ``max(|expected|, tiny)``
+    (float32's smallest normal number), so an exact zero expected stays finite.
+    """
+    a = _as_tensor(actual).to(torch.float64).cpu()
+    e = _as_tensor(expected).to(torch.float64).cpu()
+    if tuple(a.shape) != tuple(e.shape):
+        return float("inf"), float("inf")
+    if a.numel() == 0:
+        return 0.0, 0.0
+    both_nan = torch.isnan(a) & torch.isnan(e)
+    diff = torch.where(both_nan, torch.zeros_like(a), (a - e).abs())
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    rel = diff / e.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    rel = torch.where(torch.isnan(rel), torch.zeros_like(rel), rel)
+    return float(diff.max()), float(rel.max())
+
+
+def _value(v: float) -> str:
+    return "nan" if v != v else f"{v:.6g}"
 
 
 def _where(flat_index: int, shape: tuple[int, ...]) -> str:
@@ -125,11 +168,24 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None,
         return None
     bad = int((~ok).sum())
     total = ok.numel()
+    shape = tuple(a.shape)
+    # NaN on one side only is the worst kind of mismatch: reported first, as NaN.
+    one_nan = (nan_a ^ nan_e) & ~ok
     diff = torch.where(ok | both_nan | same_inf, torch.zeros_like(diff), diff)
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     rel = diff / e64.abs()
     rel = torch.where(torch.isnan(rel), torch.zeros_like(rel), rel)
-    shape = tuple(a.shape)
+    flat_a, flat_e = a64.flatten(), e64.flatten()
+    if bool(one_nan.any()):
+        i = int(one_nan.flatten().nonzero()[0])
+        lines: tuple[str, ...] = (
+            f"Mismatched elements: {bad} / {total} ({100.0 * bad / total:.1f}%), "
+            f"{int(one_nan.sum())} of them NaN on one side only",
+            f"Greatest absolute difference: nan at {_where(i, shape)}",
+            f"At {_where(i, shape)}: expected {_value(float(flat_e[i]))}, "
+            f"got {_value(float(flat_a[i]))}",
+        )
+        return Mismatch(name, lines, float("nan"), float("nan"))
     i_abs = int(torch.argmax(diff.flatten()))
     i_rel = int(torch.argmax(rel.flatten()))
     max_abs = float(diff.flatten()[i_abs])
@@ -140,6 +196,8 @@ def compare(actual: Any, expected: Any, *, rtol: float | None = None,
         f"(up to {float(atol_t.flatten()[i_abs]):.3g} allowed)",
         f"Greatest relative difference: {max_rel:.6g} at {_where(i_rel, shape)} "
         f"(up to {rtol:g} allowed)",
+        f"At {_where(i_abs, shape)}: expected {_value(float(flat_e[i_abs]))}, "
+        f"got {_value(float(flat_a[i_abs]))}",
     )
     return Mismatch(name, lines, max_abs, max_rel)
 

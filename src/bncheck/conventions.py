@@ -19,8 +19,12 @@ Two axes vary between real implementations:
 ``momentum=None`` means a cumulative average over all batches seen (PyTorch's rule, whatever the
 momentum axis): the batch weight of step ``k`` is ``1 / k``.
 
+A third axis says what is *stored*: the running variance (``running_stat="var"``) or the running
+standard deviation (``"std"``, which moves toward the batch standard deviation). A preset also
+names the eps and the channel axis its framework defaults to (``keras``: eps 1e-3, channels last).
+
 d2l-en's current ``batch_norm`` mixes them: ``Convention(momentum_weights="batch",
-running_var="biased")``.
+running_var="biased")``; its older version (and the seed notebook) is the ``onnx`` preset.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from torch import Tensor
 
 from bncheck.errors import InvalidArgument
 
-__all__ = ["Convention", "TORCH", "ONNX", "PRESETS", "convention"]
+__all__ = ["Convention", "TORCH", "ONNX", "KERAS", "PRESETS", "convention"]
 
 MomentumWeights = Literal["batch", "old"]
 RunningVar = Literal["unbiased", "biased"]
+RunningStat = Literal["var", "std"]
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,19 @@ class Convention:
             averages (normalization in training always uses the biased one).
         momentum: the default momentum in this convention's own meaning.
         name: a label for reports.
+        running_stat: ``"var"`` (the running variance is stored) or ``"std"`` (the running
+            standard deviation is stored and moves toward the batch standard deviation).
+        eps: the eps this framework's layers default to.
+        channel_axis: where this framework's layers keep channels (1, or -1 for channels last).
     """
 
     momentum_weights: MomentumWeights = "batch"
     running_var: RunningVar = "unbiased"
     momentum: float = 0.1
     name: str = "torch"
+    running_stat: RunningStat = "var"
+    eps: float = 1e-5
+    channel_axis: int = 1
 
     def __post_init__(self) -> None:
         if self.momentum_weights not in ("batch", "old"):
@@ -66,6 +78,12 @@ class Convention:
         if not 0.0 <= self.momentum <= 1.0:
             raise InvalidArgument(f"Expected 0 <= momentum <= 1, received "
                                   f"momentum={self.momentum!r}")
+        if self.running_stat not in ("var", "std"):
+            raise InvalidArgument(f"Expected running_stat to be 'var' or 'std', received "
+                                  f"running_stat={self.running_stat!r}")
+        if self.channel_axis not in (1, -1):
+            raise InvalidArgument(f"Expected channel_axis to be 1 or -1, received "
+                                  f"channel_axis={self.channel_axis!r}")
 
     def batch_weight(self, momentum: float | None, steps: int) -> float:
         """The weight of the batch statistic at training step ``steps`` (1 for the first)."""
@@ -79,12 +97,32 @@ class Convention:
             return None
         return momentum if self.momentum_weights == "batch" else 1.0 - momentum
 
+    def correction(self, count: int) -> float:
+        """The factor from the biased batch variance of ``count`` values per channel to the one
+        the running variance averages: ``count / (count - 1)`` (unbiased) or 1 (biased). The one
+        place bncheck applies Bessel's correction."""
+        if self.running_var == "biased":
+            return 1.0
+        return count / (count - 1) if count > 1 else float("inf")
+
     def running_variance(self, biased_var: Tensor, count: int) -> Tensor:
         """The batch variance the running variance averages, from the biased one of ``count``
         values per channel."""
-        if self.running_var == "biased":
-            return biased_var
-        return biased_var * (count / (count - 1))
+        return biased_var * self.correction(count)
+
+    def expected_stats(self, old_mean: Tensor, old_var: Tensor, batch_mean: Tensor,
+                       batch_var: Tensor, *, count: int, momentum: float | None,
+                       steps: int) -> tuple[Tensor, Tensor]:
+        """The running mean and *variance* after one step on a batch with the given (biased)
+        statistics of ``count`` values per channel; a ``std`` convention blends standard
+        deviations and the variance returned is the square of the blended one."""
+        mean = self.update(old_mean, batch_mean, momentum=momentum, steps=steps)
+        target = self.running_variance(batch_var, count)
+        if self.running_stat == "std":
+            std = self.update(old_var.clamp_min(0).sqrt(), target.sqrt(), momentum=momentum,
+                              steps=steps)
+            return mean, std.square()
+        return mean, self.update(old_var, target, momentum=momentum, steps=steps)
 
     def update(self, old: Tensor, batch: Tensor, *, momentum: float | None, steps: int) -> Tensor:
         """The running statistic after one training step: ``old`` moved toward ``batch``."""
@@ -94,16 +132,20 @@ class Convention:
     def describe(self) -> str:
         rule = ("new = (1 - m) * old + m * batch" if self.momentum_weights == "batch"
                 else "new = m * old + (1 - m) * batch")
-        return f"{self.name}: {rule}, {self.running_var} running variance, m = {self.momentum:g}"
+        stored = "" if self.running_stat == "var" else ", running std stored"
+        return (f"{self.name}: {rule}, {self.running_var} running variance{stored}, "
+                f"m = {self.momentum:g}")
 
     def with_(self, *, momentum_weights: str | None = None, running_var: str | None = None,
-              momentum: float | None = None) -> Convention:
+              momentum: float | None = None, running_stat: str | None = None) -> Convention:
         """A copy with the given axes overridden (the name records the change)."""
         changes: dict[str, object] = {}
         if momentum_weights is not None and momentum_weights != self.momentum_weights:
             changes["momentum_weights"] = momentum_weights
         if running_var is not None and running_var != self.running_var:
             changes["running_var"] = running_var
+        if running_stat is not None and running_stat != self.running_stat:
+            changes["running_stat"] = running_stat
         if momentum is not None:
             changes["momentum"] = momentum
         if not changes:
@@ -115,12 +157,16 @@ class Convention:
 
 TORCH = Convention("batch", "unbiased", 0.1, "torch")
 ONNX = Convention("old", "biased", 0.9, "onnx")
-PRESETS: dict[str, Convention] = {"torch": TORCH, "onnx": ONNX}
+#: Keras/TensorFlow ``BatchNormalization``: weight on the old value 0.99, biased variance,
+#: epsilon 1e-3, channels last (``axis=-1``).
+KERAS = Convention("old", "biased", 0.99, "keras", eps=1e-3, channel_axis=-1)
+PRESETS: dict[str, Convention] = {"torch": TORCH, "onnx": ONNX, "keras": KERAS}
 
 
 def convention(name: str, *, momentum_weights: str | None = None,
-               running_var: str | None = None, momentum: float | None = None) -> Convention:
-    """The preset ``name`` (``"torch"`` or ``"onnx"``), with optional per-axis overrides.
+               running_var: str | None = None, momentum: float | None = None,
+               running_stat: str | None = None) -> Convention:
+    """The preset ``name`` (``"torch"``, ``"onnx"`` or ``"keras"``), with per-axis overrides.
 
     >>> convention("torch", running_var="biased").describe()  # d2l-en's current rule
     'torch+running_var=biased: new = (1 - m) * old + m * batch, biased running variance, m = 0.1'
@@ -129,4 +175,4 @@ def convention(name: str, *, momentum_weights: str | None = None,
         raise InvalidArgument(f"Expected convention to be one of {sorted(PRESETS)}, "
                               f"received convention={name!r}")
     return PRESETS[name].with_(momentum_weights=momentum_weights, running_var=running_var,
-                               momentum=momentum)
+                               momentum=momentum, running_stat=running_stat)

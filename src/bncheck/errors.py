@@ -15,6 +15,8 @@ __all__ = [
     "TargetError",
     "OutputError",
     "VerificationFailed",
+    "PropertyFailure",
+    "TargetRaised",
 ]
 
 
@@ -45,3 +47,15 @@ class OutputError(InvalidArgument):
 
 class VerificationFailed(BNCheckError, AssertionError):
     """A verified object broke a property; the message is the full mismatch report."""
+
+
+class PropertyFailure(BNCheckError, AssertionError):
+    """A property does not hold for one drawn case; the message is the mismatch report.
+
+    Raised inside a property run and turned into a failed result by :func:`bncheck.verify.verify`;
+    it is a finding about the target, not an error of bncheck.
+    """
+
+
+class TargetRaised(PropertyFailure):
+    """The target's own code raised while a property exercised it (message: where, and what)."""

@@ -262,6 +262,12 @@ class Float16Accumulation(Clean):
     compute_in_float32 = False
 
 
+class ZeroInitRunningVar(Clean):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__(num_features, eps, momentum)
+        self.running_var.zero_()
+
+
 class _MissingTermFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
@@ -303,11 +309,14 @@ class Mutant:
     killer: str
     convention: Convention = TORCH
     dims: tuple[int, ...] = (2, 4)
+    #: what the mutant declares to :func:`bncheck.verify.build_target` (e.g. empty_batches)
+    declarations: tuple[tuple[str, Any], ...] = ()
 
 
 def _m(name: str, factory: Callable[..., nn.Module], defect: str, killer: str,
-       convention: Convention = TORCH) -> tuple[str, Mutant]:
-    return name, Mutant(name, factory, defect, killer, convention)
+       convention: Convention = TORCH, **declarations: Any) -> tuple[str, Mutant]:
+    return name, Mutant(name, factory, defect, killer, convention,
+                        declarations=tuple(declarations.items()))
 
 
 MUTANTS: dict[str, Mutant] = dict([
@@ -347,6 +356,12 @@ MUTANTS: dict[str, Mutant] = dict([
        "float16 statistics computed without float32 accumulation", "reduced_precision"),
     _m("backward_missing_term", BackwardMissingTerm,
        "hand-written backward without the gradient through the batch variance", "gradients"),
+    _m("zero_init_running_var", ZeroInitRunningVar,
+       "running variance initialised to zeros (a fresh model in eval divides by sqrt(eps))",
+       "initial_state"),
+    _m("empty_batch_nan_stats", Clean,
+       "an empty training batch turns the running statistics into NaN (mean over 0 values)",
+       "empty_batch", empty_batches=True),
 ])
 
 
@@ -375,7 +390,7 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
     import time
 
     from bncheck.errors import InvalidArgument
-    from bncheck.verify import verify
+    from bncheck.verify import Status, verify
 
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]
@@ -386,8 +401,9 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
         m = MUTANTS[name]
         start = time.perf_counter()
         report = verify(m.factory, label=name, convention=m.convention, dims=m.dims,
-                        profile=profile, examples=examples, seed=seed, shrink=False)
-        failed = [r for r in report.results if r.status == "failed"]
+                        profile=profile, examples=examples, seed=seed, shrink=False,
+                        **dict(m.declarations))
+        failed = [r for r in report.results if r.status is Status.FAILED]
         res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},
                            time.perf_counter() - start)
         results.append(res)

@@ -1,8 +1,8 @@
 """pytest plugin (entry point ``bncheck``).
 
-Registers the Hypothesis profiles ``dev``, ``ci`` and ``thorough`` in every pytest run, and
-loads one of them when ``HYPOTHESIS_PROFILE`` names it, so ``HYPOTHESIS_PROFILE=ci pytest`` is
-deterministic. Any other value is left alone (it may be the user's own profile).
+Registers bncheck's Hypothesis profiles under their own names (``bncheck-dev``, ``bncheck-ci``,
+``bncheck-thorough``) and loads one only when ``HYPOTHESIS_PROFILE`` names it with that prefix:
+a user's own profiles, ``ci`` included, are never redefined or loaded by bncheck.
 
 It also offers the fixture ``bncheck_verify``, the catalogue as a callable::
 
@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest
 
-from bncheck.profiles import PROFILES, load_profile, profile_from_env, register_profiles
+from bncheck.profiles import PREFIX, PROFILES, load_profile, register_profiles
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import os
+
     register_profiles()
-    name = profile_from_env(default="")
-    if name in PROFILES:
+    name = os.environ.get("HYPOTHESIS_PROFILE", "")
+    if name.startswith(PREFIX) and name.removeprefix(PREFIX) in PROFILES:
         load_profile(name)
 
 

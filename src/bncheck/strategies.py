@@ -10,7 +10,8 @@ Every strategy validates its arguments when called (``name=value`` and the rule 
 Hypothesis does) and draws tensor *contents* through Hypothesis, so failing inputs shrink. Input
 values stress batch normalization: large offsets with small spread (mean >> std), near-constant
 and constant channels (variance ~ 0, where eps matters), wide spreads (squares overflow float16),
-and channels_last and non-contiguous layouts.
+and every memory layout a caller may hand a layer: channels_last, a strided last dimension,
+permuted batch and channel strides, a storage offset, and an expanded (stride 0) dimension.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from hypothesis.extra.numpy import arrays
 from torch import Tensor
 
 from bncheck._validation import (
+    NotSet,
     check_eps,
     check_finite_float,
     check_min_max,
     check_momentum,
     check_positive_int,
     check_type,
+    not_set,
 )
 from bncheck.conventions import TORCH, Convention
 from bncheck.errors import InvalidArgument
@@ -46,7 +49,8 @@ GradMode = Literal["enabled", "no_grad", "inference_mode"]
 GRAD_MODES: tuple[str, ...] = ("enabled", "no_grad", "inference_mode")
 #: What a channel's values look like (see :func:`inputs`).
 KINDS: tuple[str, ...] = ("standard", "offset", "near_constant", "constant", "wide")
-LAYOUTS: tuple[str, ...] = ("contiguous", "channels_last", "non_contiguous")
+LAYOUTS: tuple[str, ...] = ("contiguous", "channels_last", "non_contiguous", "permuted",
+                             "storage_offset", "expanded")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64,
                                   "float16": torch.float16, "bfloat16": torch.bfloat16}
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -84,11 +88,13 @@ class BNConfig:
     momentum: float | None = 0.1
     affine: bool = True
     track_running_stats: bool = True
+    bias: bool = True
 
     def __str__(self) -> str:
         momentum = "None" if self.momentum is None else f"{self.momentum:g}"
         return (f"eps={self.eps:g}, momentum={momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+                + ("" if self.bias else ", bias=False"))
 
 
 @dataclass(frozen=True)
@@ -116,12 +122,26 @@ class BNCase:
     def describe(self) -> str:
         text = (f"shape={self.shape}, dtype={dtype_name(self.dtype)}, mode={self.mode}, "
                 f"layout={self.layout}, channels={list(self.kinds)}, {self.config}")
-        if self.x.numel() <= 16:  # a shrunk counterexample: show the values too
-            def show(t: Tensor) -> str:
-                return str([float(f"{v:.6g}") for v in t.detach().to(torch.float64).flatten()])
-            text += (f", x={show(self.x)}, weight={show(self.weight)}, "
-                     f"bias={show(self.bias)}")
-        return text
+        return (f"{text}, x={show_values(self.x)}, weight={show_values(self.weight)}, "
+                f"bias={show_values(self.bias)}")
+
+    def with_dtype(self, dtype: torch.dtype) -> BNCase:
+        """The same case in ``dtype`` (the values rounded to it)."""
+        from dataclasses import replace
+
+        return replace(self, dtype=dtype, x=self.x.to(dtype))
+
+
+def show_values(t: Tensor, *, limit: int = 16) -> str:
+    """The values of a small tensor, or its shape and a summary when it is big."""
+    v = t.detach().to(torch.float64)
+    if v.numel() <= limit:
+        return str([float(f"{x:.6g}") for x in v.flatten()])
+    finite = v[torch.isfinite(v)]
+    if finite.numel() == 0:
+        return f"<{v.numel()} values, none finite>"
+    return (f"<{v.numel()} values, min {float(finite.min()):.6g}, max {float(finite.max()):.6g}, "
+            f"mean {float(finite.mean()):.6g}>")
 
 
 # -- argument checks ---------------------------------------------------------------------------
@@ -203,22 +223,22 @@ def modes(*, training: bool | None = None,
     return st.builds(Mode, st.sampled_from(trains), st.sampled_from(grads))
 
 
-_DRAW: Any = "draw"
 _EPS = st.one_of(st.sampled_from([1e-5, 1e-3, 0.1]), st.floats(1e-6, 0.5))
 
 
 def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
-               momentum: float | None | str = _DRAW, affine: bool | None = None,
-               track_running_stats: bool | None = None, allow_cumulative: bool = True,
-               min_batch_weight: float = 0.0, max_batch_weight: float = 1.0,
-               ) -> st.SearchStrategy[BNConfig]:
+               momentum: float | None | NotSet = not_set, affine: bool | None = None,
+               track_running_stats: bool | None = None, bias: bool | None = True,
+               allow_cumulative: bool = True, min_batch_weight: float = 0.0,
+               max_batch_weight: float = 1.0) -> st.SearchStrategy[BNConfig]:
     """BatchNorm configurations; an argument left at its default is drawn.
 
     Args:
         convention: gives momentum its meaning (and the default momentum among those drawn).
         eps: fixed, or ``None`` to draw from 1e-5, 1e-3, 0.1 and ``[1e-6, 0.5]``.
-        momentum: fixed (a float, or ``None`` for the cumulative average), or ``"draw"``.
-        affine, track_running_stats: fixed, or ``None`` to draw both values.
+        momentum: fixed (a float, or ``None`` for the cumulative average); not given: drawn.
+        affine, track_running_stats, bias: fixed, or ``None`` to draw both values (``bias``
+            defaults to True: torch's ``bias=False`` is drawn only for targets that take it).
         allow_cumulative: whether a drawn momentum may be ``None``.
         min_batch_weight, max_batch_weight: bounds on the *batch weight* of drawn momenta (the
             momentum in torch's meaning, ``1 - momentum`` in ONNX's).
@@ -226,9 +246,10 @@ def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
     check_type(Convention, convention, "convention")
     if eps is not None:
         check_eps(eps)
-    if momentum != _DRAW:
+    if momentum is not not_set:
         check_momentum(momentum, allow_none=True)
-    for name, flag in (("affine", affine), ("track_running_stats", track_running_stats)):
+    for name, flag in (("affine", affine), ("track_running_stats", track_running_stats),
+                       ("bias", bias)):
         if flag is not None:
             check_type(bool, flag, name)
     check_type(bool, allow_cumulative, "allow_cumulative")
@@ -240,7 +261,7 @@ def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
     def from_weight(w: float) -> float:
         return w if convention.momentum_weights == "batch" else 1.0 - w
 
-    if momentum == _DRAW:
+    if momentum is not_set:
         default_w = convention.batch_weight(convention.momentum, 1)
         fixed = [w for w in (default_w, min_batch_weight, max_batch_weight)
                  if min_batch_weight <= w <= max_batch_weight]
@@ -257,6 +278,7 @@ def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
         mom,
         st.just(affine) if affine is not None else st.booleans(),
         st.just(track_running_stats) if track_running_stats is not None else st.booleans(),
+        st.just(bias) if bias is not None else st.booleans(),
     )
 
 
@@ -293,6 +315,7 @@ def _channel_values(draw: st.DrawFn, kind: str, dtype: torch.dtype) -> tuple[flo
 
 
 def _layout(x: Tensor, layout: str) -> Tensor:
+    """``x`` in ``layout`` (same values, except ``expanded``, which repeats one slice)."""
     if layout == "channels_last" and x.dim() in (4, 5):
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         return x.contiguous(memory_format=fmt)
@@ -300,6 +323,15 @@ def _layout(x: Tensor, layout: str) -> Tensor:
         wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
         wide[..., ::2] = x
         return wide[..., ::2]
+    if layout == "permuted":  # channel-major memory: stride(1) > stride(0)
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "storage_offset":
+        flat = torch.zeros(x.numel() + 3, dtype=x.dtype)
+        flat[3:] = x.reshape(-1)
+        return flat[3:].view(x.shape)
+    if layout == "expanded":  # stride 0: the last dimension (the batch for (N, C))
+        dim = x.dim() - 1 if x.dim() > 2 else 0
+        return x.narrow(dim, 0, 1).expand(x.shape)
     return x
 
 

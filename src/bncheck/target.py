@@ -13,6 +13,7 @@ factory. It is built as ``Name(num_features)`` (nn.BatchNorm style) or, when its
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -20,6 +21,7 @@ import inspect
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,7 +30,54 @@ from torch import nn
 
 from bncheck.errors import BNCheckError, TargetError
 
-__all__ = ["load_target", "bn_factory", "takes_num_dims", "user_code"]
+__all__ = ["load_target", "bn_factory", "takes_num_dims", "Constructor", "inspect_constructor",
+           "CONFIG_KWARGS", "user_code"]
+
+#: Constructor keywords bncheck varies when the target's signature accepts them.
+CONFIG_KWARGS = ("eps", "momentum", "affine", "track_running_stats", "bias")
+
+
+@dataclass(frozen=True)
+class Constructor:
+    """What a target's signature says about how to build it (the one place bncheck looks).
+
+    Attributes:
+        takes_num_dims: built as ``obj(num_features, num_dims=...)`` (the seed notebook's style).
+        accepts: which of :data:`CONFIG_KWARGS` it takes.
+        momentum_may_be_none: it declares ``momentum=None`` (PyTorch's cumulative average): a
+            torch BatchNorm class, a ``momentum`` defaulting to None, or one annotated Optional.
+        torch_batchnorm: a subclass of torch's BatchNorm base class.
+        required: names of required parameters other than the first (it cannot be built
+            from ``num_features`` alone).
+    """
+
+    takes_num_dims: bool
+    accepts: frozenset[str]
+    momentum_may_be_none: bool
+    torch_batchnorm: bool
+    required: tuple[str, ...] = ()
+
+
+def inspect_constructor(obj: Any) -> Constructor:
+    """Read ``obj``'s signature once: see :class:`Constructor`."""
+    torch_bn = isinstance(obj, type) and issubclass(obj, nn.modules.batchnorm._NormBase)
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return Constructor(False, frozenset(), torch_bn, torch_bn)
+    accepts = frozenset(k for k in CONFIG_KWARGS if k in params)
+    momentum = params.get("momentum")
+    may_be_none = torch_bn
+    if momentum is not None and not may_be_none:
+        ann = momentum.annotation
+        text = "" if ann is inspect.Parameter.empty else (ann if isinstance(ann, str)
+                                                           else repr(ann))
+        may_be_none = momentum.default is None or "None" in text or "Optional" in text
+    positional = [p for p in params.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = tuple(p.name for p in positional[1:]
+                     if p.default is p.empty and p.name != "num_dims")
+    return Constructor("num_dims" in params, accepts, may_be_none, torch_bn, required)
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -87,13 +136,8 @@ def load_target(spec: str) -> Any:
             raise TargetError(
                 f"TARGET={spec!r}: importing {where!r} raised {type(e).__name__}: {e}") from e
     if not hasattr(module, name):
-        available = sorted(
-            n for n, v in vars(module).items()
-            if not n.startswith("_") and callable(v) and getattr(v, "__module__", None)
-            == module.__name__)
-        raise TargetError(
-            f"TARGET={spec!r}: {where!r} has no attribute {name!r}; "
-            f"available: {', '.join(available) or '(no classes or functions)'}")
+        raise TargetError(f"TARGET={spec!r}: {where!r} has no attribute {name!r}; "
+                          f"{_suggest(module, name)}")
     obj = getattr(module, name)
     if not callable(obj):
         raise TargetError(f"TARGET={spec!r}: {name!r} is a {type(obj).__name__}, expected a "
@@ -101,12 +145,28 @@ def load_target(spec: str) -> Any:
     return obj
 
 
+def _suggest(module: Any, name: str) -> str:
+    """Close matches to ``name`` among the module's public callables (difflib), else what the
+    module itself defines."""
+    public = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v))
+    by_case = {n.lower(): n for n in public}
+    close = difflib.get_close_matches(name, public, n=3, cutoff=0.75)
+    if name.lower() in by_case and by_case[name.lower()] not in close:
+        close.insert(0, by_case[name.lower()])
+    if close:
+        return f"did you mean {', '.join(close)}?"
+    own = [n for n in public if getattr(vars(module)[n], "__module__", None) == module.__name__
+           and (isinstance(vars(module)[n], type) or len(public) <= 20)]
+    if own:
+        return f"available: {', '.join(own[:20])}"
+    if public:
+        return f"no name close to it among its {len(public)} public classes and functions"
+    return "it defines no classes or functions"
+
+
 def takes_num_dims(obj: Callable[..., Any]) -> bool:
     """Whether ``obj``'s signature has a ``num_dims`` parameter (the seed notebook's style)."""
-    try:
-        return "num_dims" in inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return False
+    return inspect_constructor(obj).takes_num_dims
 
 
 def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], nn.Module]:

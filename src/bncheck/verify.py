@@ -4,20 +4,25 @@
 >>> from bncheck.verify import verify
 >>> report = verify(torch.nn.BatchNorm2d, properties=["train_forward"], examples=3, seed=0)
 >>> report.ok, report.results[0].status
-(True, 'passed')
+(True, <Status.PASSED: 'passed'>)
 
-Each property is its own Hypothesis run, seeded by ``seed`` (derandomized, no example database),
-so ``properties=[name], seed=seed`` replays exactly the case a full run reported. A failure
-carries the shrunk counterexample and its mismatch report; an exception raised inside the target
-is a failure of the property that triggered it.
+Each property is its own Hypothesis run, seeded by ``seed`` (derandomized, no example database,
+no draws from the machine's "local constants": see
+:func:`bncheck.profiles.machine_independent_draws`), so ``properties=[name], seed=seed`` replays
+exactly the case a full run reported, on any machine. A failure carries the shrunk
+counterexample and its mismatch report; an exception raised inside the target is a failure of
+the property that triggered it; a failure caused by a defect another property owns says so.
 """
 
 from __future__ import annotations
 
+import enum
 import secrets
+import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,42 +31,68 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import Flaky
 from hypothesis.reporting import with_reporter
 
-from bncheck._validation import check_type
-from bncheck.adapter import PropertyFailure, Target
+from bncheck._validation import NotSet, check_eps, check_momentum, check_type, not_set
+from bncheck.adapter import FLAG_TYPES, Names, Target
 from bncheck.conventions import Convention
-from bncheck.errors import InvalidArgument, VerificationFailed
-from bncheck.profiles import PROFILES, profile_from_env, register_profiles
+from bncheck.errors import InvalidArgument, PropertyFailure, VerificationFailed
+from bncheck.profiles import (
+    PROFILES,
+    machine_independent_draws,
+    profile_from_env,
+    register_profiles,
+    registered_name,
+)
 from bncheck.properties import CATALOGUE, Context, Property, get
 from bncheck.strategies import DTYPES, dtype_name
 
-__all__ = ["PropertyResult", "Report", "verify", "check_batchnorm", "build_target"]
+__all__ = ["Status", "PropertyResult", "Report", "verify", "check_batchnorm", "build_target"]
+
+
+class Status(enum.StrEnum):
+    """A property's outcome."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    ERROR = "error"  # a bug in bncheck
 
 
 @dataclass
 class PropertyResult:
-    """One property's outcome: ``passed``, ``failed``, ``skipped`` or ``error`` (bncheck bug)."""
+    """One property's outcome; a failure may be the ``consequence_of`` a defect another property
+    owns (then the message says so first)."""
 
     name: str
-    status: str
+    status: Status
     message: str = ""
     counterexample: str = ""
     examples: int = 0
     seconds: float = 0.0
     replay: str = ""
+    consequence_of: str | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
 
     def render(self, label: str) -> str:
-        if self.status == "passed":
+        if self.status is Status.PASSED:
             return f"property {self.name} passed ({self.examples} examples)"
-        if self.status == "skipped":
+        if self.status is Status.SKIPPED:
             return f"property {self.name} skipped: {self.message}"
         head = f"property {self.name} {self.status} ({label}, {self.counterexample})"
         tail = f"\nReproduce: {self.replay}" if self.replay else ""
         return f"{head}\n{self.message}{tail}"
 
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status.value, "message": self.message,
+                "counterexample": self.counterexample, "examples": self.examples,
+                "seconds": self.seconds, "replay": self.replay,
+                "consequence_of": self.consequence_of}
+
 
 @dataclass
 class Report:
-    """All properties' results for one target."""
+    """All properties' results for one target (in the order they finished)."""
 
     target: str
     convention: str
@@ -71,53 +102,152 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("passed", "skipped") for r in self.results)
+        return all(r.status in (Status.PASSED, Status.SKIPPED) for r in self.results)
 
     @property
     def failed(self) -> list[PropertyResult]:
-        return [r for r in self.results if r.status in ("failed", "error")]
+        return [r for r in self.results if r.status in (Status.FAILED, Status.ERROR)]
+
+    def count(self, status: Status) -> int:
+        return sum(r.status is status for r in self.results)
+
+    def summary(self) -> str:
+        return (f"{self.count(Status.PASSED)} passed, {len(self.failed)} failed, "
+                f"{self.count(Status.SKIPPED)} skipped")
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "convention": self.convention, "seed": self.seed,
                 "profile": self.profile, "ok": self.ok,
-                "properties": [asdict(r) for r in self.results]}
+                "properties": [r.to_json() for r in self.results]}
 
     def render(self) -> str:
         """The failures (or a one-line summary), as the assertion message."""
         parts = [r.render(self.target) for r in self.failed]
-        passed = sum(r.status == "passed" for r in self.results)
-        summary = (f"{self.target}: {passed} passed, {len(self.failed)} failed, "
-                   f"{sum(r.status == 'skipped' for r in self.results)} skipped "
-                   f"(convention {self.convention}, seed {self.seed})")
+        summary = (f"{self.target}: {self.summary()} (convention {self.convention}, "
+                   f"seed {self.seed})")
         return "\n\n".join([summary, *parts])
 
 
 def build_target(obj: Any, *, label: str | None = None, convention: Convention | str = "torch",
-                 momentum: float | None = None, eps: float = 1e-5,
-                 dims: Sequence[int] | None = None) -> Target:
-    """A :class:`~bncheck.adapter.Target` for ``obj`` (a Module class or factory)."""
+                 momentum: float | None | NotSet = not_set, eps: float | NotSet = not_set,
+                 dims: Sequence[int] | None = None,
+                 names: Mapping[str, str] | None = None, channel_axis: int | None = None,
+                 mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
+                 empty_batches: bool | None = None, debug: bool = False) -> Target:
+    """A :class:`~bncheck.adapter.Target` for ``obj`` (a Module class or factory), every
+    declaration validated by the same rule the CLI uses.
+
+    Args:
+        obj: the BatchNorm class or factory.
+        label: how reports name it.
+        convention: a :class:`~bncheck.conventions.Convention` or a preset name.
+        momentum: the target's momentum (``None``: the cumulative average); not given: the
+            convention's, and drawn when the constructor takes ``momentum``. Given, it is
+            always passed and never drawn.
+        eps: the target's eps (not given: the convention's, drawn when the constructor takes it).
+        dims: the input ranks it supports (default ``(2, 4)`` or what a known class takes).
+        names: its own attribute names, ``{"weight": "scale", "running_var": "exp_var"}``.
+        channel_axis: 1, or -1 for channels-last layers (default: the convention's).
+        mode_argument: the call keyword that selects train/eval (Keras: ``"training"``).
+        fixed: constructor flags never to draw, ``{"affine": True}``.
+        empty_batches: it accepts empty batches (default: True for torch's classes).
+        debug: failures show the user-side traceback of exceptions in the target.
+
+    Raises:
+        InvalidArgument: a value breaks its rule (``name=value`` and the rule).
+    """
     from bncheck.conventions import convention as preset
 
     conv = preset(convention) if isinstance(convention, str) else convention
+    check_type(Convention, conv, "convention")
     if not callable(obj):
         raise InvalidArgument(f"Expected a Module class or a factory, received {obj!r}")
+    if momentum is not not_set:
+        check_momentum(momentum, allow_none=True)
+    if eps is not not_set:
+        check_eps(eps)
     if dims is not None:
         dims = tuple(dims)
         bad = [d for d in dims if d not in (2, 3, 4, 5)]
         if not dims or bad:
             raise InvalidArgument(f"Expected dims to be input ranks from 2 to 5, received "
                                   f"dims={dims!r}")
+    axis = conv.channel_axis if channel_axis is None else channel_axis
+    if axis not in (1, -1):
+        raise InvalidArgument(f"Expected channel_axis to be 1 or -1, received "
+                              f"channel_axis={channel_axis!r}")
+    if mode_argument is not None and (not isinstance(mode_argument, str)
+                                      or not mode_argument.isidentifier()):
+        raise InvalidArgument(f"Expected mode_argument to be a keyword name like 'training', "
+                              f"received mode_argument={mode_argument!r}")
+    flags = _check_fixed(fixed)
+    extra: dict[str, Any] = {"names": Names.from_mapping(names), "channel_axis": axis,
+                             "mode_argument": mode_argument, "fixed": flags, "debug": debug}
+    if empty_batches is not None:
+        check_type(bool, empty_batches, "empty_batches")
+        extra["empty_batches"] = empty_batches
     return Target.from_object(obj, label=label, convention=conv, momentum=momentum, eps=eps,
-                              dims=dims)
+                              dims=dims, **extra)
+
+
+def _check_fixed(fixed: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    if fixed is None:
+        return ()
+    if not isinstance(fixed, Mapping):
+        raise InvalidArgument(f"Expected fixed to be a mapping like {{'affine': True}}, "
+                              f"received fixed={fixed!r}")
+    for key, value in fixed.items():
+        if key not in FLAG_TYPES:
+            raise InvalidArgument(f"Expected fixed keys from {sorted(FLAG_TYPES)} (eps and "
+                                  f"momentum have their own arguments), received "
+                                  f"fixed={dict(fixed)!r}")
+        check_type(FLAG_TYPES[key], value, f"fixed[{key!r}]")
+    return tuple(sorted(fixed.items()))
 
 
 def _settings(profile: str, examples: int | None, shrink: bool) -> settings:
     register_profiles()
-    base = settings.get_profile(profile)  # not loaded: the caller's current profile stays
+    base = settings.get_profile(registered_name(profile))  # not loaded: the caller's stays
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     return settings(base, max_examples=examples or base.max_examples, database=None,
                     derandomize=False, deadline=None, report_multiple_bugs=False,
                     suppress_health_check=list(HealthCheck), phases=phases, print_blob=False)
+
+
+def _once(prop: Property, ctx: Context, case: Any) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        prop.check(ctx, case)
+
+
+def _consequence(prop: Property, ctx: Context, case: Any) -> str | None:
+    """The defect(s) other properties own that explain this failure: the failing case rerun
+    without them (in float32, where statistics that ``.to()`` does not cast have the right
+    dtype; with grad enabled in training and disabled in eval, where a layer that picks its
+    mode from grad mode is in the right mode) passes."""
+    facts = getattr(ctx, "facts", None)  # the distributed properties have none
+    if case is None or facts is None or prop.name in ("stats_are_buffers",
+                                                       "grad_mode_independence"):
+        return None
+    fixes: list[tuple[str, Callable[[Any], Any]]] = []
+    if (facts.stats_not_cast and getattr(case, "dtype", torch.float32) != torch.float32
+            and hasattr(case, "with_dtype")):
+        fixes.append((facts.stats_not_cast, lambda c: c.with_dtype(torch.float32)))
+    if facts.mode_from_grad and hasattr(case, "with_matching_grad_modes"):
+        fixes.append((facts.mode_from_grad, lambda c: c.with_matching_grad_modes()))
+    tries = [[f] for f in fixes] + ([fixes] if len(fixes) > 1 else [])
+    for chosen in tries:
+        fixed = case
+        for _, fix in chosen:
+            fixed = fix(fixed)
+        if fixed.describe() == case.describe():
+            continue
+        try:
+            _once(prop, ctx, fixed)
+        except PropertyFailure:
+            continue
+        return "; ".join(reason for reason, _ in chosen)
+    return None
 
 
 def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
@@ -125,40 +255,56 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
     """Run one property with Hypothesis; never raises for a failing target."""
     reason = prop.skip_reason(ctx)
     if reason is not None:
-        return PropertyResult(prop.name, "skipped", reason)
+        return PropertyResult(prop.name, Status.SKIPPED, reason)
     state: dict[str, Any] = {"count": 0, "case": None}
 
     def test(case: Any) -> None:
         state["count"] += 1
         state["case"] = case
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            prop.run(ctx, case)
+        _once(prop, ctx, case)
 
     runner = hypothesis_seed(seed)(config(given(prop.cases(ctx))(test)))
     start = time.perf_counter()
+
+    def result(status: Status, message: str) -> PropertyResult:
+        case = state["case"]
+        shown = prop.describe(case) if case is not None else "no case drawn"
+        return PropertyResult(prop.name, status, message, shown, state["count"],
+                              time.perf_counter() - start)
+
     try:
-        with with_reporter(lambda _msg: None):
+        with machine_independent_draws(), with_reporter(lambda _msg: None):
             runner()
     except PropertyFailure as e:
-        return PropertyResult(prop.name, "failed", str(e), prop.describe(state["case"]),
-                              state["count"], time.perf_counter() - start)
+        res = result(Status.FAILED, str(e))
+        owner = _consequence(prop, ctx, state["case"])
+        if owner is not None:
+            res.consequence_of = owner
+            res.message = (f"consequence of: {owner} (the same case passes without it)\n"
+                           f"{res.message}")
+        return res
     except Flaky as e:
         inner = [x for x in getattr(e, "exceptions", ()) if isinstance(x, PropertyFailure)]
         detail = f"\nFirst failure: {inner[0]}" if inner else ""
-        return PropertyResult(prop.name, "failed",
-                              "the target is nondeterministic: the same case failed once and "
-                              f"passed when rerun (random state or global state in forward?)"
-                              f"{detail}", prop.describe(state["case"]), state["count"],
-                              time.perf_counter() - start)
+        return result(Status.FAILED, "the target is nondeterministic: the same case failed once "
+                      "and passed when rerun (random state or global state in forward?)"
+                      f"{detail}")
     except Exception as e:  # noqa: BLE001 - reported as an error of bncheck, not a crash
-        case = prop.describe(state["case"]) if state["case"] is not None else "no case drawn"
-        return PropertyResult(prop.name, "error",
-                              f"internal error in bncheck ({type(e).__name__}: {e}); please "
-                              f"report it with --debug output", case, state["count"],
-                              time.perf_counter() - start)
-    return PropertyResult(prop.name, "passed", "", "", state["count"],
+        return result(Status.ERROR, f"internal error in bncheck ({type(e).__name__}: {e}); "
+                      f"please report it with --debug output")
+    return PropertyResult(prop.name, Status.PASSED, "", "", state["count"],
                           time.perf_counter() - start)
+
+
+def resolve_profile(profile: str | None) -> str:
+    """``profile``, or the one ``HYPOTHESIS_PROFILE`` names (``ci`` or ``bncheck-ci``), else
+    ``ci``; validated."""
+    if profile is None:
+        return profile_from_env("ci")
+    if profile not in PROFILES:
+        raise InvalidArgument(f"Expected profile to be one of {sorted(PROFILES)}, received "
+                              f"profile={profile!r}")
+    return profile
 
 
 def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
@@ -179,17 +325,18 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
         seed: Hypothesis seed (default: 0 under ``ci``, else random); reported for replay.
         shrink: shrink failing cases to the smallest counterexample.
         replay: ``replay(property, seed)`` gives the command that reproduces a failure.
-        on_result: called with each result as it completes.
-        target_kwargs: ``convention``, ``momentum``, ``eps``, ``dims``, ``label`` for
-            :func:`build_target`.
+        on_result: called with each result as it completes (a ``constructor`` result first
+            when a drawn flag crashes the target).
+        target_kwargs: declarations for :func:`build_target`.
+
+    Raises:
+        InvalidArgument: a bad argument.
+        TargetError: ``obj`` is not a BatchNorm bncheck can build and run.
     """
+    from bncheck._preflight import preflight
+
     target = obj if isinstance(obj, Target) else build_target(obj, **target_kwargs)
-    if profile is None:  # HYPOTHESIS_PROFILE may name the user's own profile: then ci
-        env = profile_from_env("ci")
-        profile = env if env in PROFILES else "ci"
-    if profile not in PROFILES:
-        raise InvalidArgument(f"Expected profile to be one of {sorted(PROFILES)}, received "
-                              f"profile={profile!r}")
+    profile = resolve_profile(profile)
     if examples is not None:
         check_type(int, examples, "examples")
         if examples < 1:
@@ -199,20 +346,28 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
     check_type(int, seed, "seed")
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
     chosen = [get(n) for n in properties] if properties else list(CATALOGUE)
-    ctx = Context(target, requested)
-    config = _settings(profile, examples, shrink)
     report = Report(target.label, target.convention.describe(), seed, profile)
     # Tiny tensors: intra-op threads only add contention (200x slower on a loaded 2-core box).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for prop in chosen:
-            result = run_property(prop, ctx, seed=seed, config=config)
-            if result.status in ("failed", "error") and replay is not None:
-                result.replay = replay(prop.name, seed)
-            report.results.append(result)
+        target, findings, facts = preflight(target)
+        for f in findings:
+            res = PropertyResult("constructor" if f.value is not None or f.flag != \
+                                 "running_statistics" else f.flag, Status.FAILED, f.message,
+                                 f.call)
+            report.results.append(res)
             if on_result is not None:
-                on_result(result)
+                on_result(res)
+        ctx = Context(target, requested, facts)
+        config = _settings(profile, examples, shrink)
+        for prop in chosen:
+            res = run_property(prop, ctx, seed=seed, config=config)
+            if res.status in (Status.FAILED, Status.ERROR) and replay is not None:
+                res.replay = replay(prop.name, seed)
+            report.results.append(res)
+            if on_result is not None:
+                on_result(res)
     finally:
         torch.set_num_threads(threads)
     return report
@@ -221,11 +376,9 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
 def _resolve_dtypes(dtypes: Sequence[str | torch.dtype]) -> tuple[torch.dtype, ...]:
     out = []
     for d in dtypes:
-        if isinstance(d, str):
-            if d not in DTYPES:
-                raise InvalidArgument(f"Expected dtypes from {sorted(DTYPES)}, received {d!r}")
+        if isinstance(d, str) and d in DTYPES:
             out.append(DTYPES[d])
-        elif d in DTYPES.values():
+        elif isinstance(d, torch.dtype) and d in DTYPES.values():
             out.append(d)
         else:
             raise InvalidArgument(f"Expected dtypes from {sorted(DTYPES)}, received {d!r}")
@@ -235,11 +388,14 @@ def _resolve_dtypes(dtypes: Sequence[str | torch.dtype]) -> tuple[torch.dtype, .
 
 
 def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
-                    momentum: float | None = None, eps: float = 1e-5,
+                    momentum: float | None | NotSet = not_set, eps: float | NotSet = not_set,
                     dims: Sequence[int] | None = None,
                     dtypes: Sequence[str | torch.dtype] | None = None,
                     properties: Sequence[str] | None = None, profile: str | None = None,
-                    examples: int | None = None, seed: int | None = None) -> Report:
+                    examples: int | None = None, seed: int | None = None,
+                    names: Mapping[str, str] | None = None, channel_axis: int | None = None,
+                    mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
+                    empty_batches: bool | None = None) -> Report:
     """Run the property catalogue against ``obj``; raise with the report if any property fails.
 
     >>> import torch
@@ -247,23 +403,29 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
     >>> _ = check_batchnorm(torch.nn.BatchNorm1d, properties=["eval_forward"], examples=3)
 
     Use it in your own test suite; the Hypothesis profile comes from ``HYPOTHESIS_PROFILE``
-    (``dev``, ``ci``, ``thorough``) unless ``profile`` is given.
+    (``ci``/``bncheck-ci``, ``dev``, ``thorough``) unless ``profile`` is given. The declarations
+    (``momentum``, ``eps``, ``names``, ``channel_axis``, ``mode_argument``, ``fixed``,
+    ``empty_batches``) are :func:`build_target`'s; ``momentum=None`` declares a cumulative average.
 
     Raises:
         VerificationFailed: (an ``AssertionError``) some property failed; the message is the
             report: each failure's shrunk counterexample, mismatch and replay call.
         InvalidArgument: a bad argument.
+        TargetError: ``obj`` is not a BatchNorm bncheck can build and run.
     """
     label = getattr(obj, "__qualname__", repr(obj))
 
     def replay(name: str, s: int) -> str:
         return (f"check_batchnorm({label}, properties=[{name!r}], seed={s}"
                 f"{'' if examples is None else f', examples={examples}'}"
-                f"{'' if profile is None else f', profile={profile!r}'})")
+                f"{'' if profile is None else f', profile={profile!r}'}) "
+                f"with the same declarations")
 
     report = verify(obj, properties=properties, dtypes=dtypes, profile=profile,
                     examples=examples, seed=seed, replay=replay, convention=convention,
-                    momentum=momentum, eps=eps, dims=dims)
+                    momentum=momentum, eps=eps, dims=dims, names=names,
+                    channel_axis=channel_axis, mode_argument=mode_argument, fixed=fixed,
+                    empty_batches=empty_batches)
     if not report.ok:
         raise VerificationFailed(report.render())
     return report
@@ -271,3 +433,35 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
 
 def dtype_names(dtypes: Sequence[torch.dtype]) -> str:
     return ",".join(dtype_name(d) for d in dtypes)
+
+
+def describe_target(t: Target) -> str:
+    """One line: the momentum, eps, ranks and what is drawn, as the run will use them."""
+    drawn = sorted(t.configurable)
+    if "momentum" in t.configurable:
+        momentum = "momentum drawn" + (" (incl. None)" if t.cumulative else "")
+    else:
+        how = "declared" if t.momentum_declared else "convention default"
+        momentum = f"momentum {'None' if t.momentum is None else f'{t.momentum:g}'} ({how})"
+    eps = "eps drawn" if "eps" in t.configurable else f"eps {t.eps:g}"
+    extras = [f"{k}={v}" for k, v in t.fixed]
+    extras += [f"{k}={v}" for k, v in t.names.declared().items()]
+    if t.channel_axis == -1:
+        extras.append("channels last")
+    if t.mode_argument:
+        extras.append(f"mode via {t.mode_argument}=")
+    return (f"{momentum}, {eps}, dims {','.join(map(str, t.dims))}; drawn: "
+            f"{', '.join(drawn) or 'nothing (built with defaults)'}"
+            + (f"; declared: {', '.join(extras)}" if extras else ""))
+
+
+
+class _CallableModule(types.ModuleType):
+    """``bncheck.verify(...)`` is :func:`verify`, whether ``bncheck.verify`` was imported as a
+    submodule or reached as the package's entry point."""
+
+    def __call__(self, obj: Any, **kwargs: Any) -> Report:
+        return verify(obj, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -30,12 +30,13 @@ def test_verify_reference_passes_and_says_what_it_checked(tmp_path):
     assert "convention: torch" in r.stdout
     for name in names():
         assert name in r.stdout
-    assert "11 passed, 0 failed, 0 skipped" in r.stdout
+    assert "12 passed, 0 failed, 1 skipped" in r.stdout  # empty_batch: not declared
     data = json.loads(out.read_text())
     assert data["ok"] is True and data["profile"] == "ci" and data["seed"] == 0
     assert data["wall_seconds"] < 60
     for p in data["properties"]:
-        assert p["status"] == "passed" and p["examples"] >= 1 and p["seconds"] > 0
+        if p["name"] != "empty_batch":
+            assert p["status"] == "passed" and p["examples"] >= 1 and p["seconds"] > 0
 
 
 def test_verify_verbatim_seed_fails_with_name_error():
@@ -45,14 +46,22 @@ def test_verify_verbatim_seed_fails_with_name_error():
     assert "Traceback" not in r.stdout + r.stderr
 
 
-#: The typo-fixed seed's defects and the properties they break:
-#: training normalizes with the moving variance -> train_forward, invariances, differential;
-#: moving variance updated from itself -> running_stats_update, running_stats_convergence;
-#: mode chosen by torch.is_grad_enabled() -> eval_forward, train_eval_switch,
-#: grad_mode_independence, gradients (gradcheck's finite differences run under no_grad);
-#: plain-attribute statistics -> stats_are_buffers; float32 parameters promote a float16 input
-#: -> reduced_precision. Every property is broken by one of them.
-SEED_FIXED_FAILS = set(names())
+#: The typo-fixed seed's defects and the properties they break, for every drawn case (not for
+#: one draw): training normalizes with the moving variance -> train_forward, invariances,
+#: differential (input gradient); the moving variance is updated from itself ->
+#: running_stats_update, running_stats_convergence, train_eval_switch (the resumed update);
+#: the mode follows torch.is_grad_enabled() -> grad_mode_independence, eval_forward (named as
+#: its consequence); plain-attribute statistics -> stats_are_buffers; float32 parameters
+#: promote a float16 input -> reduced_precision.
+#: None of them is a gradient defect: with grad enabled the seed's training branch is a
+#: differentiable function whose gradient autograd computes correctly, and gradients evaluates
+#: every forward from the same module state, so it passes. (It used to fail on some machines
+#: only: gradcheck's finite differences straddled a one-ulp float32 drift of the plain-attribute
+#: moving variance under 0.9*v + 0.1*v, which shows only for some installed variances, and which
+#: variances seed 0 drew depended on Hypothesis's pool of "local constants" -- see
+#: bncheck.profiles.machine_independent_draws.) Its initial state is correct.
+SEED_FIXED_PASSES = {"gradients", "initial_state"}
+SEED_FIXED_FAILS = set(names()) - SEED_FIXED_PASSES - {"empty_batch"}
 
 
 def test_verify_fixed_seed_fails_exactly_the_expected_properties(tmp_path):
@@ -60,8 +69,14 @@ def test_verify_fixed_seed_fails_exactly_the_expected_properties(tmp_path):
     r = run("verify", SEED_FIXED, "--convention", "onnx", "--json", str(out))
     assert r.returncode == 1
     data = json.loads(out.read_text())
-    failed = {p["name"] for p in data["properties"] if p["status"] == "failed"}
-    assert failed == SEED_FIXED_FAILS
+    status = {p["name"]: p["status"] for p in data["properties"]}
+    assert {n for n, s in status.items() if s == "failed"} == SEED_FIXED_FAILS
+    assert {n for n, s in status.items() if s == "passed"} == SEED_FIXED_PASSES
+    assert status["empty_batch"] == "skipped"
+    owners = {p["name"]: p["consequence_of"] for p in data["properties"]}
+    for own in ("train_forward", "running_stats_update", "grad_mode_independence",
+                "stats_are_buffers", "reduced_precision"):
+        assert owners[own] is None, own
     assert "moving_mean is a plain attribute" in r.stdout
     assert "Reproduce: bncheck verify" in r.stdout
 
@@ -94,9 +109,9 @@ def test_torch_target_and_skips():
 
 @pytest.mark.parametrize("args,match", [
     (["nope.py:BN"], "does not exist"),
-    (["torch.nn:NoSuchNorm"], "has no attribute 'NoSuchNorm'; available:"),
+    (["torch.nn:BatchNorm2D"], "has no attribute 'BatchNorm2D'; did you mean BatchNorm2d"),
     (["--dims", "2,x"], "--dims='2,x'"),
-    (["--convention", "keras"], "Invalid value for '--convention'"),
+    (["--convention", "flax"], "Invalid value for '--convention'"),
 ])
 def test_usage_errors_exit_2_without_traceback(args, match):
     # The whole table runs in-process in tests/unit/test_cli_verify_options.py.

@@ -11,6 +11,8 @@ DATA = Path(__file__).parents[1] / "data"
 USER_TESTS = f'''
 import sys
 import torch
+from hypothesis import settings
+settings.register_profile("ci", max_examples=1234)  # the user's own "ci" profile
 sys.path.insert(0, {str(DATA)!r})
 import seed_bn_fixed
 
@@ -22,8 +24,8 @@ def test_seed_bn(bncheck_verify):
                    properties=["stats_are_buffers"], examples=5)
 
 def test_profile_from_env():
-    from hypothesis import settings
-    assert settings.default.derandomize
+    assert settings.default.derandomize  # bncheck-ci, named by HYPOTHESIS_PROFILE
+    assert settings.get_profile("ci").max_examples == 1234  # the user's, untouched
 '''
 
 
@@ -31,7 +33,8 @@ def test_fixture_and_profile(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text(USER_TESTS)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         str(tmp_path / "test_user.py")], capture_output=True, text=True,
-                       cwd=tmp_path, env={**_env(), "HYPOTHESIS_PROFILE": "ci"}, timeout=300)
+                       cwd=tmp_path, env={**_env(), "HYPOTHESIS_PROFILE": "bncheck-ci"},
+                       timeout=300)
     out = r.stdout + r.stderr
     assert "2 passed, 1 failed" in out or "1 failed, 2 passed" in out, out
     assert "property stats_are_buffers failed" in out

@@ -68,3 +68,32 @@ def test_statistics_computed_in_float16_are_named_as_overflow():
     (result,) = report.results
     assert result.status == "failed"
     assert "overflowed" in result.message and "float32" in result.message, result.message
+
+
+#: Issue 7's third-party styles (tests/data/third_party; each file's header names its defect):
+#: (implementation, declarations, properties run, the failing properties that own a defect).
+#: Failures that are consequences of another property's defect are named as such and are not
+#: listed. More of these run in tests/unit/test_trust.py, one per issue item.
+STYLES = [
+    ("d2l_old.py:BatchNorm", {"convention": "onnx"},
+     ["running_stats_update", "grad_mode_independence", "stats_are_buffers", "eval_forward"],
+     {"grad_mode_independence", "stats_are_buffers"}),
+    ("d2l_new.py:BatchNorm", {"convention": "torch"},
+     ["running_stats_update", "grad_mode_independence", "stats_are_buffers"],
+     {"running_stats_update", "grad_mode_independence", "stats_are_buffers"}),
+    ("custom_gan_bn.py:CustomBN", {"dims": (2,)},
+     ["train_forward", "running_stats_update", "stats_are_buffers"],
+     {"running_stats_update", "stats_are_buffers"}),
+    ("cumulative_bn.py:CumulativeBN2d", {"momentum": None, "dims": (4,)},
+     ["running_stats_update", "running_stats_convergence", "differential", "empty_batch"],
+     set()),
+]
+
+
+@pytest.mark.parametrize(("spec", "kwargs", "props", "owners"), STYLES,
+                         ids=[s[0] for s in STYLES])
+def test_third_party_styles(spec, kwargs, props, owners):
+    report = verify(_target(spec, **kwargs), properties=props, examples=8, seed=0,
+                    shrink=False, dtypes=["float32", "float64"])
+    own = {r.name for r in report.failed if r.consequence_of is None}
+    assert own == owners, report.render()

@@ -51,5 +51,6 @@ def test_invalid_conventions(kwargs, match):
 
 
 def test_unknown_preset():
-    with pytest.raises(InvalidArgument, match=r"one of \['onnx', 'torch'\].*convention='keras'"):
-        convention("keras")
+    with pytest.raises(InvalidArgument,
+                       match=r"one of \['keras', 'onnx', 'torch'\].*convention='flax'"):
+        convention("flax")

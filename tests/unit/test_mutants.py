@@ -14,7 +14,8 @@ def test_mutant_is_killed_by_its_property(name):
     m = MUTANTS[name]
     assert m.killer in names()
     report = verify(m.factory, label=name, convention=m.convention, dims=m.dims,
-                    properties=[m.killer], profile="ci", shrink=False)
+                    properties=[m.killer], profile="ci", shrink=False,
+                    **dict(m.declarations))
     (result,) = report.results
     assert result.status == "failed", f"{name} survived {m.killer}"
 

@@ -40,7 +40,8 @@ def test_factory_wraps_constructor_errors(tmp_path):
     ("torch.nn:", r"Expected TARGET in the form"),
     ("does/not/exist.py:X", r"file 'does/not/exist.py' does not exist"),
     ("no_such_module_xyz:X", r"no module named 'no_such_module_xyz'"),
-    ("torch.nn:NoSuchThing", r"has no attribute 'NoSuchThing'; available: "),
+    ("torch.nn:NoSuchThing", r"has no attribute 'NoSuchThing'; no name close to it"),
+    ("torch.nn:BatchNorm2D", r"has no attribute 'BatchNorm2D'; did you mean BatchNorm2d"),
     ("math:pi", r"'pi' is a float, expected a Module class or a factory"),
 ])
 def test_bad_targets(spec, match):
@@ -62,5 +63,7 @@ def test_import_error_in_target_file_is_reported(tmp_path):
 def test_missing_name_lists_what_is_there(tmp_path):
     f = tmp_path / "impl.py"
     f.write_text("from torch import nn\nclass MyBN(nn.Module):\n    pass\n")
-    with pytest.raises(TargetError, match=r"available: MyBN"):
+    with pytest.raises(TargetError, match=r"did you mean MyBN\?"):
         load_target(f"{f}:MyBn")
+    with pytest.raises(TargetError, match=r"available: MyBN"):
+        load_target(f"{f}:Other")

@@ -30,7 +30,9 @@ def test_catalogue_is_documented():
 def test_correct_implementations_pass_everything(obj):
     report = verify(obj, profile="ci", examples=10, seed=1)
     assert report.ok, report.render()
-    assert {r.status for r in report.results} == {"passed"}
+    # torch's classes declare empty batches; the reference leaves empty_batch skipped
+    expected = {"passed"} if obj is not bncheck.BatchNorm else {"passed", "skipped"}
+    assert {r.status for r in report.results} == expected
 
 
 def test_skips_name_the_reason():
@@ -81,7 +83,7 @@ def test_check_batchnorm_raises_an_assertion_with_the_report():
     ({"profile": "fast"}, "profile='fast'"),
     ({"examples": 0}, "examples=0"),
     ({"dims": (6,)}, "dims=\\(6,\\)"),
-    ({"convention": "keras"}, "convention='keras'"),
+    ({"convention": "flax"}, "convention='flax'"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(InvalidArgument, match=match):

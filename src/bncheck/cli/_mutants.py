@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from bncheck.cli._common import EXIT_FAILED, console, debug_option, handles_errors
+from bncheck.cli._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    console,
+    debug_option,
+    err,
+    handles_errors,
+)
 from bncheck.cli._distributed import distributed_options
 
 
@@ -21,8 +28,8 @@ from bncheck.cli._distributed import distributed_options
               show_default=True, help="Hypothesis profile.")
 @click.option("--examples", type=click.IntRange(min=1), help="Examples per property.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Hypothesis seed.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the results as JSON here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the results as JSON here (checked before any work).")
 @distributed_options(device=False)
 @debug_option
 @handles_errors
@@ -34,19 +41,54 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
     A mutant is killed when some property fails on it; each should be killed by the property
     meant for it (listed first). With --world-size N, the distributed mutants against the
     distributed properties on N local processes. Exit status: 0 when every mutant is killed by
-    its property.
+    its property, 1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are reported).
     """
-    from bncheck.mutants import run_mutants
+    from bncheck._io import check_output_path, write_json_atomic
+    from bncheck.mutants import MutantResult, run_mutants
 
+    if json_path is not None:
+        json_path = check_output_path(json_path, "--json")
+    done: list[MutantResult] = []
+    try:
+        if world_size:
+            from bncheck.cli._distributed import run_mutants as run_distributed
+
+            run_distributed(list(names) or None, world_size=world_size, timeout=timeout,
+                            profile=profile, examples=examples, seed=seed,
+                            on_result=done.append)
+        else:
+            run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
+                        on_result=done.append)
+    except KeyboardInterrupt:
+        err(f"interrupted (Ctrl-C) after {len(done)} mutants"
+            + (f" (finished: {', '.join(r.mutant.name for r in done)})" if done else "")
+            + (f"; partial results written to {json_path}" if json_path else ""))
+        if json_path is not None:
+            write_json_atomic(json_path, {**_summary(done), "interrupted": True})
+        sys.exit(EXIT_INTERRUPTED)
     out = console()
-    if world_size:
-        from bncheck.cli._distributed import run_mutants as run_distributed
+    out.print(_table(done))
+    data = _summary(done)
+    out.print(f"Mutation score: {data['killed']}/{data['total']} "
+              f"({100.0 * data['score']:.0f}%) killed; {data['killed_as_meant']}/{data['total']} "
+              f"by the property meant for them")
+    if json_path is not None:
+        write_json_atomic(json_path, data)
+    if data["killed_as_meant"] < data["total"]:
+        sys.exit(EXIT_FAILED)
 
-        results = run_distributed(list(names) or None, world_size=world_size, timeout=timeout,
-                                  profile=profile, examples=examples, seed=seed)
-    else:
-        results = run_mutants(list(names) or None, profile=profile, examples=examples,
-                              seed=seed)
+
+def _summary(results: list[Any]) -> dict[str, Any]:
+    total = len(results)
+    killed = sum(r.killed for r in results)
+    return {"score": killed / total if total else 0.0, "killed": killed,
+            "killed_as_meant": sum(r.killed_as_meant for r in results), "total": total,
+            "mutants": [{"name": r.mutant.name, "defect": r.mutant.defect,
+                         "meant": r.mutant.killer, "killed_by": r.killed_by,
+                         "seconds": r.seconds} for r in results]}
+
+
+def _table(results: list[Any]) -> Table:
     table = Table()
     for col in ("mutant", "defect", "killed by", "time"):
         table.add_column(col)
@@ -59,17 +101,4 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
         else:
             cell = f"[red]survived[/] (meant: {r.mutant.killer})"
         table.add_row(r.mutant.name, escape(r.mutant.defect), cell, f"{r.seconds:.1f}s")
-    out.print(table)
-    killed = sum(r.killed for r in results)
-    meant = sum(r.killed_as_meant for r in results)
-    total = len(results)
-    out.print(f"Mutation score: {killed}/{total} ({100.0 * killed / total:.0f}%) killed; "
-              f"{meant}/{total} by the property meant for them")
-    if json_path is not None:
-        json_path.write_text(json.dumps({
-            "score": killed / total, "killed": killed, "killed_as_meant": meant, "total": total,
-            "mutants": [{"name": r.mutant.name, "defect": r.mutant.defect,
-                         "meant": r.mutant.killer, "killed_by": r.killed_by,
-                         "seconds": r.seconds} for r in results]}, indent=2))
-    if meant < total:
-        sys.exit(EXIT_FAILED)
+    return table

@@ -2,70 +2,118 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from bncheck.cli._common import EXIT_FAILED, console, debug_option, handles_errors
-from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options, replay_flags
+from bncheck._validation import not_set
+from bncheck.cli._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    console,
+    debug_option,
+    err,
+    handles_errors,
+)
+from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options
 from bncheck.errors import InvalidArgument
 
 REFERENCE = "bncheck.reference:BatchNorm"
 _STYLE = {"passed": "green", "failed": "red", "skipped": "yellow", "error": "magenta"}
 
 
+# -- parsing: strings to values; every rule is checked by the library ---------------------------
 def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise InvalidArgument(f"Expected {name} to be comma-separated input ranks like 2,4, "
                               f"received {name}={text!r}") from None
-    return values
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _momentum(text: str | None) -> float | None | str:
+def _pairs(text: str | None, name: str) -> dict[str, str] | None:
     if text is None:
-        return "default"
+        return None
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise InvalidArgument(f"Expected {name} as key=value pairs like "
+                                  f"{'affine=true' if name == '--fixed' else 'weight=scale'}, "
+                                  f"received {name}={text!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _flags(text: str | None) -> dict[str, bool] | None:
+    pairs = _pairs(text, "--fixed")
+    if pairs is None:
+        return None
+    out = {}
+    for key, value in pairs.items():
+        if value.lower() not in ("true", "false"):
+            raise InvalidArgument(f"Expected --fixed {key}=true or {key}=false, received "
+                                  f"--fixed={text!r}")
+        out[key] = value.lower() == "true"
+    return out
+
+
+def _momentum(text: str | None) -> Any:
+    if text is None:
+        return not_set
     if text.lower() == "none":
         return None
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise InvalidArgument(f"Expected --momentum to be a number in [0, 1] or 'none', "
                               f"received --momentum={text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise InvalidArgument(f"Expected --momentum in [0, 1], received --momentum={text}")
-    return value
 
 
+# -- the command -------------------------------------------------------------------------------
 @click.command()
 @click.argument("target", required=False)
-@click.option("--convention", type=click.Choice(["torch", "onnx"]), default="torch",
+@click.option("--convention", type=click.Choice(["torch", "onnx", "keras"]), default="torch",
               show_default=True, help="Running-statistics rule the target follows: torch "
-              "(new = (1-m)*old + m*batch, unbiased, m=0.1) or onnx (new = m*old + (1-m)*batch, "
-              "biased, m=0.9; also Keras, Flax, the seed notebook).")
+              "(new = (1-m)*old + m*batch, unbiased, m=0.1), onnx (new = m*old + (1-m)*batch, "
+              "biased, m=0.9; the seed notebook, old d2l) or keras (onnx's rule, m=0.99, "
+              "eps 1e-3, channels last).")
 @click.option("--momentum-weights", type=click.Choice(["batch", "old"]),
               help="Override: which value the momentum weights.")
 @click.option("--running-var", type=click.Choice(["unbiased", "biased"]),
               help="Override: which batch variance the running variance averages.")
+@click.option("--running-stat", type=click.Choice(["var", "std"]),
+              help="What the target stores: the running variance (default) or running std.")
 @click.option("--momentum", "momentum_text", metavar="M",
-              help="The target's momentum (a number or 'none'); default: the convention's.")
-@click.option("--eps", type=float, default=1e-5, show_default=True, help="The target's eps.")
+              help="The target's momentum (a number or 'none'); given, it is always passed to "
+              "the constructor and never drawn. Default: the convention's (drawn when the "
+              "constructor takes momentum).")
+@click.option("--eps", type=float, help="The target's eps (default: the convention's).")
 @click.option("--dims", "dims_text", metavar="2,4",
               help="Input ranks the target supports (default 2,4; 4 for nn.BatchNorm2d...).")
+@click.option("--names", "names_text", metavar="K=V,...",
+              help="The target's own attribute names, e.g. weight=scale,bias=shift,"
+              "running_mean=exp_mean,running_var=exp_var.")
+@click.option("--channel-axis", type=click.IntRange(-1, 1), metavar="1|-1",
+              help="-1 for channels-last layers ((N, C), (N, L, C), (N, H, W, C)).")
+@click.option("--mode-argument", metavar="NAME",
+              help="The call keyword that selects train/eval (Keras: training).")
+@click.option("--fixed", "fixed_text", metavar="K=V,...",
+              help="Constructor flags never to draw, e.g. affine=true,track_running_stats=true.")
+@click.option("--empty-batches", is_flag=True, default=None,
+              help="The target accepts empty batches (checked by empty_batch).")
 @click.option("--dtypes", "dtypes_text", metavar="LIST",
               help="Comma-separated dtypes to check (default float32,float64,float16,bfloat16).")
 @click.option("--property", "properties", multiple=True, metavar="NAME",
@@ -74,14 +122,16 @@ def _momentum(text: str | None) -> float | None | str:
               help="Hypothesis profile (default: $HYPOTHESIS_PROFILE, else ci).")
 @click.option("--examples", type=click.IntRange(min=1), help="Examples per property.")
 @click.option("--seed", type=int, help="Hypothesis seed (default 0 under ci, else random).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the report as JSON here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the report as JSON here (checked before any work).")
 @distributed_options()
 @debug_option
 @handles_errors
 def verify(target: str | None, convention: str, momentum_weights: str | None,
-           running_var: str | None, momentum_text: str | None, eps: float,
-           dims_text: str | None, dtypes_text: str | None, properties: tuple[str, ...],
+           running_var: str | None, running_stat: str | None, momentum_text: str | None,
+           eps: float | None, dims_text: str | None, names_text: str | None,
+           channel_axis: int | None, mode_argument: str | None, fixed_text: str | None,
+           empty_batches: bool | None, dtypes_text: str | None, properties: tuple[str, ...],
            profile: str | None, examples: int | None, seed: int | None,
            json_path: Path | None, world_size: int | None, timeout: float, device: str,
            debug: bool) -> None:
@@ -92,25 +142,18 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     Without TARGET, bncheck's reference BatchNorm is checked. With --world-size N, the
     distributed properties run on N local processes (TARGET defaults to bncheck.SyncBatchNorm).
 
-    Exit status: 0 all properties pass, 1 some property fails, 2 usage error.
+    Exit status: 0 all properties pass, 1 some property fails, 2 usage error, 130 Ctrl-C.
     """
+    from bncheck._io import check_output_path
     from bncheck.conventions import convention as preset
-    from bncheck.profiles import PROFILES, profile_from_env
     from bncheck.properties import get
     from bncheck.target import load_target
-    from bncheck.verify import _resolve_dtypes, build_target
-    from bncheck.verify import verify as run
+    from bncheck.verify import _resolve_dtypes, build_target, resolve_profile
 
-    spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
-    # Resolved here so the replay command names it even when it came from HYPOTHESIS_PROFILE.
-    if profile is None:
-        env = profile_from_env("ci")
-        profile = env if env in PROFILES else "ci"
-    conv = preset(convention, momentum_weights=momentum_weights, running_var=running_var)
-    mom = _momentum(momentum_text)
+    if json_path is not None:
+        json_path = check_output_path(json_path, "--json")
+    profile = resolve_profile(profile)  # named in the replay even when it came from the env
     dims = _ints(dims_text, "--dims")
-    if target is None and dims is None:
-        dims = (2, 3, 4, 5)  # the reference takes every rank: differential vs BatchNorm1d/2d/3d
     dtype_names = _names(dtypes_text)
     dtypes = _resolve_dtypes(dtype_names) if dtype_names is not None else None
     if world_size:
@@ -119,50 +162,105 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
         check_property_names(properties)
     for name in () if world_size else properties:
         get(name)
+    spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
     obj = load_target(spec)
     if world_size:
         from bncheck.distributed.verify import refuse_on_device
 
         refuse_on_device(obj, device)
+    conv = preset(convention, momentum_weights=momentum_weights, running_var=running_var,
+                  running_stat=running_stat)
     label = "bncheck reference BatchNorm" if target is None and not world_size else spec
-    t = build_target(obj, label=label, convention=conv,
-                     momentum=None if mom == "default" else mom,  # type: ignore[arg-type]
-                     eps=eps, dims=dims)
-    if mom is None:  # an explicit cumulative average
-        t = dataclasses.replace(t, momentum=None, cumulative=True)
+    t = build_target(
+        obj, label=label, convention=conv,
+        momentum=_momentum(momentum_text), eps=not_set if eps is None else eps,
+        dims=(2, 3, 4, 5) if target is None and dims is None and not world_size else dims,
+        names=_pairs(names_text, "--names"), channel_axis=channel_axis,
+        mode_argument=mode_argument, fixed=_flags(fixed_text), empty_batches=empty_batches,
+        debug=debug)
+    distributed = None if not world_size else {"spec": spec, "world_size": world_size,
+                                                "timeout": timeout, "device": device}
+    _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,
+         replay=_replay_command(profile), distributed=distributed)
 
-    def replay(name: str, s: int) -> str:
-        args = ["bncheck", "verify"] + ([target] if target else [])
-        for flag, value in (("--convention", convention if convention != "torch" else None),
-                            ("--momentum-weights", momentum_weights),
-                            ("--running-var", running_var), ("--momentum", momentum_text),
-                            ("--eps", None if eps == 1e-5 else repr(eps)), ("--dims", dims_text),
-                            ("--dtypes", dtypes_text),
-                            ("--profile", profile if profile != "ci" else None),
-                            ("--examples", None if examples is None else str(examples))):
-            if value is not None:
-                args += [flag, value]
-        args += replay_flags(world_size, timeout, device)
-        return shlex.join([*args, "--property", name, "--seed", str(s)])
+
+def _replay_command(profile: str) -> Any:
+    """``bncheck verify`` with the options the user gave, one property and the seed."""
+    ctx = click.get_current_context()
+    args: list[str] = ["bncheck", "verify"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.name in ("properties", "seed", "json_path", "profile", "debug") or \
+                value is None or value == param.default:
+            continue
+        if isinstance(param, click.Argument):
+            args.insert(2, str(value))
+        elif isinstance(param, click.Option) and param.is_flag:
+            args.append(param.opts[0])
+        elif isinstance(param, click.Option):
+            args += [param.opts[0], str(value)]
+    prof = [] if profile == "ci" else ["--profile", profile]
+
+    def replay(name: str, seed: int) -> str:
+        return shlex.join([*args, *prof, "--property", name, "--seed", str(seed)])
+    return replay
+
+
+def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
+         examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
+         distributed: dict[str, Any] | None = None) -> None:
+    from bncheck._io import write_json_atomic
+    from bncheck.verify import PropertyResult, Report, describe_target
+    from bncheck.verify import verify as run
 
     out = console()
-    out.print(f"bncheck verify {escape(label)}")
-    out.print(f"  convention: {escape(conv.describe())}")
-    out.print(f"  momentum {t.momentum}, eps {t.eps:g}, dims {','.join(map(str, t.dims))}, "
-              f"dtypes {dtypes_text or 'float32,float64,float16,bfloat16'}; configurable: "
-              f"{', '.join(sorted(t.configurable)) or 'nothing (built with defaults)'}")
-    start = time.perf_counter()
-    if world_size:
-        from bncheck.cli._distributed import run_verify
+    out.print(f"bncheck verify {escape(t.label)}")
+    out.print(f"  convention: {escape(t.convention.describe())}")
+    out.print(f"  {escape(describe_target(t))}")
+    done: list[PropertyResult] = []
 
-        report = run_verify(spec, t, world_size=world_size, timeout=timeout, device=device,
-                            properties=list(properties) or None, dtypes=dtypes,
-                            profile=profile, examples=examples, seed=seed, replay=replay)
-    else:
-        report = run(t, properties=list(properties) or None, dtypes=dtypes, profile=profile,
-                     examples=examples, seed=seed, replay=replay)
+    def finished(r: PropertyResult) -> None:
+        done.append(r)
+        if out.is_terminal:  # progress on a terminal; quiet when piped
+            out.print(f"  [{_STYLE[r.status]}]{r.status:7}[/] {r.name} ({r.seconds:.1f}s)")
+
+    start = time.perf_counter()
+    try:
+        if distributed:
+            from bncheck.cli._distributed import run_verify
+
+            report = run_verify(distributed["spec"], t, world_size=distributed["world_size"],
+                                timeout=distributed["timeout"], device=distributed["device"],
+                                properties=properties, dtypes=dtypes, profile=profile,
+                                examples=examples, seed=seed, replay=replay, on_result=finished)
+        else:
+            report = run(t, properties=properties, dtypes=dtypes, profile=profile,
+                         examples=examples, seed=seed, replay=replay, on_result=finished)
+    except KeyboardInterrupt:
+        partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
+                         profile, done)
+        err(f"interrupted (Ctrl-C) after {len(done)} properties"
+            + (f" (finished: {', '.join(r.name for r in done)})" if done else "")
+            + (f"; partial report written to {json_path}" if json_path else ""))
+        if json_path is not None:
+            write_json_atomic(json_path, {**partial.to_json(), "interrupted": True})
+        sys.exit(EXIT_INTERRUPTED)
     wall = time.perf_counter() - start
     out.print(f"  profile {report.profile}, seed {report.seed}")
+    out.print(_table(report))
+    for r in report.failed:
+        out.print(escape(r.render(t.label)), soft_wrap=True)
+        out.print()
+    out.print(f"{report.summary()} in {wall:.1f}s")
+    if json_path is not None:
+        write_json_atomic(json_path, {**report.to_json(), "wall_seconds": wall,
+                                      "command": shlex.join(["bncheck", "verify",
+                                                             *sys.argv[2:]])})
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+def _table(report: Any) -> Table:
     table = Table(title=None, show_lines=False)
     for col in ("property", "result", "examples", "time", "detail"):
         table.add_column(col)
@@ -172,17 +270,4 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
             detail = detail[:70].rsplit(" ", 1)[0] + " ..."
         table.add_row(r.name, f"[{_STYLE[r.status]}]{r.status}[/]", str(r.examples),
                       f"{r.seconds:.2f}s", escape(detail))
-    out.print(table)
-    for r in report.failed:
-        out.print(escape(r.render(label)), soft_wrap=True)
-        out.print()
-    passed = sum(r.status == "passed" for r in report.results)
-    skipped = sum(r.status == "skipped" for r in report.results)
-    out.print(f"{passed} passed, {len(report.failed)} failed, {skipped} skipped in {wall:.1f}s")
-    if json_path is not None:
-        data = report.to_json()
-        data["wall_seconds"] = wall
-        data["command"] = shlex.join(["bncheck", "verify", *sys.argv[2:]])
-        json_path.write_text(json.dumps(data, indent=2))
-    if not report.ok:
-        sys.exit(EXIT_FAILED)
+    return table

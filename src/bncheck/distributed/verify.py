@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncheck._validation import check_type
+from bncheck._validation import NotSet, check_type, not_set
 from bncheck.adapter import Target
 from bncheck.conventions import Convention
 from bncheck.distributed._base import RankAbort, SyncContext, SyncProperty
@@ -31,11 +31,18 @@ from bncheck.distributed._worker import takes_process_group
 from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
 from bncheck.distributed.properties import CATALOGUE, get
 from bncheck.errors import InvalidArgument, TargetError
-from bncheck.profiles import PROFILES, profile_from_env
 from bncheck.properties import Context
 from bncheck.strategies import DTYPES
 from bncheck.target import load_target
-from bncheck.verify import PropertyResult, Report, _resolve_dtypes, _settings, build_target
+from bncheck.verify import (
+    PropertyResult,
+    Report,
+    Status,
+    _resolve_dtypes,
+    _settings,
+    build_target,
+    resolve_profile,
+)
 
 __all__ = ["verify_distributed", "target_spec", "refuse_on_device"]
 
@@ -83,7 +90,7 @@ def _run_one(prop: SyncProperty, ctx: SyncContext, *, seed: int, config: Any) ->
     try:
         return run_property(prop, ctx, seed=seed, config=config)  # type: ignore[arg-type]
     except RankAbort as e:
-        return PropertyResult(prop.name, "failed", str(e), e.case.describe(),
+        return PropertyResult(prop.name, Status.FAILED, str(e), e.case.describe(),
                               ctx.examples - before, time.perf_counter() - start)
 
 
@@ -96,8 +103,9 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
                        on_result: Callable[[PropertyResult], None] | None = None,
                        timeout: float = DEFAULT_TIMEOUT, device: str = "cpu",
                        pool: WorkerPool | None = None, label: str | None = None,
-                       convention: Convention | str = "torch", momentum: float | None = None,
-                       eps: float = 1e-5, dims: Sequence[int] | None = None,
+                       convention: Convention | str = "torch",
+                       momentum: float | None | NotSet = not_set,
+                       eps: float | NotSet = not_set, dims: Sequence[int] | None = None,
                        prepared: Target | None = None) -> Report:
     """Run the distributed catalogue (or ``properties``) on ``world_size`` local ranks.
 
@@ -125,12 +133,7 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
     if device == "cuda" and not torch.cuda.is_available():
         raise InvalidArgument("Expected a CUDA device for device='cuda', but "
                               "torch.cuda.is_available() is False on this machine")
-    if profile is None:
-        env = profile_from_env("ci")
-        profile = env if env in PROFILES else "ci"
-    if profile not in PROFILES:
-        raise InvalidArgument(f"Expected profile to be one of {sorted(PROFILES)}, received "
-                              f"profile={profile!r}")
+    profile = resolve_profile(profile)
     if examples is not None:
         check_type(int, examples, "examples")
         if examples < 1:

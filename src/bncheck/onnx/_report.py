@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from bncheck.compare import Tolerance, compare
+from bncheck.compare import Tolerance, compare, max_errors
 from bncheck.onnx.bn_nodes import BNNode, Fold, bn_nodes, folds
 from bncheck.onnx.graph import io_specs
 from bncheck.onnx.localize import Localization, batch_dependent_nodes
@@ -28,7 +28,7 @@ from bncheck.onnx.runtimes._tolerances import concrete
 from bncheck.onnx.source import InputSpec, generated_inputs
 
 __all__ = ["Row", "Report", "Feeds", "node_text", "one_line", "structure_problems",
-           "max_errors", "start_report", "skip_rows", "run_on", "batch_of", "feeds_of",
+           "start_report", "skip_rows", "run_on", "batch_of", "feeds_of",
            "changed_rows", "batch_independence", "compare_outputs"]
 
 Feeds = dict[str, np.ndarray]
@@ -120,15 +120,6 @@ def structure_problems(model: Any) -> list[str]:
     except (onnx.shape_inference.InferenceError, RuntimeError) as e:
         problems.append(f"shape inference: {one_line(e)}")
     return problems
-
-
-def max_errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
-    if a.shape != e.shape or a.size == 0:
-        return float("inf"), float("inf")
-    diff = np.abs(a - e)
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
-    return float(np.nanmax(diff)), float(np.nanmax(rel))
 
 
 def start_report(model: Any, layers: Sequence[BNLayer] | None, known: set[str] | None = None

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bncheck.compare import compare
+from bncheck.compare import compare, max_errors
 from bncheck.errors import InvalidArgument, VerificationFailed
 from bncheck.onnx.export import export_onnx, write_atomic
 from bncheck.onnx.localize import eager_outputs
@@ -107,19 +107,12 @@ class GateResult:
         return not self.drift
 
 
-def _errors(a: np.ndarray, e: np.ndarray) -> tuple[float, float]:
-    if a.shape != e.shape:
-        return float("inf"), float("inf")
-    d = np.abs(a.astype(np.float64) - e.astype(np.float64))
-    return float(d.max()), float((d / np.maximum(np.abs(e), 1e-30)).max())
-
-
 def _compare_eager(result: GateResult, group: str, items: list[tuple[str, Any, np.ndarray]],
                    rows: int, what: str) -> None:
     tol = TOLERANCES["golden"]
     worst, bad = (0.0, 0.0), False
     for name, actual, expected in items:
-        worst = max(worst, _errors(np.asarray(actual), expected))
+        worst = max(worst, max_errors(np.asarray(actual), expected))
         m = compare(actual, expected, tolerance=tol, check_dtype=False,
                     name=f"{group}: eager {name} vs golden")
         if m is not None:

@@ -30,14 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bncheck.compare import compare
+from bncheck.compare import compare, max_errors
 from bncheck.onnx._report import (
     Report,
     Row,
     batch_independence,
     compare_outputs,
     feeds_of,
-    max_errors,
     one_line,
     run_on,
     skip_rows,

@@ -12,10 +12,17 @@ itself (invariances, grad modes). :func:`bncheck.verify.verify` runs them with H
 
 from __future__ import annotations
 
-from bncheck.properties import differential, forward, gradients, modes, stats  # noqa: F401
-from bncheck.properties._base import REGISTRY, Context, Property
+from bncheck.properties import (  # noqa: F401
+    differential,
+    forward,
+    gradients,
+    modes,
+    state,
+    stats,
+)
+from bncheck.properties._base import REGISTRY, Checks, Context, Facts, Property, PropertyCase
 
-__all__ = ["CATALOGUE", "Context", "Property", "get", "names"]
+__all__ = ["CATALOGUE", "Context", "Facts", "Property", "PropertyCase", "Checks", "get", "names"]
 
 #: Every property, in catalogue order.
 CATALOGUE: tuple[Property, ...] = tuple(sorted(REGISTRY.values(), key=lambda p: p.number))

@@ -1,35 +1,119 @@
-"""The property registry and what every property shares: the context, building, comparing."""
+"""The property contract: a typed drawn case with one renderer, checks that collect every
+independent failure, the registry, and what every property shares (building, comparing).
+
+A property is ``run(ctx, case, checks)``: it calls the target only through
+:class:`~bncheck.adapter.Adapted` (whose :meth:`~bncheck.adapter.Adapted.invoke` is the one path
+into user code), records each independent finding with ``checks`` and returns; the runner raises
+the collected findings as one :class:`~bncheck.errors.PropertyFailure`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
 from bncheck import oracle
-from bncheck.adapter import Adapted, PropertyFailure, Target
-from bncheck.compare import compare
-from bncheck.properties._tolerance import ChannelTolerance, forward_tolerance
-from bncheck.strategies import BNCase, BNConfig, bn_cases, bn_configs, dtype_name
+from bncheck._validation import not_set
+from bncheck.adapter import Adapted, Target
+from bncheck.compare import Tolerance, compare
+from bncheck.errors import PropertyFailure
+from bncheck.properties._tolerance import forward_tolerance
+from bncheck.strategies import BNCase, BNConfig, Mode, bn_cases, bn_configs, dtype_name, show_values
 
-__all__ = ["Context", "Property", "REGISTRY", "register", "expect_close", "check_output",
-           "stat_values", "FULL", "REDUCED"]
+__all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
+           "register", "check_output", "expect_close", "stat_values", "needs_full", "needs_stats",
+           "FULL", "REDUCED"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
-_DRAW: Any = "draw"
+#: Channel counts up to this are drawn now and then (past vector widths 8 and 16).
+WIDE_CHANNELS = 17
+
+
+class DrawnCase(Protocol):
+    """What every property's drawn case offers: its dtype and one rendering."""
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def describe(self) -> str: ...
+
+    def with_dtype(self, dtype: torch.dtype) -> DrawnCase: ...
+
+
+@dataclass(frozen=True)
+class PropertyCase:
+    """A drawn :class:`~bncheck.strategies.BNCase` and the extras a property draws with it,
+    each typed and rendered in one place (:meth:`describe`)."""
+
+    case: BNCase
+    #: running mean and variance installed before the property runs
+    installed: tuple[Tensor, Tensor] | None = None
+    #: training steps taken
+    steps: int | None = None
+    #: a positive per-channel scale and a shift applied to the input (invariances)
+    scale: tuple[float, ...] | None = None
+    shift: tuple[float, ...] | None = None
+    #: a permutation of the batch
+    permutation: tuple[int, ...] | None = None
+    #: the grad mode of the eval forwards (train_eval_switch)
+    eval_mode: Mode | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.case.dtype
+
+    def with_dtype(self, dtype: torch.dtype) -> PropertyCase:
+        return replace(self, case=self.case.with_dtype(dtype))
+
+    def with_matching_grad_modes(self) -> PropertyCase:
+        """The same case with grad enabled for training forwards and disabled for eval ones (a
+        layer that picks its mode from grad mode then sees the mode it is in)."""
+        mode = Mode(self.case.mode.training, "enabled" if self.case.mode.training else "no_grad")
+        return replace(self, case=replace(self.case, mode=mode),
+                       eval_mode=None if self.eval_mode is None else Mode(False, "no_grad"))
+
+    def describe(self) -> str:
+        parts = [self.case.describe()]
+        if self.installed is not None:
+            parts.append(f"installed running_mean={show_values(self.installed[0])}, "
+                         f"running_var={show_values(self.installed[1])}")
+        if self.steps is not None:
+            parts.append(f"training steps={self.steps}")
+        if self.scale is not None and self.shift is not None:
+            parts.append(f"input scaled by {show_values(torch.tensor(self.scale))} and shifted "
+                         f"by {show_values(torch.tensor(self.shift))} per channel")
+        if self.permutation is not None:
+            parts.append(f"batch permutation={list(self.permutation)}")
+        if self.eval_mode is not None:
+            parts.append(f"eval forwards in {self.eval_mode}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What bncheck learned about the target before running properties (preflight)."""
+
+    #: why the running statistics do not follow ``module.to(dtype)``, or None when they do
+    stats_not_cast: str | None = None
+    #: that the target picks train/eval from autograd's grad mode, or None
+    mode_from_grad: str | None = None
+    #: that no running statistics were found, or None
+    no_stats: str | None = None
 
 
 @dataclass(frozen=True)
 class Context:
-    """What the properties verify: the target and the dtypes requested."""
+    """What the properties verify: the target, the dtypes requested, the preflight facts."""
 
     target: Target
     dtypes: tuple[torch.dtype, ...] = (*FULL, *REDUCED)
+    facts: Facts = field(default_factory=Facts)
 
     @property
     def full_dtypes(self) -> tuple[torch.dtype, ...]:
@@ -42,16 +126,18 @@ class Context:
     def configs(self, *, track_running_stats: bool | None = None, allow_cumulative: bool = True,
                 min_batch_weight: float = 0.0, max_batch_weight: float = 1.0,
                 ) -> st.SearchStrategy[BNConfig]:
-        """Configurations: drawn where the target's constructor takes the keyword, else the
-        values the target declares."""
-        t, conf = self.target, self.target.configurable
+        """Configurations: drawn where the target's constructor takes the keyword, else (and
+        for fixed flags and a declared momentum) the values the target declares."""
+        t, conf, fixed = self.target, self.target.configurable, self.target.fixed_flags
         track = track_running_stats
         if "track_running_stats" not in conf:
-            track = True
-        momentum: Any = _DRAW if "momentum" in conf else t.momentum
+            track = fixed.get("track_running_stats", True)
+        affine = None if "affine" in conf else fixed.get("affine", True)
+        bias = None if "bias" in conf else fixed.get("bias", True)
         return bn_configs(
-            convention=t.convention, eps=None if "eps" in conf else t.eps, momentum=momentum,
-            affine=None if "affine" in conf else True, track_running_stats=track,
+            convention=t.convention, eps=None if "eps" in conf else t.eps,
+            momentum=not_set if "momentum" in conf else t.momentum, affine=affine,
+            track_running_stats=track, bias=bias,
             allow_cumulative=allow_cumulative and t.cumulative, min_batch_weight=min_batch_weight,
             max_batch_weight=max_batch_weight)
 
@@ -63,6 +149,12 @@ class Context:
         return bn_cases(dims=self.target.dims, dtypes=dtypes or self.full_dtypes,
                         configs=configs if configs is not None else self.configs(), **kwargs)
 
+    def with_stats(self, cases: st.SearchStrategy[BNCase], **extra: st.SearchStrategy[Any]
+                   ) -> st.SearchStrategy[PropertyCase]:
+        """Each case with running statistics to install (and ``extra`` fields drawn)."""
+        return cases.flatmap(lambda c: st.builds(
+            PropertyCase, st.just(c), stat_values(c.num_features), **extra))
+
     def build(self, case: BNCase, *, dtype: torch.dtype | None = None) -> Adapted:
         """Build the target for ``case`` (converted to the case's dtype unless float32) with the
         case's weight and bias."""
@@ -70,13 +162,48 @@ class Context:
         dtype = dtype or case.dtype
         bn = self.target.build(case.num_features, ndim=case.ndim, eps=c.eps, momentum=c.momentum,
                                affine=c.affine, track_running_stats=c.track_running_stats,
-                               dtype=None if dtype == torch.float32 else dtype)
+                               bias=c.bias, dtype=None if dtype == torch.float32 else dtype)
         bn.set_params(case.weight, case.bias)
         return bn
 
 
-#: Channel counts up to this are drawn now and then (past vector widths 8 and 16).
-WIDE_CHANNELS = 17
+class Checks:
+    """Collects every independent check that fails in one run of a property.
+
+    The first failure is reported in full, each further one on one line; a check that cannot
+    go on after a failure (the target raised, a missing output) raises at once instead.
+    """
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+    def that(self, ok: bool, message: str) -> bool:
+        if not ok:
+            self.fail(message)
+        return ok
+
+    def close(self, actual: Tensor, expected: Tensor, tol: Tolerance, what: str,
+              *, note: str = "") -> bool:
+        """``actual`` within ``tol`` of ``expected`` (an assert_close-style report if not)."""
+        mismatch = compare(actual, expected, rtol=tol.rtol, atol=tol.atol, name=what,
+                           check_dtype=False)
+        if mismatch is None:
+            return True
+        self.fail(f"{mismatch}{note}\nTolerance: {tol.reason}")
+        return False
+
+    def raise_if_failed(self) -> None:
+        if not self.failures:
+            return
+        first, *rest = self.failures
+        if rest:
+            first += (f"\nAlso failed ({len(rest)} more independent check"
+                      f"{'s' if len(rest) > 1 else ''}):\n"
+                      + "\n".join(f"- {m.splitlines()[0]}" for m in rest))
+        raise PropertyFailure(first)
 
 
 @dataclass(frozen=True)
@@ -89,35 +216,21 @@ class Property:
     catches: str
     tolerance: str
     cases: Callable[[Context], st.SearchStrategy[Any]]
-    run: Callable[[Context, Any], None]
+    run: Callable[[Context, Any, Checks], None]
     requires: Callable[[Context], str | None]
 
     def skip_reason(self, ctx: Context) -> str | None:
         return self.requires(ctx)
 
-    def describe(self, case: Any) -> str:
-        if isinstance(case, BNCase):
-            return case.describe()
-        if isinstance(case, tuple) and case and isinstance(case[0], BNCase):
-            extras = [_show(v) for v in case[1:]]
-            return case[0].describe() + "".join(f", {e}" for e in extras if e)
-        describe = getattr(case, "describe", None)
-        return describe() if callable(describe) else repr(case)
+    def describe(self, case: DrawnCase) -> str:
+        return case.describe()
 
-
-def _show(value: Any) -> str:
-    """Short rendering of a drawn extra (installed statistics, scales, permutations...)."""
-    if (isinstance(value, tuple) and len(value) == 2
-            and all(isinstance(v, Tensor) for v in value)):
-        return f"installed running_mean={_show(value[0])}, running_var={_show(value[1])}"
-    if isinstance(value, int):
-        return f"training steps={value}"
-    if isinstance(value, Tensor):
-        return str([float(f"{v:.6g}") for v in value.detach().flatten().tolist()])
-    if isinstance(value, tuple | list):
-        return "(" + ", ".join(_show(v) for v in value) + ")" if isinstance(value, tuple) \
-            else str([float(f"{v:.6g}") if isinstance(v, float) else v for v in value])
-    return str(value)
+    def check(self, ctx: Context, case: DrawnCase) -> None:
+        """Run the property once on ``case``; raise :class:`PropertyFailure` with every
+        independent failure."""
+        checks = Checks()
+        self.run(ctx, case, checks)
+        checks.raise_if_failed()
 
 
 REGISTRY: dict[str, Property] = {}
@@ -130,21 +243,39 @@ def needs_full(ctx: Context) -> str | None:
     return None
 
 
+def needs_stats(ctx: Context) -> str | None:
+    """Skip reason of the properties that read the running statistics, when there are none
+    (reported once, by the preflight)."""
+    if ctx.facts.no_stats:
+        return "needs the running statistics, which were not found (see running_statistics)"
+    return needs_full(ctx)
+
+
 def register(number: int, name: str, *, checks: str, catches: str, tolerance: str,
              cases: Callable[[Context], st.SearchStrategy[Any]],
              requires: Callable[[Context], str | None] = needs_full,
-             ) -> Callable[[Callable[[Context, Any], None]], Callable[[Context, Any], None]]:
-    """Add the decorated ``run(ctx, case)`` to :data:`REGISTRY` as property ``name``."""
+             ) -> Callable[[Callable[[Context, Any, Checks], None]],
+                           Callable[[Context, Any, Checks], None]]:
+    """Add the decorated ``run(ctx, case, checks)`` to :data:`REGISTRY` as property ``name``."""
 
-    def deco(run: Callable[[Context, Any], None]) -> Callable[[Context, Any], None]:
+    def deco(run: Callable[[Context, Any, Checks], None]) -> Callable[[Context, Any, Checks],
+                                                                        None]:
         REGISTRY[name] = Property(number, name, checks, catches, tolerance, cases, run, requires)
         return run
 
     return deco
 
 
+def expect_close(actual: Tensor, expected: Tensor, tol: Tolerance, what: str) -> None:
+    """Raise :class:`PropertyFailure` with an assert_close-style report unless close (a check
+    that ends the property; :meth:`Checks.close` records one and goes on)."""
+    checks = Checks()
+    checks.close(actual, expected, tol, what)
+    checks.raise_if_failed()
+
+
 def check_output(y: Tensor, x: Tensor, what: str) -> None:
-    """The output has the input's shape and dtype."""
+    """The output has the input's shape and dtype (nothing else can be compared otherwise)."""
     if tuple(y.shape) != tuple(x.shape):
         raise PropertyFailure(f"{what}: output shape {tuple(y.shape)} != input shape "
                               f"{tuple(x.shape)}")
@@ -153,34 +284,22 @@ def check_output(y: Tensor, x: Tensor, what: str) -> None:
                               f"{dtype_name(x.dtype)}")
 
 
-def expect_close(actual: Tensor, expected: Tensor, tol: ChannelTolerance, what: str) -> None:
-    """Raise :class:`PropertyFailure` with an assert_close-style report unless close."""
-    mismatch = compare(actual, expected, rtol=tol.rtol, atol=tol.atol, name=what,
-                       check_dtype=False)
-    if mismatch is not None:
-        raise PropertyFailure(f"{mismatch}\nTolerance: {tol.reason}")
-
-
-def expect_oracle_train(bn: Adapted, x: Tensor, y: Tensor, eps: float, what: str) -> None:
-    """``y`` is the training-mode output of ``bn`` for ``x``: compare with the oracle."""
+def oracle_train(bn: Adapted, x: Tensor, eps: float, dtype: torch.dtype
+                 ) -> tuple[Tensor, Tolerance]:
+    """The training-mode output the oracle gives for ``x`` with ``bn``'s weight and bias, and
+    its tolerance."""
     mean, var = oracle.batch_stats(x)
-    params = bn.params()
-    w, b = params if params is not None else (None, None)
-    expected = oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b)
-    expect_close(y, expected, forward_tolerance(x, mean, var, eps=eps, weight=w, bias=b,
-                                                dtype=y.dtype if y.is_floating_point()
-                                                else x.dtype), what)
+    w, b = bn.params()
+    return (oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b),
+            forward_tolerance(x, mean, var, eps=eps, weight=w, bias=b, dtype=dtype))
 
 
-def expect_oracle_eval(bn: Adapted, x: Tensor, y: Tensor, mean: Tensor, var: Tensor,
-                       eps: float, what: str) -> None:
-    """``y`` is the eval-mode output for ``x`` with running statistics ``mean``, ``var``."""
-    params = bn.params()
-    w, b = params if params is not None else (None, None)
-    expected = oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b)
-    expect_close(y, expected, forward_tolerance(x, mean, var, eps=eps, n=1, weight=w, bias=b,
-                                                dtype=y.dtype if y.is_floating_point()
-                                                else x.dtype), what)
+def oracle_eval(bn: Adapted, x: Tensor, mean: Tensor, var: Tensor, eps: float,
+                dtype: torch.dtype) -> tuple[Tensor, Tolerance]:
+    """The eval-mode output for ``x`` with running statistics ``mean``, ``var``."""
+    w, b = bn.params()
+    return (oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b),
+            forward_tolerance(x, mean, var, eps=eps, n=1, weight=w, bias=b, dtype=dtype))
 
 
 def stat_values(c: int) -> st.SearchStrategy[tuple[Tensor, Tensor]]:

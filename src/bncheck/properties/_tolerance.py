@@ -17,15 +17,14 @@ bounded by the same formula with float64's roundoff, far below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from bncheck.compare import Tolerance
 from bncheck.oracle import channel_view, count_per_channel, reduce_dims
 
-__all__ = ["SAFETY", "roundoff", "accumulation_dtype", "ChannelTolerance", "forward_tolerance",
-           "stats_tolerance", "gradient_tolerances"]
+__all__ = ["SAFETY", "roundoff", "accumulation_dtype", "forward_tolerance",
+           "stats_tolerance", "gradient_tolerances", "std_tolerance"]
 
 #: Margin over the first-order bounds (dropped constants, rounding of intermediate steps).
 SAFETY = 8.0
@@ -42,22 +41,6 @@ def roundoff(dtype: torch.dtype) -> float:
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a correct BatchNorm accumulates in: float32 for 16-bit inputs, else ``dtype``."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-@dataclass(frozen=True)
-class ChannelTolerance:
-    """``|actual - expected| <= atol + rtol * |expected|`` with a per-channel ``atol``."""
-
-    rtol: float
-    atol: Tensor
-    reason: str
-
-    def kwargs(self) -> dict[str, object]:
-        return {"rtol": self.rtol, "atol": self.atol}
-
-    def __add__(self, other: ChannelTolerance) -> ChannelTolerance:
-        return ChannelTolerance(self.rtol + other.rtol, self.atol + other.atol,
-                                f"{self.reason} (sum of the two implementations' bounds)")
 
 
 def _xhat_error(x64: Tensor, mean: Tensor, var: Tensor, eps: float, n: int,
@@ -77,7 +60,7 @@ def _xhat_error(x64: Tensor, mean: Tensor, var: Tensor, eps: float, n: int,
 
 def forward_tolerance(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, n: int | None = None,
                       weight: Tensor | None = None, bias: Tensor | None = None,
-                      dtype: torch.dtype | None = None) -> ChannelTolerance:
+                      dtype: torch.dtype | None = None) -> Tolerance:
     """Tolerance of ``weight * (x - mean) / sqrt(var + eps) + bias`` for an implementation
     whose statistics come from a reduction over ``n`` values per channel (``n=1``: given
     statistics, eval mode). ``(C,)`` float64 arguments; ``dtype`` is the output dtype."""
@@ -98,7 +81,7 @@ def forward_tolerance(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, n: in
     tiny = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
     underflow = SAFETY * torch.finfo(accumulation_dtype(dtype)).tiny * (1 + g)
     atol = SAFETY * (g * dxhat + max(u, u_out) * (g * dev + b)) + 2 * tiny + underflow
-    return ChannelTolerance(
+    return Tolerance(
         2 * u_out + SAFETY * u, channel_view(atol, x64.dim()),
         f"{str(dtype).removeprefix('torch.')} output (u={u_out:.2g}), statistics accumulated "
         f"in {str(accumulation_dtype(dtype)).removeprefix('torch.')} over n={n} values per "
@@ -107,7 +90,7 @@ def forward_tolerance(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, n: in
 
 def stats_tolerance(x: Tensor, old_mean: Tensor, old_var: Tensor, batch_mean: Tensor,
                     batch_var: Tensor, *, weight: float, correction: float,
-                    stat_dtype: torch.dtype) -> tuple[ChannelTolerance, ChannelTolerance]:
+                    stat_dtype: torch.dtype) -> tuple[Tolerance, Tolerance]:
     """Tolerances of the running mean and variance after one update with batch weight
     ``weight``; ``correction`` is ``n / (n - 1)`` for an unbiased running variance, else 1."""
     x64 = x.detach().to(torch.float64)
@@ -132,14 +115,14 @@ def stats_tolerance(x: Tensor, old_mean: Tensor, old_var: Tensor, batch_mean: Te
     # Values below the smallest normal number of the statistics' dtype are not representable.
     floor = 2 * torch.finfo(stat_dtype).tiny if stat_dtype.is_floating_point else 0.0
     mean_atol, var_atol = mean_atol + floor, var_atol + floor
-    return (ChannelTolerance(rtol, mean_atol, "running mean: " + why),
-            ChannelTolerance(rtol, var_atol, "running variance: " + why))
+    return (Tolerance(rtol, mean_atol, "running mean: " + why),
+            Tolerance(rtol, var_atol, "running variance: " + why))
 
 
 def gradient_tolerances(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, grad: Tensor,
                         weight: Tensor | None, training: bool,
-                        dtype: torch.dtype) -> tuple[ChannelTolerance, ChannelTolerance,
-                                                     ChannelTolerance]:
+                        dtype: torch.dtype) -> tuple[Tolerance, Tolerance,
+                                                     Tolerance]:
     """Tolerances of the input, weight and bias gradients for upstream gradient ``grad``.
 
     ``dx = weight / s * (g - mean(g) - xhat * mean(g * xhat))`` in training (``weight / s * g``
@@ -158,6 +141,15 @@ def gradient_tolerances(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, gra
     dw = SAFETY * n * gmax * (dxhat + u * dev) + floor
     db = SAFETY * n * u * gmax + floor
     why = f"gradient sums over n={n} values in {str(dtype).removeprefix('torch.')}, x{SAFETY:g}"
-    return (ChannelTolerance(SAFETY * u, channel_view(dx, x64.dim()), "input grad: " + why),
-            ChannelTolerance(SAFETY * u, dw, "weight grad: " + why),
-            ChannelTolerance(SAFETY * u, db, "bias grad: " + why))
+    return (Tolerance(SAFETY * u, channel_view(dx, x64.dim()), "input grad: " + why),
+            Tolerance(SAFETY * u, dw, "weight grad: " + why),
+            Tolerance(SAFETY * u, db, "bias grad: " + why))
+
+
+def std_tolerance(var_tol: Tolerance, expected_var: Tensor) -> Tolerance:
+    """The tolerance of a stored standard deviation from its variance's: ``d(sqrt v) = dv /
+    (2 sqrt v)`` to first order, with ``sqrt(atol)`` where the variance is near zero."""
+    atol = torch.as_tensor(var_tol.atol, dtype=torch.float64)
+    s = expected_var.clamp_min(0).sqrt()
+    std_atol = torch.minimum(atol / (2 * s).clamp_min(1e-300), atol.sqrt())
+    return Tolerance(var_tol.rtol, std_atol, var_tol.reason + "; as a standard deviation")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from hypothesis import strategies as st
 
 from bncheck import oracle
-from bncheck.adapter import PropertyFailure
+from bncheck.adapter import Adapted
 from bncheck.properties._base import (
+    Checks,
     Context,
+    PropertyCase,
     check_output,
-    expect_close,
-    expect_oracle_eval,
-    expect_oracle_train,
+    needs_stats,
+    oracle_eval,
+    oracle_train,
     register,
-    stat_values,
 )
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
 from bncheck.strategies import BNCase, dtype_name
@@ -29,18 +28,20 @@ from bncheck.strategies import BNCase, dtype_name
     catches="normalizing with running/moving statistics, unbiased variance, eps outside the "
             "sqrt, wrong reduction dims, swapped weight and bias, exceptions in forward",
     tolerance="forward_tolerance: unit roundoff x reduction length x max|x|/std, x8",
-    cases=lambda ctx: ctx.cases(training=True, grad_modes=["enabled"]),
+    cases=lambda ctx: ctx.cases(training=True, grad_modes=["enabled"]).map(PropertyCase),
 )
-def train_forward(ctx: Context, case: BNCase) -> None:
+def train_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case = drawn.case
     bn = ctx.build(case).train(True)
     y = bn.call(case.x, what="a training forward")
     check_output(y, case.x, "training output")
-    expect_oracle_train(bn, case.x, y, case.config.eps, "training output")
+    expected, tol = oracle_train(bn, case.x, case.config.eps, y.dtype)
+    checks.close(y, expected, tol, "training output")
 
 
-def _eval_cases(ctx: Context) -> st.SearchStrategy[Any]:
-    return ctx.cases(training=False, configs=ctx.configs(track_running_stats=True)).flatmap(
-        lambda c: st.tuples(st.just(c), stat_values(c.num_features)))
+def _eval_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
+    return ctx.with_stats(ctx.cases(training=False,
+                                    configs=ctx.configs(track_running_stats=True)))
 
 
 @register(
@@ -51,11 +52,13 @@ def _eval_cases(ctx: Context) -> st.SearchStrategy[Any]:
     catches="batch statistics in eval, mode chosen by grad mode, statistics updated in eval",
     tolerance="forward_tolerance with n=1 (no reduction), x8",
     cases=_eval_cases,
+    requires=needs_stats,
 )
-def eval_forward(ctx: Context, drawn: tuple[BNCase, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    case, (mean, var) = drawn
+def eval_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case = drawn.case
+    assert drawn.installed is not None
     bn = ctx.build(case)
-    bn.set_stats(mean, var)
+    bn.set_stats(*drawn.installed)
     mean, var = bn.require_stats()  # as stored (rounded to the statistics' dtype)
     count = bn.num_batches_tracked()
     bn.train(False)
@@ -64,30 +67,29 @@ def eval_forward(ctx: Context, drawn: tuple[BNCase, tuple[torch.Tensor, torch.Te
         check_output(y, case.x, "eval output")
         after = bn.require_stats()
         y1 = bn.call(case.x[:1], what="an eval forward of one sample")
-    for name, before, now in (("running mean", mean, after[0]), ("running variance", var,
-                                                                 after[1])):
-        if not torch.equal(before, now):
-            raise PropertyFailure(f"an eval forward changed the {name} (eval must only read "
-                                  f"the running statistics)\n"
-                                  f"before: {before.tolist()}\nafter:  {now.tolist()}")
-    if count is not None and bn.num_batches_tracked() != count:
-        raise PropertyFailure(f"an eval forward changed num_batches_tracked from {count} to "
-                              f"{bn.num_batches_tracked()}")
-    expect_oracle_eval(bn, case.x, y, mean, var, case.config.eps, "eval output")
-    params = bn.params()
-    w, b = params if params is not None else (None, None)
-    tol = forward_tolerance(case.x[:1], mean, var, eps=case.config.eps, n=1, weight=w, bias=b,
-                            dtype=case.dtype)
-    expect_close(y1, y[:1].detach(), tol + tol,
+    for name, before, now in (("running mean", mean, after[0]),
+                              ("running variance", var, after[1])):
+        checks.that(torch.equal(before, now),
+                    f"an eval forward changed the {name} (eval must only read the running "
+                    f"statistics)\nbefore: {before.tolist()}\nafter:  {now.tolist()}")
+    checks.that(count is None or bn.num_batches_tracked() == count,
+                f"an eval forward changed num_batches_tracked from {count} to "
+                f"{bn.num_batches_tracked()}")
+    expected, tol = oracle_eval(bn, case.x, mean, var, case.config.eps, case.dtype)
+    checks.close(y, expected, tol, "eval output")
+    _, tol1 = oracle_eval(bn, case.x[:1], mean, var, case.config.eps, case.dtype)
+    checks.close(y1, y[:1].detach(), tol1 + tol1,
                  "eval output of sample 0 alone vs. within the batch")
 
 
-def _invariance_cases(ctx: Context) -> st.SearchStrategy[Any]:
-    def extra(c: BNCase) -> st.SearchStrategy[Any]:
-        vec = st.lists(st.floats(0.1, 10.0), min_size=c.num_features, max_size=c.num_features)
+def _invariance_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
+    def extra(c: BNCase) -> st.SearchStrategy[PropertyCase]:
+        scale = st.lists(st.floats(0.1, 10.0), min_size=c.num_features,
+                         max_size=c.num_features).map(tuple)
         shift = st.lists(st.floats(-10.0, 10.0), min_size=c.num_features,
-                         max_size=c.num_features)
-        return st.tuples(st.just(c), vec, shift, st.permutations(range(c.shape[0])))
+                         max_size=c.num_features).map(tuple)
+        return st.builds(PropertyCase, st.just(c), scale=scale, shift=shift,
+                         permutation=st.permutations(range(c.shape[0])).map(tuple))
     return ctx.cases(training=True, grad_modes=["enabled"]).flatmap(extra)
 
 
@@ -100,38 +102,38 @@ def _invariance_cases(ctx: Context) -> st.SearchStrategy[Any]:
     tolerance="sum of the forward_tolerance of both runs",
     cases=_invariance_cases,
 )
-def invariances(ctx: Context, drawn: tuple[BNCase, list[float], list[float], list[int]]) -> None:
-    case, scale, shift, perm = drawn
+def invariances(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case = drawn.case
+    assert drawn.scale is not None and drawn.shift is not None and drawn.permutation is not None
     eps, nd = case.config.eps, case.ndim
-    a = oracle.channel_view(torch.tensor(scale, dtype=torch.float64), nd)
-    b = oracle.channel_view(torch.tensor(shift, dtype=torch.float64), nd)
+    scale = torch.tensor(drawn.scale, dtype=torch.float64)
+    a = oracle.channel_view(scale, nd)
+    b = oracle.channel_view(torch.tensor(drawn.shift, dtype=torch.float64), nd)
     x = case.x
     x2 = (a * x.to(torch.float64) + b).to(case.dtype)
     bn1, bn2, bn3 = ctx.build(case).train(), ctx.build(case).train(), ctx.build(case).train()
     y = bn1.call(x, what="a training forward").detach()
     y2 = bn2.call(x2, what="a training forward of the affinely changed input").detach()
-    params = bn1.params()
-    w, beta = params if params is not None else (None, None)
+    w, beta = bn1.params()
     m1, v1 = oracle.batch_stats(x)
     m2, v2 = oracle.batch_stats(x2)
     # (y - bias) scales by a * sqrt(var + eps) / sqrt(var' + eps): exactly 1 only when eps = 0.
-    k = oracle.channel_view(torch.tensor(scale, dtype=torch.float64) * torch.sqrt(v1 + eps)
-                            / torch.sqrt(v2 + eps), nd)
+    k = oracle.channel_view(scale * torch.sqrt(v1 + eps) / torch.sqrt(v2 + eps), nd)
     bias_v = oracle.channel_view(beta, nd) if beta is not None else 0.0
     expected = bias_v + (y.to(torch.float64) - bias_v) * k
     t1 = forward_tolerance(x, m1, v1, eps=eps, weight=w, bias=beta, dtype=case.dtype)
     t2 = forward_tolerance(x2, m2, v2, eps=eps, weight=w, bias=beta, dtype=case.dtype)
     t1 = type(t1)(t1.rtol, t1.atol * k.abs() + t1.atol, t1.reason)
-    expect_close(y2, expected, t1 + t2, "output for a*x+b vs. output for x (a > 0 per channel)")
-    idx = torch.tensor(perm)
+    checks.close(y2, expected, t1 + t2, "output for a*x+b vs. output for x (a > 0 per channel)")
+    idx = torch.tensor(drawn.permutation)
     y3 = bn3.call(x[idx], what="a training forward of the permuted batch").detach()
-    expect_close(y3, y[idx], t1 + t1, "output for the permuted batch vs. permuted output")
+    checks.close(y3, y[idx], t1 + t1, "output for the permuted batch vs. permuted output")
 
 
-def _reduced_cases(ctx: Context) -> st.SearchStrategy[Any]:
-    return ctx.cases(dtypes=ctx.reduced_dtypes, training=True, grad_modes=["enabled"],
-                     configs=ctx.configs(track_running_stats=True)).flatmap(
-        lambda c: st.tuples(st.just(c), stat_values(c.num_features)))
+def _reduced_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
+    return ctx.with_stats(ctx.cases(dtypes=ctx.reduced_dtypes, training=True,
+                                    grad_modes=["enabled"],
+                                    configs=ctx.configs(track_running_stats=True)))
 
 
 def _needs_reduced(ctx: Context) -> str | None:
@@ -152,65 +154,68 @@ def _needs_reduced(ctx: Context) -> str | None:
     cases=_reduced_cases,
     requires=_needs_reduced,
 )
-def reduced_precision(ctx: Context, drawn: tuple[BNCase, tuple[torch.Tensor, torch.Tensor]]
-                      ) -> None:
-    case, (eval_mean, eval_var) = drawn
-    conv, cfg, x = ctx.target.convention, case.config, case.x
+def reduced_precision(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case = drawn.case
+    assert drawn.installed is not None
+    cfg, x, name = case.config, case.x, dtype_name(case.dtype)
     bn = ctx.build(case).train(True)
     before = bn.stats()
-    y = bn.call(x, what=f"a {dtype_name(case.dtype)} training forward")
-    check_output(y, x, f"{dtype_name(case.dtype)} training output")
-    mean, var = oracle.batch_stats(x)
-    expected = oracle.normalize(x, mean, var, eps=cfg.eps, weight=None, bias=None)
-    params = bn.params()
-    if params is not None:
-        expected = oracle.normalize(x, mean, var, eps=cfg.eps, weight=params[0], bias=params[1])
-    finite_expected = torch.isfinite(expected.to(case.dtype))
-    bad = finite_expected & ~torch.isfinite(y.detach())
+    y = bn.call(x, what=f"a {name} training forward")
+    check_output(y, x, f"{name} training output")
+    expected, tol = oracle_train(bn, x, cfg.eps, y.dtype)
+    bad = torch.isfinite(expected.to(case.dtype)) & ~torch.isfinite(y.detach())
     if bool(bad.any()):
-        raise PropertyFailure(
-            f"{dtype_name(case.dtype)} training output: {int(bad.sum())} / {bad.numel()} "
-            f"values are inf or nan where the oracle is finite (first at index "
+        checks.fail(
+            f"{name} training output: {int(bad.sum())} / {bad.numel()} values are inf or nan "
+            f"where the oracle is finite (first at index "
             f"{tuple(int(i) for i in bad.nonzero()[0])}); the largest |x| is "
             f"{float(x.abs().max()):g}")
-    expect_oracle_train(bn, x, y, cfg.eps, f"{dtype_name(case.dtype)} training output")
+    else:
+        checks.close(y, expected, tol, f"{name} training output")
     if before is not None and bn.stats() is not None:
-        after = bn.require_stats()
-        n = oracle.count_per_channel(x.shape)
-        w = conv.batch_weight(cfg.momentum, (bn.num_batches_tracked() or 1))
-        run_var = conv.running_variance(var, n)
-        corr = n / (n - 1) if conv.running_var == "unbiased" else 1.0
-        sdt = bn.stat_dtype() or torch.float32
-        tm, tv = stats_tolerance(x, before[0], before[1], mean, var, weight=w, correction=corr,
-                                 stat_dtype=sdt)
-        exp_m = conv.update(before[0], mean, momentum=cfg.momentum,
-                            steps=bn.num_batches_tracked() or 1)
-        exp_v = conv.update(before[1], run_var, momentum=cfg.momentum,
-                            steps=bn.num_batches_tracked() or 1)
-        for got, exp, batch, tol, name in ((after[0], exp_m, mean, tm, "running_mean"),
-                                           (after[1], exp_v, run_var, tv, "running_var")):
-            # Where the exact value overflows the statistics' dtype, any inf/nan is as wrong
-            # as the other: compare only the representable channels. So is a batch statistic
-            # that overflows it: rounding the batch statistic to the statistics' dtype before
-            # blending (running.mul_(1 - m).add_(m * var.to(running.dtype))) is legitimate.
-            keep = torch.isfinite(exp.to(sdt)) & torch.isfinite(batch.to(sdt))
-            overflow = keep & ~torch.isfinite(got)
-            if bool(overflow.any()):
-                c = int(overflow.nonzero()[0])
-                raise PropertyFailure(
-                    f"{dtype_name(case.dtype)} {name} is {float(got[c]):g} at channel {c} where "
-                    f"the exact value {float(exp[c]):g} and the batch statistic "
-                    f"{float(batch[c]):g} fit in {dtype_name(sdt)}: the statistics overflowed, "
-                    f"computed in 16 bits (e.g. squares of deviations above "
-                    f"{torch.finfo(case.dtype).max ** 0.5:g}); accumulate them in float32")
-            expect_close(got[keep], exp.to(sdt).to(torch.float64)[keep],
-                         type(tol)(tol.rtol, tol.atol[keep], tol.reason),
-                         f"{name} (representable channels)")
-        bn.set_stats(eval_mean, eval_var)
+        _check_reduced_stats(ctx, bn, drawn, before, checks)
+        bn.set_stats(*drawn.installed)
         stored = bn.require_stats()
         bn.train(False)
         with torch.no_grad():
-            ye = bn.call(x, what=f"a {dtype_name(case.dtype)} eval forward")
-        check_output(ye, x, f"{dtype_name(case.dtype)} eval output")
-        expect_oracle_eval(bn, x, ye, stored[0], stored[1], cfg.eps,
-                           f"{dtype_name(case.dtype)} eval output")
+            ye = bn.call(x, what=f"a {name} eval forward")
+        check_output(ye, x, f"{name} eval output")
+        expected, tol = oracle_eval(bn, x, stored[0], stored[1], cfg.eps, case.dtype)
+        checks.close(ye, expected, tol, f"{name} eval output")
+
+
+def _check_reduced_stats(ctx: Context, bn: Adapted, drawn: PropertyCase,
+                         before: tuple[torch.Tensor, torch.Tensor], checks: Checks) -> None:
+    case, conv, cfg = drawn.case, ctx.target.convention, drawn.case.config
+    x, name = case.x, dtype_name(case.dtype)
+    after = bn.require_stats()
+    mean, var = oracle.batch_stats(x)
+    n = oracle.count_per_channel(x.shape)
+    steps = bn.num_batches_tracked() or 1
+    w = conv.batch_weight(cfg.momentum, steps)
+    sdt = bn.stat_dtype() or torch.float32
+    tm, tv = stats_tolerance(x, before[0], before[1], mean, var, weight=w,
+                             correction=conv.correction(n), stat_dtype=sdt)
+    exp_m, exp_v = conv.expected_stats(before[0], before[1], mean, var, count=n,
+                                       momentum=cfg.momentum, steps=steps)
+    run_var = conv.running_variance(var, n)
+    for got, exp, batch, tol, stat in ((after[0], exp_m, mean, tm, "running_mean"),
+                                       (after[1], exp_v, run_var, tv, "running_var")):
+        # Where the exact value overflows the statistics' dtype, any inf/nan is as wrong as the
+        # other: compare only the representable channels. So is a batch statistic that
+        # overflows it: rounding the batch statistic to the statistics' dtype before blending
+        # (running.mul_(1 - m).add_(m * var.to(running.dtype))) is legitimate.
+        keep = torch.isfinite(exp.to(sdt)) & torch.isfinite(batch.to(sdt))
+        overflow = keep & ~torch.isfinite(got)
+        if bool(overflow.any()):
+            c = int(overflow.nonzero()[0])
+            checks.fail(
+                f"{name} {stat} is {float(got[c]):g} at channel {c} where the exact value "
+                f"{float(exp[c]):g} and the batch statistic {float(batch[c]):g} fit in "
+                f"{dtype_name(sdt)}: the statistics overflowed, computed in 16 bits (e.g. "
+                f"squares of deviations above {torch.finfo(case.dtype).max ** 0.5:g}); "
+                f"accumulate them in float32")
+            continue
+        checks.close(got[keep], exp.to(sdt).to(torch.float64)[keep], tol.restricted(keep),
+                     f"{stat} (representable channels)")
+

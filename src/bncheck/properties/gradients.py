@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
 from torch.autograd.gradcheck import GradcheckError
-from torch.func import functional_call
 
 from bncheck import oracle
-from bncheck.adapter import PropertyFailure, TargetRaised
-from bncheck.properties._base import Context, register, stat_values
+from bncheck.properties._base import Checks, Context, PropertyCase, register
 from bncheck.properties._tolerance import SAFETY, roundoff
 
 
-def _cases(ctx: Context) -> st.SearchStrategy[Any]:
+def _cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     # Small inputs (gradcheck costs two forwards per element) of well-conditioned channels:
     # finite differences of a near-constant channel are dominated by 1/sqrt(eps).
-    return ctx.cases(dtypes=(torch.float64,), grad_modes=["enabled"], max_batch=4,
-                     max_channels=3, max_side=2, kinds=["standard"]).flatmap(
-        lambda c: st.tuples(st.just(c), stat_values(c.num_features)))
+    return ctx.with_stats(ctx.cases(dtypes=(torch.float64,), grad_modes=["enabled"],
+                                    max_batch=4, max_channels=3, max_side=2,
+                                    kinds=["standard"]))
 
 
 def _first_line(e: BaseException) -> str:
@@ -31,51 +27,53 @@ def _first_line(e: BaseException) -> str:
 @register(
     7, "gradients",
     checks="float64 gradcheck of the output with respect to input, weight and bias (train and "
-           "eval); in training the input gradient sums to zero over each channel",
+           "eval), each forward from the same module state; in training the input gradient "
+           "sums to zero over each channel",
     catches="hand-written backward with a missing or wrong term, non-differentiable steps, "
             "gradients flowing through detached statistics",
     tolerance="gradcheck defaults (eps=1e-6, atol=1e-5, rtol=1e-3); zero sum: n^2 x float64 "
               "roundoff x the size of the gradient terms, x8",
     cases=_cases,
-    requires=lambda ctx: None,
+    requires=lambda ctx: None if torch.float64 in ctx.dtypes else (
+        "needs float64 (gradcheck's finite differences); requested dtypes: "
+        + ", ".join(str(d).removeprefix("torch.") for d in ctx.dtypes)),
 )
-def gradients(ctx: Context, drawn: tuple[Any, tuple[Tensor, Tensor]]) -> None:
-    case, (mean0, var0) = drawn
+def gradients(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case = drawn.case
     training = case.mode.training
     bn = ctx.build(case, dtype=torch.float64)
-    if bn.has_stats:
-        bn.set_stats(mean0, var0)
+    if bn.has_stats and drawn.installed is not None:
+        bn.set_stats(*drawn.installed)
     bn.train(training)
-    module = bn.module
     x = case.x.to(torch.float64).detach().clone().requires_grad_(True)
-    names = [n for n in (bn.weight_name, bn.bias_name) if n is not None]
-    leaves = []
-    for name in names:
-        p = getattr(module, name)
-        leaves.append(p.detach().clone().requires_grad_(True))
+    names = bn.param_names()
+    keys = [bn.param_key(n) for n in names]
+    leaves = [getattr(bn.module, n) for n in names]
+    leaves = [(p.value if not isinstance(p, Tensor) else p).detach().clone().requires_grad_(True)
+              for p in leaves]
+    # A gradient is that of a function: every forward starts from the same state. Running
+    # statistics a training forward moves are put back, so an output that (wrongly) reads them
+    # is still a fixed function of (x, weight, bias) here; train_forward owns that defect.
+    state = bn.snapshot()
+    mode = "train" if training else "eval"
 
     def f(x_: Tensor, *ps: Tensor) -> Tensor:
-        return functional_call(module, dict(zip(names, ps, strict=True)), (x_,))  # type: ignore[no-any-return]
+        bn.restore(state)
+        return bn.functional(x_, dict(zip(keys, ps, strict=True)),
+                             what=f"a {mode} forward under gradcheck")
 
     label = ["input", *names]
     try:
-        torch.autograd.gradcheck(f, (x, *leaves), eps=1e-6, atol=1e-5, rtol=1e-3,
-                                 raise_exception=True)
+        bn.gradcheck(f, (x, *leaves), what="gradcheck", eps=1e-6, atol=1e-5, rtol=1e-3,
+                     raise_exception=True)
     except GradcheckError as e:
-        raise PropertyFailure(f"gradcheck ({'train' if training else 'eval'} mode, "
-                              f"inputs: {', '.join(label)}): {_first_line(e)}") from None
-    except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
-        raise TargetRaised(f"the target raised {type(e).__name__} during gradcheck: "
-                           f"{_first_line(e)}") from None
+        checks.fail(f"gradcheck ({mode} mode, inputs: {', '.join(label)}): {_first_line(e)}")
+        return
     if not training:
         return
-    try:
-        y = f(x, *leaves)
-        g = torch.cos(torch.arange(y.numel(), dtype=torch.float64) * 1.7).reshape(y.shape)
-        (dx,) = torch.autograd.grad(y, x, g)
-    except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
-        raise TargetRaised(f"the target raised {type(e).__name__} in backward: "
-                           f"{_first_line(e)}") from None
+    y = f(x, *leaves)
+    g = torch.cos(torch.arange(y.numel(), dtype=torch.float64) * 1.7).reshape(y.shape)
+    dx = bn.grad(y, x, g, what="backward")
     dims = oracle.reduce_dims(x.dim())
     n = oracle.count_per_channel(x.shape)
     sums = dx.sum(dim=dims)
@@ -86,13 +84,13 @@ def gradients(ctx: Context, drawn: tuple[Any, tuple[Tensor, Tensor]]) -> None:
         torch.sqrt(var + case.config.eps), x.dim())
     terms = (g.abs().amax(dim=dims) * (2 + xhat.square().amax(dim=dims))
              / torch.sqrt(var + case.config.eps))
-    if leaves:
+    if names and bn.weight_name is not None:
         terms = terms * leaves[0].detach().reshape(-1).abs()
     bound = SAFETY * n * n * roundoff(torch.float64) * terms + 1e-300
     bad = sums.abs() > bound
     if bool(bad.any()):
         c = int(bad.nonzero()[0])
-        raise PropertyFailure(
+        checks.fail(
             f"training input gradient does not sum to zero over channel {c}: sum = "
             f"{float(sums[c]):.6g} (up to {float(bound[c]):.3g} allowed); the gradient through "
             f"the batch mean is missing or wrong")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from hypothesis import strategies as st
-from torch import Tensor
 
 from bncheck import oracle
-from bncheck.properties._base import Context, expect_close, register, stat_values
+from bncheck.properties._base import Checks, Context, PropertyCase, needs_stats, register
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
-from bncheck.strategies import GRAD_MODES, BNCase, Mode
+from bncheck.strategies import GRAD_MODES, Mode
 
 
-def _cases(ctx: Context) -> st.SearchStrategy[Any]:
-    return ctx.cases(grad_modes=["enabled"], configs=ctx.configs(track_running_stats=True)
-                     ).flatmap(lambda c: st.tuples(st.just(c), stat_values(c.num_features)))
+def _cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
+    return ctx.with_stats(ctx.cases(grad_modes=["enabled"],
+                                    configs=ctx.configs(track_running_stats=True)))
 
 
 @register(
@@ -27,23 +24,24 @@ def _cases(ctx: Context) -> st.SearchStrategy[Any]:
     catches="train/eval chosen by torch.is_grad_enabled() instead of module.training",
     tolerance="forward_tolerance (and stats_tolerance) of two runs, summed",
     cases=_cases,
+    requires=needs_stats,
 )
-def grad_mode_independence(ctx: Context, drawn: tuple[BNCase, tuple[Tensor, Tensor]]) -> None:
-    case, (mean0, var0) = drawn
+def grad_mode_independence(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case = drawn.case
+    assert drawn.installed is not None
     training, cfg, x = case.mode.training, case.config, case.x
     outputs, stats = {}, {}
     for grad in GRAD_MODES:
         mode = Mode(training, grad)
         bn = ctx.build(case)
-        bn.set_stats(mean0, var0)
+        bn.set_stats(*drawn.installed)
         start = bn.require_stats()
         bn.train(training)
         with mode.context():
             y = bn.call(x, what=f"a forward in {mode}")
         outputs[grad] = y.detach().to(torch.float64)
         stats[grad] = bn.require_stats()
-    params = bn.params()
-    w, b = params if params is not None else (None, None)
+    w, b = bn.params()
     if training:
         mean, var = oracle.batch_stats(x)
         tol = forward_tolerance(x, mean, var, eps=cfg.eps, weight=w, bias=b, dtype=case.dtype)
@@ -52,16 +50,17 @@ def grad_mode_independence(ctx: Context, drawn: tuple[BNCase, tuple[Tensor, Tens
                                 dtype=case.dtype)
     mode_name = "train" if training else "eval"
     for grad in GRAD_MODES[1:]:
-        expect_close(outputs[grad], outputs["enabled"], tol + tol,
+        checks.close(outputs[grad], outputs["enabled"], tol + tol,
                      f"{mode_name} output under {grad} vs. with grad enabled")
     if training:
+        conv = ctx.target.convention
         n = oracle.count_per_channel(x.shape)
-        corr = n / (n - 1) if ctx.target.convention.running_var == "unbiased" else 1.0
-        wgt = ctx.target.convention.batch_weight(cfg.momentum, 1)
-        tm, tv = stats_tolerance(x, start[0], start[1], mean, var, weight=wgt, correction=corr,
+        tm, tv = stats_tolerance(x, start[0], start[1], mean, var,
+                                 weight=conv.batch_weight(cfg.momentum, 1),
+                                 correction=conv.correction(n),
                                  stat_dtype=bn.stat_dtype() or torch.float32)
         for grad in GRAD_MODES[1:]:
-            expect_close(stats[grad][0], stats["enabled"][0], tm + tm,
+            checks.close(stats[grad][0], stats["enabled"][0], tm + tm,
                          f"running_mean updated under {grad} vs. with grad enabled")
-            expect_close(stats[grad][1], stats["enabled"][1], tv + tv,
+            checks.close(stats[grad][1], stats["enabled"][1], tv + tv,
                          f"running_var updated under {grad} vs. with grad enabled")

@@ -4,71 +4,83 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
 from bncheck import oracle
-from bncheck.adapter import Adapted, PropertyFailure
-from bncheck.compare import compare
+from bncheck.adapter import Adapted
+from bncheck.compare import Tolerance, compare
 from bncheck.conventions import Convention
-from bncheck.properties._base import Context, check_output, expect_close, register, stat_values
-from bncheck.properties._tolerance import ChannelTolerance, forward_tolerance, stats_tolerance
-from bncheck.strategies import BNCase, BNConfig, Mode, dtype_name, modes, shapes
+from bncheck.properties._base import (
+    Checks,
+    Context,
+    PropertyCase,
+    check_output,
+    needs_stats,
+    register,
+)
+from bncheck.properties._tolerance import forward_tolerance, stats_tolerance, std_tolerance
+from bncheck.strategies import BNConfig, dtype_name, modes, shapes
 
 
 def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor, Tensor],
-                  momentum: float | None, steps: int, what: str) -> None:
-    """The running statistics after a training step on ``x`` follow ``conv``."""
-    after = bn.require_stats()
+                  momentum: float | None, steps: int, what: str, checks: Checks) -> None:
+    """The running statistics after a training step on ``x`` follow ``conv`` (``before``: the
+    running mean and variance before the step)."""
+    got_mean, got_second = bn.stored_stats()
     mean, var = oracle.batch_stats(x)
     n = oracle.count_per_channel(x.shape)
     w = conv.batch_weight(momentum, steps)
-    corr = n / (n - 1) if conv.running_var == "unbiased" else 1.0
-    tm, tv = stats_tolerance(x, before[0], before[1], mean, var, weight=w, correction=corr,
+    tm, tv = stats_tolerance(x, before[0], before[1], mean, var, weight=w,
+                             correction=conv.correction(n),
                              stat_dtype=bn.stat_dtype() or torch.float32)
     rule = conv.describe().split(": ", 1)[1]
-    exp_m = conv.update(before[0], mean, momentum=momentum, steps=steps)
-    exp_v = conv.update(before[1], conv.running_variance(var, n), momentum=momentum, steps=steps)
+    exp_m, exp_v = conv.expected_stats(before[0], before[1], mean, var, count=n,
+                                       momentum=momentum, steps=steps)
+    second, exp_second, t_second = "running_var", exp_v, tv
+    if bn.stores_std:
+        second, exp_second, t_second = "running_std", exp_v.sqrt(), std_tolerance(tv, exp_v)
     m_note = "cumulative average, 1/num_batches_tracked" if momentum is None else f"{momentum:g}"
-    for got, exp, tol, name in ((after[0], exp_m, tm, "running_mean"),
-                                (after[1], exp_v, tv, "running_var")):
+    for got, exp, tol, name in ((got_mean, exp_m, tm, "running_mean"),
+                                (got_second, exp_second, t_second, second)):
         mismatch = compare(got, exp, rtol=tol.rtol, atol=tol.atol, name=f"{name} {what}",
                            check_dtype=False)
         if mismatch is not None:
-            raise PropertyFailure(
+            checks.fail(
                 f"{mismatch}\nExpected ({rule}; momentum {m_note}; batch of n={n} per channel): "
                 f"{[round(v, 6) for v in exp.tolist()]}\n"
                 f"Got: {[round(v, 6) for v in got.tolist()]}\nTolerance: {tol.reason}")
 
 
-def _update_cases(ctx: Context) -> st.SearchStrategy[Any]:
-    return ctx.cases(training=True, grad_modes=["enabled"],
-                     configs=ctx.configs(track_running_stats=True)).flatmap(
-        lambda c: st.tuples(st.just(c), stat_values(c.num_features), st.integers(1, 3)))
+def _update_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
+    return ctx.with_stats(ctx.cases(training=True, grad_modes=["enabled"],
+                                    configs=ctx.configs(track_running_stats=True)),
+                          steps=st.integers(1, 3))
 
 
 @register(
     4, "running_stats_update",
     checks="after each training step the running mean and variance follow the declared "
            "convention (momentum rule, biased/unbiased variance, cumulative average for "
-           "momentum=None) and num_batches_tracked counts the steps",
+           "momentum=None, a stored standard deviation) and num_batches_tracked counts the steps",
     catches="running variance updated from itself, biased/unbiased swapped, momentum rule "
             "flipped, wrong cumulative average, num_batches_tracked not counted",
     tolerance="stats_tolerance: reduction error of the batch statistics x batch weight plus the "
               "rounding of the stored statistics, x8",
     cases=_update_cases,
+    requires=needs_stats,
 )
-def running_stats_update(ctx: Context, drawn: tuple[BNCase, tuple[Tensor, Tensor], int]) -> None:
-    case, (mean0, var0), steps = drawn
+def running_stats_update(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case, steps = drawn.case, drawn.steps or 1
+    assert drawn.installed is not None
     conv, cfg = ctx.target.convention, case.config
     bn = ctx.build(case)
     bn.require_stats()
     count0 = bn.num_batches_tracked()
-    bn.set_stats(mean0, var0)
+    bn.set_stats(*drawn.installed)
     bn.train(True)
     for step in range(1, steps + 1):
         x = case.x if step == 1 else (case.x.to(torch.float64) * (1 + 0.5 * step) + step).to(
@@ -76,10 +88,14 @@ def running_stats_update(ctx: Context, drawn: tuple[BNCase, tuple[Tensor, Tensor
         before = bn.require_stats()
         bn.call(x, what=f"training step {step}")
         expect_update(conv, bn, x, before, cfg.momentum, (count0 or 0) + step,
-                      f"after training step {step}")
-        if count0 is not None and bn.num_batches_tracked() != count0 + step:
-            raise PropertyFailure(f"num_batches_tracked is {bn.num_batches_tracked()} after "
-                                  f"{step} training step(s), expected {count0 + step}")
+                      f"after training step {step}", checks)
+        count = bn.num_batches_tracked()
+        if not checks.that(count0 is None or count == count0 + step,
+                           f"num_batches_tracked is {count} after {step} training step(s), "
+                           f"expected {(count0 or 0) + step}"):
+            return
+        if checks.failures:
+            return
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,9 @@ class ConvergenceCase:
         return (f"shape={self.shape}, dtype={dtype_name(self.dtype)}, {self.config}, "
                 f"data ~ N(mean={list(self.mean)}, std={list(self.std)}), generator seed "
                 f"{self.seed}")
+
+    def with_dtype(self, dtype: torch.dtype) -> ConvergenceCase:
+        return replace(self, dtype=dtype)
 
 
 def _convergence_cases(ctx: Context) -> st.SearchStrategy[ConvergenceCase]:
@@ -125,12 +144,13 @@ SIGMAS = 10.0
     tolerance=f"remaining bias (1-w)^T |init - limit| + {SIGMAS:g} standard deviations of the "
               "averaged batch statistic (fixed generator seed: deterministic)",
     cases=_convergence_cases,
+    requires=needs_stats,
 )
-def running_stats_convergence(ctx: Context, case: ConvergenceCase) -> None:
+def running_stats_convergence(ctx: Context, case: ConvergenceCase, checks: Checks) -> None:
     conv, cfg = ctx.target.convention, case.config
     c, nd = case.shape[1], len(case.shape)
     bn = ctx.target.build(c, ndim=nd, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine,
-                          track_running_stats=True,
+                          track_running_stats=True, bias=cfg.bias,
                           dtype=None if case.dtype == torch.float32 else case.dtype)
     init_m, init_v = bn.require_stats()
     bn.train(True)
@@ -146,7 +166,10 @@ def running_stats_convergence(ctx: Context, case: ConvergenceCase) -> None:
     got_m, got_v = bn.require_stats()
     mean = torch.tensor(case.mean, dtype=torch.float64)
     var = torch.tensor(case.std, dtype=torch.float64).square()
-    limit_v = var if conv.running_var == "unbiased" else var * (n - 1) / n
+    limit_v = var * (n - 1) / n * conv.correction(n)
+    if conv.running_stat == "std":  # an average of standard deviations: E[s] = c4(n) sigma
+        c4 = math.sqrt(2 / (n - 1)) * math.exp(math.lgamma(n / 2) - math.lgamma((n - 1) / 2))
+        limit_v = limit_v * c4 * c4
     # Var of the averaged statistic: a batch mean has var/n, an unbiased batch variance
     # 2 var^2 / (n - 1) (normal data); an EMA with batch weight w keeps w / (2 - w) of it, a
     # cumulative average over T steps 1 / T.
@@ -159,16 +182,16 @@ def running_stats_convergence(ctx: Context, case: ConvergenceCase) -> None:
     bound_v = decay * (init_v - limit_v).abs() + SIGMAS * sd_v + fp * limit_v
     why = (f"{steps} steps with batch weight {'1/k' if cfg.momentum is None else f'{w:.3g}'}, "
            f"n={n} values per channel per batch: remaining bias + {SIGMAS:g} sd")
-    expect_close(got_m, mean, ChannelTolerance(0.0, bound_m, why),
+    checks.close(got_m, mean, Tolerance(0.0, bound_m, why),
                  f"running_mean after {steps} batches from N(mean, std^2)")
-    expect_close(got_v, limit_v, ChannelTolerance(0.0, bound_v, why),
+    checks.close(got_v, limit_v, Tolerance(0.0, bound_v, why),
                  f"running_var after {steps} batches (limit: {conv.running_var} std^2)")
 
 
-def _switch_cases(ctx: Context) -> st.SearchStrategy[Any]:
-    return st.tuples(ctx.cases(training=True, grad_modes=["enabled"],
-                               configs=ctx.configs(track_running_stats=True)),
-                     modes(training=False))
+def _switch_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
+    return st.builds(PropertyCase, ctx.cases(training=True, grad_modes=["enabled"],
+                                             configs=ctx.configs(track_running_stats=True)),
+                     eval_mode=modes(training=False))
 
 
 @register(
@@ -181,9 +204,11 @@ def _switch_cases(ctx: Context) -> st.SearchStrategy[Any]:
     tolerance="eval outputs: forward_tolerance with n=1, x2 (two runs); statistics frozen "
               "exactly; the resumed update: stats_tolerance",
     cases=_switch_cases,
+    requires=needs_stats,
 )
-def train_eval_switch(ctx: Context, drawn: tuple[BNCase, Mode]) -> None:
-    case, eval_mode = drawn
+def train_eval_switch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case, eval_mode = drawn.case, drawn.eval_mode
+    assert eval_mode is not None
     conv, cfg = ctx.target.convention, case.config
     x, x2 = case.x, (case.x.to(torch.float64).flip(0) * 0.5 + 0.25).to(case.dtype)
     bn = ctx.build(case).train(True)
@@ -197,84 +222,80 @@ def train_eval_switch(ctx: Context, drawn: tuple[BNCase, Mode]) -> None:
         check_output(ye, x2, "eval output")
         bn.call(x2 * 2, what=f"a second eval forward ({eval_mode})")
     now = bn.require_stats()
-    for name, a, now_v in (("running_mean", frozen[0], now[0]), ("running_var", frozen[1], now[1])):
-        if not torch.equal(a, now_v):
-            raise PropertyFailure(f"{name} changed in eval mode ({eval_mode}): eval() must "
-                                  f"freeze the statistics\nafter training: {a.tolist()}\n"
-                                  f"after eval:     {now_v.tolist()}")
-    if count is not None and bn.num_batches_tracked() != count:
-        raise PropertyFailure("num_batches_tracked changed in eval mode")
-    params = bn.params()
-    w, b = params if params is not None else (None, None)
+    for name, a, now_v in (("running_mean", frozen[0], now[0]),
+                           ("running_var", frozen[1], now[1])):
+        checks.that(torch.equal(a, now_v),
+                    f"{name} changed in eval mode ({eval_mode}): eval() must freeze the "
+                    f"statistics\nafter training: {a.tolist()}\nafter eval:     "
+                    f"{now_v.tolist()}")
+    checks.that(count is None or bn.num_batches_tracked() == count,
+                "num_batches_tracked changed in eval mode")
+    w, b = bn.params()
     tol = forward_tolerance(x2, frozen[0], frozen[1], eps=cfg.eps, n=1, weight=w, bias=b,
                             dtype=case.dtype)
     bn.train(True)
     bn.train(False)
     with eval_mode.context():
         again = bn.call(x2, what="an eval forward after train(); eval()")
-    expect_close(again, ye, tol + tol, "eval output after toggling train()/eval()")
-    state = bn.module.state_dict()
+    checks.close(again, ye, tol + tol, "eval output after toggling train()/eval()")
+    state = bn.state_dict()
     fresh = ctx.build(case)
-    try:
-        fresh.module.load_state_dict(copy.deepcopy(state))
-    except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
-        raise PropertyFailure(f"load_state_dict of the module's own state_dict into a fresh "
-                              f"instance raised {type(e).__name__}: {e}") from None
+    fresh.load_state_dict(copy.deepcopy(state))
     fresh.train(False)
     with eval_mode.context():
         yf = fresh.call(x2, what="an eval forward of a fresh instance after load_state_dict")
-    expect_close(yf, ye, tol + tol, "eval output of a fresh instance loaded from state_dict "
+    checks.close(yf, ye, tol + tol, "eval output of a fresh instance loaded from state_dict "
                  f"(state_dict keys: {sorted(state)})")
+    if checks.failures:  # the resumed update starts from statistics already found wrong
+        return
     bn.train(True)
     before = bn.require_stats()
     bn.call(x, what="training step 2 (after eval)")
-    expect_update(conv, bn, x, before, cfg.momentum, (count or 1) + 1, "after train() resumed")
+    expect_update(conv, bn, x, before, cfg.momentum, (count or 1) + 1, "after train() resumed",
+                  checks)
+
+
+def _state_key(bn: Adapted, t: Tensor) -> str | None:
+    state = bn.invoke("module.state_dict(keep_vars=True)", bn.module.state_dict, keep_vars=True)
+    return next((k for k, v in state.items() if v is t), None)
 
 
 @register(
     10, "stats_are_buffers",
-    checks="running statistics are registered buffers (in state_dict, moved and cast by .to()), "
-           "not parameters, never require grad and carry no autograd graph after a training step",
-    catches="statistics kept as plain attributes, statistics registered as Parameters, "
-            "statistics updated without detaching (graph kept alive across batches)",
+    checks="the running statistics behave as buffers, however they are registered: in "
+           "state_dict, moved and cast by .to(), never requiring grad, carrying no autograd "
+           "graph after a training step",
+    catches="statistics kept as plain attributes, statistics that require grad (an optimizer "
+            "would update them), statistics updated without detaching (graph kept alive across "
+            "batches)",
     tolerance="exact (structural checks)",
     cases=lambda ctx: ctx.cases(dtypes=(torch.float32,), training=True, grad_modes=["enabled"],
-                                configs=ctx.configs(track_running_stats=True)),
-    requires=lambda ctx: None,
+                                configs=ctx.configs(track_running_stats=True)).map(PropertyCase),
+    requires=lambda ctx: needs_stats(ctx) if ctx.facts.no_stats else None,
 )
-def stats_are_buffers(ctx: Context, case: BNCase) -> None:
+def stats_are_buffers(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    case = drawn.case
     bn = ctx.build(case, dtype=torch.float32).train(True)
     bn.require_stats()
     x = case.x.to(torch.float32).clone().requires_grad_(True)
     bn.call(x, what="a training forward")
-    module = bn.module
-    buffers = dict(module.named_buffers())
-    params = dict(module.named_parameters())
-    state = module.state_dict()
-    for name in (bn.mean_name, bn.var_name):
-        assert name is not None
-        t = getattr(module, name)
-        if name in params:
-            raise PropertyFailure(f"{name} is a Parameter: optimizers would update it; register "
-                                  f"it with register_buffer")
-        if name not in buffers or buffers[name] is not t:
-            raise PropertyFailure(
+    for name, t in bn.stat_tensors().items():
+        key = _state_key(bn, t)
+        if key is None:
+            keys = sorted(bn.state_dict())
+            checks.fail(
                 f"{name} is a plain attribute, not a registered buffer: it is missing from "
-                f"state_dict() (keys: {sorted(state)}) and .to()/.cuda() do not move it; "
-                f"register it with self.register_buffer({name!r}, ...)")
-        if name not in state:
-            raise PropertyFailure(f"{name} is missing from state_dict() (keys: {sorted(state)})")
-        if t.requires_grad or t.grad_fn is not None:
-            raise PropertyFailure(
-                f"{name} carries the autograd graph after a training step (requires_grad="
-                f"{t.requires_grad}, grad_fn={type(t.grad_fn).__name__ if t.grad_fn else None}): "
-                f"every batch's graph stays alive; update it in place under torch.no_grad() or "
-                f"from detached values")
-    try:
-        module.to(torch.float64)  # the last check: the module is not used afterwards
-    except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
-        raise PropertyFailure(f"module.to(torch.float64) raised {type(e).__name__}: {e}") from None
-    for name in (bn.mean_name, bn.var_name):
-        t = getattr(module, str(name))
-        if t.dtype != torch.float64:
-            raise PropertyFailure(f"module.to(torch.float64) left {name} in {t.dtype}")
+                f"state_dict() (keys: {keys}) and .to()/.cuda() do not move it; register it "
+                f"with self.register_buffer({name!r}, ...)")
+        if t.grad_fn is not None:
+            checks.fail(
+                f"{name} carries the autograd graph after a training step (grad_fn="
+                f"{type(t.grad_fn).__name__}): every batch's graph stays alive; update it in "
+                f"place under torch.no_grad() or from detached values")
+        elif t.requires_grad:
+            checks.fail(f"{name} requires grad: an optimizer over module.parameters() would "
+                        f"update it; register it with register_buffer (or requires_grad=False)")
+    bn.to(torch.float64)  # the last check: the module is not used afterwards
+    for name, t in bn.stat_tensors().items():
+        checks.that(t.dtype == torch.float64,
+                    f"module.to(torch.float64) left {name} in {dtype_name(t.dtype)}")

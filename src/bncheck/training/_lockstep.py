@@ -45,14 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from bncheck._validation import check_finite_float, check_positive_int, check_type
-from bncheck.compare import Mismatch, compare
+from bncheck.compare import Mismatch, Tolerance, compare
 from bncheck.data import Dataset, batches
 from bncheck.errors import InvalidArgument
 from bncheck.models import BNFactory, lenet_bn
 from bncheck.oracle import batch_stats, channel_view, count_per_channel, reduce_dims
 from bncheck.properties._tolerance import (
     SAFETY,
-    ChannelTolerance,
     forward_tolerance,
     gradient_tolerances,
     roundoff,
@@ -209,7 +208,7 @@ class _Recorder:
             h.remove()
 
 
-_Check = tuple[str, Tensor, Tensor, ChannelTolerance]
+_Check = tuple[str, Tensor, Tensor, Tolerance]
 
 
 def _step(models: tuple[nn.Module, nn.Module], optimizers: Sequence[torch.optim.Optimizer],
@@ -299,7 +298,7 @@ class _Layer:
         own = forward_tolerance(x, self.mean, self.var, eps=self.eps, n=n, weight=self.weight,
                                 bias=self.bias, dtype=torch.float32)
         out_tol = own + own
-        out_tol = ChannelTolerance(out_tol.rtol, out_tol.atol + channel_view(
+        out_tol = Tolerance(out_tol.rtol, out_tol.atol + channel_view(
             self.gamma * self.dxhat, x.dim()), f"{own.reason}; both variants; plus the effect "
                                                f"of {self.upstream}")
         y = self.a.outputs[self.index].to(torch.float64)
@@ -313,9 +312,9 @@ class _Layer:
                                             weight=momentum, correction=correction,
                                             stat_dtype=torch.float32)
         tail = f" (both variants); plus momentum x the effect of {self.upstream}"
-        mean_tol = ChannelTolerance(2 * mean_tol.rtol, 2 * mean_tol.atol + momentum * d,
+        mean_tol = Tolerance(2 * mean_tol.rtol, 2 * mean_tol.atol + momentum * d,
                                     mean_tol.reason + tail)
-        var_tol = ChannelTolerance(2 * var_tol.rtol, 2 * var_tol.atol
+        var_tol = Tolerance(2 * var_tol.rtol, 2 * var_tol.atol
                                    + momentum * correction * 4 * d * (self.std + d),
                                    var_tol.reason + tail)
         a, b = self.bn_a, self.bn_b
@@ -344,7 +343,7 @@ class _Layer:
                                           + term * self.ds_rel)
         checks: list[_Check] = [(
             "input gradient", b.grad_inputs[i], a.grad_inputs[i],
-            ChannelTolerance(2 * dx_tol.rtol, 2 * dx_tol.atol
+            Tolerance(2 * dx_tol.rtol, 2 * dx_tol.atol
                              + channel_view(dx_extra, self.x.dim()), f"{dx_tol.reason}; {why}"))]
         for kind, p_a, p_b, tol, extra in (
                 ("weight gradient", getattr(self.bn_a, "weight", None),
@@ -353,13 +352,13 @@ class _Layer:
                  getattr(self.bn_b, "bias", None), db_tol, n * dg)):
             if p_a is not None and p_b is not None and p_a.grad is not None \
                     and p_b.grad is not None:
-                checks.append((kind, p_b.grad, p_a.grad, ChannelTolerance(
+                checks.append((kind, p_b.grad, p_a.grad, Tolerance(
                     2 * tol.rtol, 2 * tol.atol + extra, f"{tol.reason}; {why}")))
         return checks
 
 
 def _check(report: LockstepReport, kind: str, actual: Tensor, expected: Tensor,
-           tol: ChannelTolerance, step: int, where: str) -> LockstepDivergence | None:
+           tol: Tolerance, step: int, where: str) -> LockstepDivergence | None:
     a64, e64 = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
     allowed = tol.atol + tol.rtol * e64.abs()
     diff = (a64 - e64).abs()
@@ -383,7 +382,7 @@ def _exact(bn_a: nn.Module, bn_b: nn.Module, step: int, where: str) -> LockstepD
 
 
 def _loss_tolerance(model: nn.Module, last_bn: int, last_output: Tensor, bound: Tensor,
-                    logits: Tensor) -> ChannelTolerance:
+                    logits: Tensor) -> Tolerance:
     """Carry the last BatchNorm's output bound through the head to the cross-entropy."""
     e = bound.clone()
     h = last_output.to(torch.float64)
@@ -406,7 +405,7 @@ def _loss_tolerance(model: nn.Module, last_bn: int, last_output: Tensor, bound: 
     classes = logits.shape[1]
     lse = 2 * SAFETY * _U * (z_max + math.log(classes))
     atol = 2 * float(e.max()) + lse
-    return ChannelTolerance(0.0, torch.tensor(atol, dtype=torch.float64),
+    return Tolerance(0.0, torch.tensor(atol, dtype=torch.float64),
                             f"logits within {float(e.max()):.3g} (the last BatchNorm's output "
                             f"bound through the head), cross-entropy moves by at most 2x that, "
                             f"plus both variants' log-sum-exp rounding {lse:.2g}")

@@ -1,0 +1,169 @@
+"""Before any property runs: is the target a BatchNorm bncheck can build, which declared or
+drawn constructor flags crash it, and what is structurally wrong that other properties would
+only see as a consequence."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from bncheck.adapter import Target
+from bncheck.errors import PropertyFailure, TargetError, TargetRaised
+from bncheck.properties import Facts
+
+__all__ = ["preflight", "Finding"]
+
+#: The flag values bncheck draws besides the defaults, and the default each falls back to.
+_FLAGS: tuple[tuple[str, Any, Any], ...] = (
+    ("affine", False, True), ("track_running_stats", False, True), ("bias", False, True),
+    ("momentum", None, dataclasses.MISSING))
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A constructor flag value the target cannot take: reported once, then fixed."""
+
+    flag: str
+    value: Any
+    message: str
+    call: str
+
+
+def _probe_input(t: Target, channels: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    ndim = t.dims[0]
+    return torch.randn((4, channels, *([3] * (ndim - 2))), generator=gen)
+
+
+def _call_text(t: Target, channels: int, **kwargs: Any) -> str:
+    args = [str(channels)] + (["num_dims=" + str(t.dims[0])] if t.constructor.takes_num_dims
+                              else []) + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{t.label}({', '.join(args)})"
+
+
+def preflight(t: Target, *, channels: int = 3) -> tuple[Target, list[Finding], Facts]:
+    """Check ``t`` can be built and run as a BatchNorm.
+
+    Returns the target with crashing flags fixed, one finding per such flag, and the facts
+    properties use to name a consequence.
+
+    Raises:
+        TargetError: it is not a BatchNorm bncheck can build: not a Module class or factory, a
+            constructor needing other arguments, a build that raises, or an output whose shape
+            differs from the input's (exit code 2 in the CLI).
+    """
+    obj = t.obj
+    if isinstance(obj, type) and not issubclass(obj, nn.Module):
+        raise TargetError(f"{t.label} is a class but not a torch.nn.Module: expected a BatchNorm "
+                          f"Module class or a factory returning one")
+    if t.constructor.required:
+        raise TargetError(
+            f"{t.label} cannot be built from num_features alone: it also needs "
+            f"{', '.join(t.constructor.required)}; wrap it in a factory, e.g. "
+            f"def make(num_features): return {t.label.split(':')[-1]}(num_features, ...)")
+    try:
+        bn = t.build(channels, ndim=t.dims[0])
+    except TargetRaised as e:
+        raise TargetError(f"cannot build the target {_call_text(t, channels)}: {e}") from None
+    x = _probe_input(t, channels)
+    try:
+        y = bn.train(True).call(x, what="a training forward")
+    except TargetRaised:
+        y = None  # a defect: the properties report it, each where it shows
+    if y is not None and tuple(y.shape) != tuple(x.shape):
+        shown = tuple(bn.to_target_layout(x).shape)
+        raise TargetError(
+            f"{t.label} is not a BatchNorm: for an input of shape {shown} it returned shape "
+            f"{tuple(bn.to_target_layout(y).shape)} (a BatchNorm returns its input's shape"
+            + ("" if t.channel_axis == -1 else "; channels last? declare channel_axis=-1")
+            + ")")
+    findings: list[Finding] = []
+    for flag, value, default in _FLAGS:
+        if y is None:  # the default build already fails: no flag is to blame
+            break
+        if flag not in t.configurable:
+            continue
+        if flag == "momentum" and not t.cumulative:
+            continue
+        message = _try_flag(t, channels, flag, value, x)
+        if message is None:
+            continue
+        call = _call_text(t, channels, **{flag: value})
+        findings.append(Finding(flag, value, message, call))
+        fixed = dict(t.fixed)
+        if flag == "momentum":
+            t = dataclasses.replace(t, constructor=dataclasses.replace(
+                t.constructor, momentum_may_be_none=False))
+        else:
+            fixed[flag] = default
+            t = dataclasses.replace(t, fixed=tuple(sorted(fixed.items())))
+    no_stats = None
+    if not bn.has_stats:
+        try:
+            bn.require_stats()
+        except PropertyFailure as e:
+            no_stats = str(e)
+        findings.append(Finding("running_statistics", None, str(no_stats), t.label))
+    return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels),
+                              mode_from_grad=_mode_from_grad(t, channels, x),
+                              no_stats=no_stats)
+
+
+def _mode_from_grad(t: Target, channels: int, x: torch.Tensor) -> str | None:
+    """Whether an eval forward with grad enabled differs from one under no_grad (the layer
+    then picks its mode from autograd's state)."""
+    try:
+        outs = []
+        for grad in (False, True):
+            bn = t.build(channels, ndim=t.dims[0]).train(True)
+            bn.call(x, what="a training forward")
+            bn.train(False)
+            with torch.set_grad_enabled(grad):
+                outs.append(bn.call(x * 0.5 + 1, what="an eval forward").detach())
+    except (TargetRaised, PropertyFailure):
+        return None
+    if outs[0].shape == outs[1].shape and torch.allclose(outs[0], outs[1], rtol=1e-4,
+                                                        atol=1e-5, equal_nan=True):
+        return None
+    return ("train/eval is chosen by torch.is_grad_enabled(), not module.training: an eval "
+            "forward with grad enabled differs from one under no_grad (grad_mode_independence)")
+
+
+def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor) -> str | None:
+    kwargs: dict[str, Any] = {flag: value}
+    try:
+        bn = t.build(channels, ndim=t.dims[0], **kwargs)
+    except TargetRaised as e:
+        what = str(e).split(" raised ", 1)[-1]
+        return (f"{_call_text(t, channels, **kwargs)} raised {what}. The layer does not take "
+                f"{flag}={value!r}; declare fixed={{{flag!r}: {not value!r}}} "
+                f"(--fixed {flag}={str(not value).lower()}) to verify the rest"
+                if flag != "momentum" else
+                f"{_call_text(t, channels, **kwargs)} raised {what}. Its momentum is not "
+                f"Optional; momentum=None (the cumulative average) is not drawn for it")
+    try:
+        bn.train(True).call(x, what="a training forward")
+    except TargetRaised as e:
+        return (f"with {flag}={value!r} {e}; declare fixed={{{flag!r}: {not value!r}}} "
+                f"(--fixed {flag}={str(not value).lower()}) if the layer does not support it")
+    return None
+
+
+def _stats_not_cast(t: Target, channels: int) -> str | None:
+    try:
+        bn = t.build(channels, ndim=t.dims[0])
+        if not bn.has_stats:
+            return None
+        bn.to(torch.float64)
+    except (TargetRaised, PropertyFailure):
+        return None
+    left = {n: v.dtype for n, v in bn.stat_tensors().items() if v.dtype != torch.float64}
+    if not left:
+        return None
+    names = ", ".join(left)
+    return (f"running statistics are not buffers: module.to(torch.float64) left {names} in "
+            f"{str(next(iter(left.values()))).removeprefix('torch.')} (stats_are_buffers)")
+
