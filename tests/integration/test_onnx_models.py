@@ -1,16 +1,16 @@
 """Models nobody here wrote, random init, as export subjects: MONAI's resnet18 (2D and 3D) and
 DenseNet121, lukemelas' EfficientNet-B0, an MLP with BatchNorm1d, and a CNN built with the
 seed's BatchNorm (which must fail, naming it). Tiny spatial sizes, the TorchScript exporter
-(10x faster to export than dynamo) and each model built once per session; one real CLI run."""
+(10x faster to export than dynamo) and each model built once per session; one CLI run (through
+click's runner: the real `bncheck export` process runs in test_onnx_cli.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +23,6 @@ pytest.importorskip("monai")
 pytest.importorskip("efficientnet_pytorch")
 
 MODELS = str(Path(__file__).parents[1] / "data" / "models.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 # The networks' own topologies (resnet18's blocks, DenseNet121's (6, 12, 24, 16) dense layers)
 # at reduced widths, so the test suite stays within its budget; full widths are measured in
@@ -123,13 +122,10 @@ def test_a_model_built_with_the_seed_batchnorm_fails_naming_it() -> None:
                                 good_model, source=good, batches=(3,)).ok
 
 
-def test_cli_export_of_an_mlp_with_batchnorm1d(tmp_path: Path) -> None:
+def test_cli_export_of_an_mlp_with_batchnorm1d(tmp_path: Path, cli: Callable[..., Any]) -> None:
     out = tmp_path / "mlp.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "bncheck", "export", str(out), "--model", f"{MODELS}:mlp_bn1d",
-         "--model-arg", "hidden=24", "--input-shape", "4,16", "--keep-bn", "--exporter",
-         "torchscript"],
-        capture_output=True, text=True, timeout=300, env=ENV)
+    result = cli("export", out, "--model", f"{MODELS}:mlp_bn1d", "--model-arg", "hidden=24",
+                 "--input-shape", "4,16", "--keep-bn", "--exporter", "torchscript")
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["model"].endswith("models.py:mlp_bn1d")
