@@ -5,7 +5,14 @@ with click's runner (the same code path without 2-3 s of interpreter start-up ea
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,17 +129,58 @@ def test_import_error_in_target_is_a_usage_error(tmp_path, cli):
     assert "no such thing" in repr(info.value) + repr(info.value.__cause__)
 
 
-def test_mutants_subset(cli_subprocess):
-    r = cli_subprocess("mutants", "--mutant", "seed_grad_mode", "--mutant", "eps_outside_sqrt")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Mutation score: 2/2 (100%) killed; 2/2 by the property meant for them" in r.stdout
-    assert "grad_mode_independence" in r.stdout
+def run_on_a_terminal(*args: str, timeout: float = 300) -> tuple[int, str]:
+    """``python -m bncheck ARGS`` with a pseudo-terminal as stdout and stderr; its exit status
+    and what it showed, without terminal escape sequences."""
+    main, child = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck", *args], stdin=child,
+                            stdout=child, stderr=child, env=env, close_fds=True)
+    os.close(child)
+    shown, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([main], [], [], 1.0)[0]:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                shown += data
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        proc.kill()
+        os.close(main)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+
+
+def test_mutants_subset_shows_progress_on_a_terminal():
+    code, shown = run_on_a_terminal("mutants", "--mutant", "seed_grad_mode", "--mutant",
+                                    "eps_outside_sqrt")
+    assert code == 0, shown
+    assert "mutants: 1 of 2" in shown  # the status line (transient: erased when done)
+    assert "Mutation score: 2/2 (100%) killed; 2/2 by the property meant for them" in shown
+    assert "grad_mode_independence" in shown
 
 
 @pytest.mark.slow
-def test_mutants_all_killed_by_their_property(tmp_path, cli):
+def test_mutants_all_killed_by_their_property_quietly_when_piped(tmp_path, cli):
     out = tmp_path / "mutants.json"
     r = cli("mutants", "--json", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads(out.read_text())
     assert data["score"] == 1.0 and data["killed_as_meant"] == data["total"] >= 12
+    # Each killed by its own property, so nothing else ran against it.
+    assert all(m["killed_by"] == [m["meant"]] for m in data["mutants"])
+    assert r.stderr == "" and "mutants: " not in r.stdout  # no progress when piped
+    assert r.stdout.splitlines()[-1].startswith("Mutation score: ")
+
+
+def test_mutants_every_property_names_everything_that_catches_it(tmp_path, cli):
+    out = tmp_path / "mutants.json"
+    r = cli("mutants", "--mutant", "gamma_beta_swapped", "--every-property", "--json", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m,) = json.loads(out.read_text())["mutants"]
+    assert m["killed_by"][0] == "train_forward" and len(m["killed_by"]) > 1
+    assert "train_forward (+" in r.stdout and "more)" in r.stdout

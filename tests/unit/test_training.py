@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,28 @@ def test_a_remainder_batch_of_one_is_dropped() -> None:
         (1, 1, 16), (1, 2, 32), (2, 1, 16), (2, 2, 32)]
     kept = train(lenet_bn("torch"), TRAIN.head(34), TEST.head(8), epochs=1, batch_size=16)
     assert kept.dropped_per_epoch == 0  # a last batch of 2 trains
+
+
+def test_ctrl_c_while_an_epoch_is_handed_over_waits_until_it_is() -> None:
+    """A Ctrl-C inside on_epoch (where `bncheck train` writes the checkpoint) lands after it
+    returns: the history never holds an epoch that on_epoch did not finish with."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    handed: list[int] = []
+
+    def on_epoch(stats: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # as if Ctrl-C came in the middle of the write
+        handed.append(stats.epoch)
+
+    history = TrainingHistory(3, 1.0, 16, 0, 0, 0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(lenet_bn("torch"), TRAIN.head(32), TEST.head(8), epochs=3, batch_size=16,
+                  on_epoch=on_epoch, history=history)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert handed == [1] and [e.epoch for e in history.epochs] == [1]
 
 
 IMAGES = torch.zeros(4, 1, 28, 28)

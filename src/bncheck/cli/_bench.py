@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
-from bncheck.cli._common import console, debug_option, handles_errors
+from bncheck.cli._common import console, debug_option, handles_errors, status_line
 
 SECTIONS = ("kernels", "memory", "lenet", "onnx", "properties")
-
-
-@contextlib.contextmanager
-def _progress(out: Any) -> Iterator[Callable[[str], None]]:
-    """A status line on a terminal; nothing when piped."""
-    if not out.is_terminal:
-        yield lambda _: None
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=out, transient=True) as progress:
-        task = progress.add_task("starting")
-        yield lambda text: progress.update(task, description=text)
 
 
 def _x(value: float) -> str:
@@ -84,7 +68,7 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
     record: dict[str, Any] = {"settings": {"threads": env["threads"], "timer": timer,
                                            "rounds": rounds}}
     results: list[b.Result] = []
-    with _progress(out) as step:
+    with status_line(out) as step:
         if "kernels" in chosen:
             impls = [i for i in b.IMPLS if compiled or i != "compiled"]
             results = b.measure(b.kernel_cases(shapes=parsed, impls=impls), rounds=rounds,
