@@ -33,6 +33,12 @@ torch.set_num_threads(1)
 load_profile(profile_from_env("dev"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first, the order otherwise kept: under xdist the two workers then
+    finish together, instead of one still running a long test collected last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def _global_state() -> dict[str, Any]:
     return {"torch threads": torch.get_num_threads(),
             "torch default dtype": torch.get_default_dtype(),

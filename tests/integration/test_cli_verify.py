@@ -24,6 +24,7 @@ SEED = f"{DATA / 'seed_bn.py'}:BatchNorm"
 SEED_FIXED = f"{DATA / 'seed_bn_fixed.py'}:BatchNorm"
 
 
+@pytest.mark.slow
 def test_verify_reference_passes_and_says_what_it_checked(tmp_path, cli_subprocess):
     out = tmp_path / "report.json"
     r = cli_subprocess("verify", "--json", str(out))
@@ -40,6 +41,7 @@ def test_verify_reference_passes_and_says_what_it_checked(tmp_path, cli_subproce
         assert p["status"] == "passed" and p["examples"] >= 1 and p["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_verify_verbatim_seed_fails_with_name_error(cli):
     r = cli("verify", SEED, "--convention", "onnx")
     assert r.returncode == 1
@@ -65,6 +67,7 @@ SEED_FIXED_PASSES = {"gradients", "initial_state"}
 SEED_FIXED_FAILS = set(names()) - SEED_FIXED_PASSES - {"empty_batch"}
 
 
+@pytest.mark.slow
 def test_verify_fixed_seed_fails_exactly_the_expected_properties(tmp_path, cli):
     out = tmp_path / "seed.json"
     r = cli("verify", SEED_FIXED, "--convention", "onnx", "--json", str(out))
@@ -164,7 +167,6 @@ def test_mutants_subset_shows_progress_on_a_terminal():
     assert "grad_mode_independence" in shown
 
 
-@pytest.mark.slow
 def test_mutants_all_killed_by_their_property_quietly_when_piped(tmp_path, cli):
     out = tmp_path / "mutants.json"
     r = cli("mutants", "--json", str(out))

@@ -60,6 +60,11 @@ def resnet2d() -> Built:
     return Built("resnet18_2d")
 
 
+#: The tests that share the resnet18 export run on one xdist worker, which builds it once.
+RESNET2D = pytest.mark.xdist_group("onnx_models_resnet2d")
+
+
+@RESNET2D
 @pytest.mark.parametrize("name", ["resnet18_2d", "resnet18_3d", "densenet121"])
 def test_monai_models_verify_on_every_runtime(name: str, resnet2d: Built) -> None:
     built = resnet2d if name == "resnet18_2d" else Built(name)
@@ -77,6 +82,7 @@ def test_monai_models_verify_on_every_runtime(name: str, resnet2d: Built) -> Non
     assert kinds == ({"folded", "node"} if name == "densenet121" else {"folded"})
 
 
+@RESNET2D
 def test_first_diverging_batchnorm_is_named_by_module(resnet2d: Built) -> None:
     """The export against a source whose layer3.1.bn2 running variance differs: localized to
     that module, not to the Conv it is folded into nor to a later layer."""
@@ -89,6 +95,7 @@ def test_first_diverging_batchnorm_is_named_by_module(resnet2d: Built) -> None:
     assert "layer3.1.bn2 (BatchNorm2d(128)) folded into it" in str(report.localization)
 
 
+@pytest.mark.slow
 def test_efficientnet_b0_swish_and_its_bn_conventions() -> None:
     """EfficientNet-B0's MemoryEfficientSwish is a custom autograd Function: with torch 2.13
     both exporters inline it (Sigmoid, Mul) and the file verifies; it trips the TorchScript

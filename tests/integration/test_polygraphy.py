@@ -20,7 +20,8 @@ from bncheck.onnx.polygraphy_io import outputs_bytes, parse_inputs, parse_output
 POLYGRAPHY = shutil.which("polygraphy")
 MODELS = str(Path(__file__).parents[1] / "data" / "models.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-pytestmark = pytest.mark.skipif(POLYGRAPHY is None, reason="polygraphy is not installed")
+pytestmark = [pytest.mark.skipif(POLYGRAPHY is None, reason="polygraphy is not installed"),
+              pytest.mark.xdist_group("polygraphy")]  # one worker builds `exported` once
 
 
 def invoke(*args: str | Path) -> tuple[int, str, str]:

@@ -41,6 +41,11 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return request.param, model, history, progress
 
 
+#: The tests that read `trained` run on one xdist worker, which trains each variant once.
+TRAINED = pytest.mark.xdist_group("training_trained")
+
+
+@TRAINED
 def test_three_epochs_on_easy_files_reach_090_test_accuracy(trained) -> None:  # type: ignore[no-untyped-def]
     _, model, history, _ = trained
     first, last = history.epochs[0], history.epochs[-1]
@@ -51,6 +56,7 @@ def test_three_epochs_on_easy_files_reach_090_test_accuracy(trained) -> None:  #
     assert not model.training
 
 
+@TRAINED
 def test_history_records_settings_epochs_and_curve(trained) -> None:  # type: ignore[no-untyped-def]
     _, _, history, progress = trained
     d = history.to_dict()
