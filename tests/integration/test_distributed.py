@@ -144,7 +144,7 @@ def test_a_rank_with_the_wrong_output_shape_is_named(pool):
 
 def test_close_leaves_no_process(pool):
     pool.start()
-    pids = [p.pid for p in pool._procs]
+    pids = pool.pids
     pool.close()
     assert not pool.running
     for pid in pids:

@@ -133,7 +133,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
            channel_axis: int | None, mode_argument: str | None, fixed_text: str | None,
            empty_batches: bool | None, dtypes_text: str | None, properties: tuple[str, ...],
            profile: str | None, examples: int | None, seed: int | None,
-           json_path: Path | None, world_size: int | None, timeout: float, device: str,
+           json_path: Path | None, world_size: int | None, timeout: float | None, device: str,
            debug: bool) -> None:
     """Check a BatchNorm implementation against the property catalogue.
 
@@ -141,6 +141,8 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     Name(num_features) or, when its signature has num_dims, Name(num_features, num_dims).
     Without TARGET, bncheck's reference BatchNorm is checked. With --world-size N, the
     distributed properties run on N local processes (TARGET defaults to bncheck.SyncBatchNorm).
+    The target runs in a worker process: one that does not return within --timeout seconds
+    fails that property and the run goes on.
 
     Exit status: 0 all properties pass, 1 some property fails, 2 usage error, 130 Ctrl-C.
     """
@@ -181,7 +183,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     distributed = None if not world_size else {"spec": spec, "world_size": world_size,
                                                 "timeout": timeout, "device": device}
     _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,
-         replay=_replay_command(profile), distributed=distributed)
+         replay=_replay_command(profile), distributed=distributed, timeout=timeout)
 
 
 def _replay_command(profile: str) -> Any:
@@ -208,8 +210,9 @@ def _replay_command(profile: str) -> Any:
 
 def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
          examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
-         distributed: dict[str, Any] | None = None) -> None:
+         distributed: dict[str, Any] | None = None, timeout: float | None = None) -> None:
     from bncheck._io import write_json_atomic
+    from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.verify import PropertyResult, Report, describe_target
     from bncheck.verify import verify as run
 
@@ -235,7 +238,8 @@ def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
                                 examples=examples, seed=seed, replay=replay, on_result=finished)
         else:
             report = run(t, properties=properties, dtypes=dtypes, profile=profile,
-                         examples=examples, seed=seed, replay=replay, on_result=finished)
+                         examples=examples, seed=seed, replay=replay, on_result=finished,
+                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     except KeyboardInterrupt:
         partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
                          profile, done)

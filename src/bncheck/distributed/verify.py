@@ -15,7 +15,6 @@ its property at once with the rank and the reason (every rerun would need fresh 
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,16 +55,16 @@ def target_spec(target: str | Callable[..., Any]) -> str:
     """
     if isinstance(target, str):
         return target
-    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
-    if not module or not name or "<locals>" in name or "." in name or module == "__main__":
+    from bncheck._workers import reimport_spec
+
+    spec = reimport_spec(target)
+    if spec is None:
         raise InvalidArgument(
             f"Expected target to be importable by the worker processes (a module-level class "
             f"or factory, or a 'file.py:Name' string), received target={target!r} "
-            f"(module {module!r}, name {name!r})")
-    file = getattr(sys.modules.get(module), "__file__", None)
-    if module.startswith("_bncheck_target_") and file:  # loaded from a file by load_target
-        return f"{file}:{name}"
-    return f"{module}:{name}"
+            f"(module {getattr(target, '__module__', None)!r}, name "
+            f"{getattr(target, '__qualname__', None)!r})")
+    return spec
 
 
 def refuse_on_device(obj: Any, device: str) -> None:
