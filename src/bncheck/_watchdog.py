@@ -257,8 +257,12 @@ def _serve(conn: Connection, target: Target, spec: str | None, requested: tuple[
     def send(kind: str, payload: Any) -> None:
         conn.send_bytes(pickle.dumps((kind, payload)))
 
-    if spec is not None:
-        target = dataclasses.replace(target, obj=load_target(spec))
+    failed: BNCheckError | None = None
+    try:
+        if spec is not None:
+            target = dataclasses.replace(target, obj=load_target(spec))
+    except BNCheckError as e:  # reported as the answer to the first job
+        failed = e
     config = _settings(*settings)
     ctx = None if facts is None else Context(target, requested, facts)
     while True:
@@ -269,6 +273,8 @@ def _serve(conn: Connection, target: Target, spec: str | None, requested: tuple[
         if message == "stop":
             return
         try:
+            if failed is not None:
+                raise failed
             if message[0] == "preflight":
                 target, findings, facts = preflight(target, guard=_guard(send, message[1]))
                 ctx = Context(target, requested, facts)

@@ -183,7 +183,13 @@ class Worker:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_child, name=self.name, daemon=True,
                            args=(self.main, os.getpid(), self._dump_path, child, self.args))
-        proc.start()
+        import gc
+
+        gc.freeze()  # the child's collections then leave the parent's objects (and pages) alone
+        try:
+            proc.start()
+        finally:
+            gc.unfreeze()
         child.close()
         self.proc, self.conn = proc, parent
 

@@ -1,20 +1,31 @@
 """BatchNorms that never return for float16 inputs, for the watchdog tests: bncheck must stop
 them, report where they were, and go on with the other properties.
 
-Each is torch's BatchNorm1d/2d except for float16 inputs (only ``reduced_precision`` draws them).
+Each is torch's BatchNorm2d except for float16 inputs (only ``reduced_precision`` draws them).
+With ``BNCHECK_HANG_MARK=path`` set, the process writes its pid to that file before hanging.
 """
 
 import ctypes
+import os
 
 import torch
+
+
+def _mark():
+    path = os.environ.get("BNCHECK_HANG_MARK")
+    if path:
+        with open(path, "w") as fh:
+            fh.write(str(os.getpid()))
 
 
 class LoopsOnFloat16(torch.nn.BatchNorm2d):
     """A pure-Python loop that never ends."""
 
     def forward(self, input):
-        while input.dtype == torch.float16:
-            pass
+        if input.dtype == torch.float16:
+            _mark()
+            while True:
+                pass
         return super().forward(input)
 
 
@@ -25,7 +36,7 @@ def _deadlock():
     libc = ctypes.PyDLL(None)
     mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER (glibc)
     libc.pthread_mutex_lock(mutex)
-    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)  # never returns
 
 
 class BlocksInCOnFloat16(torch.nn.BatchNorm2d):
@@ -33,5 +44,6 @@ class BlocksInCOnFloat16(torch.nn.BatchNorm2d):
 
     def forward(self, input):
         if input.dtype == torch.float16:
+            _mark()
             _deadlock()
         return super().forward(input)

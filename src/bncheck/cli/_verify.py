@@ -186,6 +186,13 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
          replay=_replay_command(profile), distributed=distributed, timeout=timeout)
 
 
+def _shown(value: Any) -> str:
+    """An option's value as the user would type it (``1`` for 1.0; every float round-trips)."""
+    if isinstance(value, float) and float(f"{value:g}") == value:
+        return f"{value:g}"
+    return str(value)
+
+
 def _replay_command(profile: str) -> Any:
     """``bncheck verify`` with the options the user gave, one property and the seed."""
     ctx = click.get_current_context()
@@ -200,7 +207,7 @@ def _replay_command(profile: str) -> Any:
         elif isinstance(param, click.Option) and param.is_flag:
             args.append(param.opts[0])
         elif isinstance(param, click.Option):
-            args += [param.opts[0], str(value)]
+            args += [param.opts[0], _shown(value)]
     prof = [] if profile == "ci" else ["--profile", profile]
 
     def replay(name: str, seed: int) -> str:

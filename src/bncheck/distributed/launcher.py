@@ -202,7 +202,7 @@ class WorkerPool:
             done = sorted(answers)
             where, _ = stuck_at(worker.where(), is_user_file)
             failures[rank] = (f"no answer within {timeout:g} s"
-                              + (f" (stuck at {where})" if where else "")
+                              + (f", stuck at {where}" if where else "")
                               + " (hung: a collective waiting for a peer that never joins it?"
                               + (f" ranks {done} had finished)" if done else ")"))
         if failures:
