@@ -29,8 +29,9 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
-def benchmarks(session: nox.Session) -> None:
-    """pytest-benchmark runs (not part of tests)."""
+def bench(session: nox.Session) -> None:
+    """Benchmarks (pytest-benchmark; not part of tests). `-- --gate` fails on a ratio more than
+    25% worse than benchmarks/baseline.json; `-- --update-baseline` rewrites it."""
     _install(session)
     session.run("pytest", "benchmarks", "--benchmark-enable", "-p", "no:cacheprovider",
                 *session.posargs)

@@ -82,5 +82,12 @@ def check_momentum(momentum: Any, *, allow_none: bool, name: str = "momentum") -
     check_finite_float(momentum, name, min_value=0.0, max_value=1.0)
 
 
-def check_eps(eps: Any, name: str = "eps") -> None:
-    check_finite_float(eps, name, min_value=0.0, exclude_min=True)
+def check_eps(eps: Any, name: str = "eps", *, training: bool = True) -> None:
+    """The one rule for ``eps``, as torch 2.13's ``F.batch_norm`` applies it: a finite number,
+    ``>= 0``, and ``> 0`` where batch statistics are normalized (``training``: a constant
+    channel has variance 0, so ``eps=0`` would divide by zero)."""
+    check_finite_float(eps, name, min_value=0.0)
+    if training and eps == 0:
+        raise InvalidArgument(
+            f"Expected {name} > 0.0, received {name}={eps!r} (training normalizes with batch "
+            f"statistics, and a constant channel has variance 0)")

@@ -1,40 +1,36 @@
 """The reference BatchNorm, a from-scratch drop-in for ``F.batch_norm`` and ``nn.BatchNorm*d``.
 
-Written in plain torch ops (no call into ``F.batch_norm`` or ``torch.batch_norm``), so autograd
-derives the backward. It fixes every defect of the seed notebook:
+Written from the formula (no call into ``F.batch_norm``, ``torch.batch_norm`` or a native
+BatchNorm kernel; the arithmetic lives in :mod:`bncheck._kernels`). It fixes every defect of the
+seed notebook:
 
 * training normalizes with the *batch* variance (biased), not the moving variance;
 * the running variance moves toward the batch variance (unbiased, as PyTorch stores it);
 * the mode comes from ``training`` / ``module.training``, never from ``torch.is_grad_enabled()``;
 * running statistics are buffers updated in place under ``no_grad`` and never carry a graph.
 
-float16/bfloat16 inputs are computed in float32 and returned in the input dtype; running
-statistics keep their own dtype (float32 by default), as PyTorch's mixed-precision BatchNorm does.
+It behaves as torch 2.13 does where torch is defined: ``bias=False``, an empty batch in training
+(empty output and gradients, statistics unchanged, the batch still counted), ``eps=0`` outside
+training. float16/bfloat16 inputs are computed in float32 and returned in the input dtype;
+running statistics keep their own dtype (float32 by default), as PyTorch's mixed-precision
+BatchNorm does.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from bncheck import _kernels
+from bncheck._kernels import compute_dtype, reduction_dims
 from bncheck._validation import check_eps, check_momentum, check_positive_int, describe
 from bncheck.errors import InvalidArgument, InvalidArgumentType
 
-__all__ = ["batch_norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
-
-_REDUCED = (torch.float16, torch.bfloat16)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype BatchNorm arithmetic runs in: float32 for float16/bfloat16, else ``dtype``."""
-    return torch.float32 if dtype in _REDUCED else dtype
-
-
-def reduction_dims(ndim: int) -> list[int]:
-    """The dims a BatchNorm reduces over for an ``ndim``-dim input: all but the channel dim 1."""
-    return [0, *range(2, ndim)]
+__all__ = ["batch_norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "compute_dtype", "reduction_dims"]
 
 
 def _check_input(input: Any, allowed_dims: tuple[int, ...] = (2, 3, 4, 5)) -> None:
@@ -72,6 +68,11 @@ def _check_channel_tensor(t: Any, name: str, channels: int) -> None:
         )
 
 
+def _values_per_channel(input: Tensor) -> int:
+    """N times the spatial size: what torch checks (``_verify_batch_size``), C not included."""
+    return input.shape[0] * math.prod(input.shape[2:])
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -81,6 +82,8 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    compiled: bool = False,
 ) -> Tensor:
     """Batch normalization with the signature and semantics of ``torch.nn.functional.batch_norm``.
 
@@ -92,17 +95,21 @@ def batch_norm(
     True
 
     Args:
-        input: ``(N, C, *)`` floating tensor, 2 to 5 dims.
+        input: ``(N, C, *)`` floating tensor, 2 to 5 dims. In training, an empty batch gives an
+            empty output and leaves the running statistics unchanged (as torch does).
         running_mean, running_var: ``(C,)`` statistics. In training they are updated in place
             (when given) with ``new = (1 - momentum) * old + momentum * batch``, the running
             variance from the *unbiased* batch variance; in eval they normalize the input.
         weight, bias: optional ``(C,)`` affine parameters.
         training: normalize with batch statistics (biased variance) and update the running ones.
         momentum: weight of the batch statistic in the update, in ``[0, 1]``.
-        eps: added to the variance inside the square root; must be positive.
+        eps: added to the variance inside the square root; ``>= 0``, and ``> 0`` in training.
+        compiled: compute training mode with ``torch.compile``-generated kernels (faster on
+            large inputs once compiled; the first call per dtype and rank compiles for seconds).
+            Eval mode is the same either way.
 
     Returns:
-        A tensor of the input's shape and dtype.
+        A tensor of the input's shape, dtype and memory layout.
 
     Raises:
         InvalidArgument: bad dims, channel mismatch, one value per channel in training,
@@ -114,47 +121,56 @@ def batch_norm(
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         _check_channel_tensor(t, name, channels)
-    check_eps(eps)
+    check_eps(eps, training=training)
     check_momentum(momentum, allow_none=False)
-    if not training and (running_mean is None or running_var is None):
-        raise InvalidArgument(
-            "Expected running_mean and running_var when training=False, received "
-            f"running_mean={describe(running_mean)}, running_var={describe(running_var)}"
-        )
-
-    dims = reduction_dims(input.dim())
-    bshape = [1, channels] + [1] * (input.dim() - 2)
-    cdtype = compute_dtype(input.dtype)
-    x = input.to(cdtype)
-    if training:
-        count = input.numel() // channels if channels else 0
-        if count <= 1:
+    if not training:
+        if running_mean is None or running_var is None:
             raise InvalidArgument(
-                "Expected more than 1 value per channel when training, "
-                f"got input size {input.shape}"
+                "Expected running_mean and running_var when training=False, received "
+                f"running_mean={describe(running_mean)}, running_var={describe(running_var)}"
             )
-        mean = x.mean(dim=dims)
-        var = (x - mean.view(bshape)).square().mean(dim=dims)  # biased, two-pass
-        with torch.no_grad():
-            if running_mean is not None:
-                running_mean.mul_(1.0 - momentum).add_(
-                    mean.detach().to(running_mean.dtype), alpha=momentum)
-            if running_var is not None:
-                unbiased = var.detach() * (count / (count - 1))
-                # Blend in the compute dtype, then store: a float16 batch variance may overflow
-                # even when the blended running variance does not.
-                running_var.copy_(running_var.to(cdtype) * (1.0 - momentum)
-                                  + unbiased * momentum)
-    else:
-        assert running_mean is not None and running_var is not None
-        mean = running_mean.to(cdtype)
-        var = running_var.to(cdtype)
+        return _kernels.eval_forward(input, running_mean, running_var, weight, bias, eps)
 
-    y = (x - mean.view(bshape)) * torch.rsqrt(var + eps).view(bshape)
+    count = _values_per_channel(input)
+    if count == 1:
+        raise InvalidArgument(
+            "Expected more than 1 value per channel when training, "
+            f"got input size {input.shape}"
+        )
+    if input.numel() == 0:
+        return _empty_batch(input, weight, bias)
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (input, weight, bias)):
+        y, mean, sum_sq = _kernels.BatchNormFunction.apply(input, weight, bias, eps, compiled)
+    else:
+        forward = _kernels.compiled_forward if compiled else _kernels.train_forward
+        y, mean, _, sum_sq = forward(input, weight, bias, eps)
+    with torch.no_grad():
+        if running_mean is not None:
+            _blend(running_mean, mean, momentum)
+        if running_var is not None:
+            _blend(running_var, sum_sq / (count - 1), momentum)  # the unbiased variance
+    return y
+
+
+def _blend(running: Tensor, batch: Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch`` in place, in ``batch``'s
+    (compute) dtype: a float16 batch variance may overflow where the blend does not."""
+    if running.dtype == batch.dtype:
+        running.lerp_(batch, momentum)
+    else:
+        running.copy_(running.to(batch.dtype).lerp_(batch, momentum))
+
+
+def _empty_batch(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """An empty output, still connected to ``weight`` and ``bias`` (their gradients are zeros,
+    as torch's are)."""
+    y = input.to(compute_dtype(input.dtype), copy=True)
+    view = [1, input.shape[1]] + [1] * (input.dim() - 2)
     if weight is not None:
-        y = y * weight.to(cdtype).view(bshape)
+        y = y * weight.view(view)
     if bias is not None:
-        y = y + bias.to(cdtype).view(bshape)
+        y = y + bias.view(view)
     return y.to(input.dtype)
 
 
@@ -168,21 +184,28 @@ class BatchNorm(nn.Module):
     1
     >>> _ = bn.eval()(torch.randn(1, 3, 5, 5))  # eval mode: running statistics, batch of 1 is fine
 
-    The mode comes from ``self.training`` only. Buffers and parameters have the names of
-    ``nn.BatchNorm2d`` (``weight``, ``bias``, ``running_mean``, ``running_var``,
+    The mode comes from ``self.training`` only. The signature, buffers and parameters are those
+    of torch 2.13's ``nn.BatchNorm2d`` (``weight``, ``bias``, ``running_mean``, ``running_var``,
     ``num_batches_tracked``), so state dicts load either way.
 
     Args:
         num_features: C, the channel count.
-        eps: added to the variance inside the square root.
+        eps: added to the variance inside the square root; ``>= 0`` (``0`` fails in training,
+            where batch statistics are used, as in torch).
         momentum: weight of the batch statistic in the running update; ``None`` keeps a
             cumulative (equal-weight) average over all batches seen.
-        affine: learn a per-channel ``weight`` and ``bias``.
+        affine: learn a per-channel ``weight`` (and ``bias``, unless ``bias=False``).
         track_running_stats: keep running statistics; when False, eval mode also
             normalizes with batch statistics (as torch does).
+        device, dtype: of the parameters and buffers.
+        bias: with ``affine``, learn a ``bias`` too (torch 2.13's keyword).
+        compiled: compute training mode with ``torch.compile`` (see :func:`batch_norm`).
     """
 
     _version = 2
+    #: An empty batch is valid input (as for torch's classes): ``bncheck verify`` runs its
+    #: ``empty_batch`` property on the reference without being told.
+    accepts_empty_batches = True
     running_mean: Tensor | None
     running_var: Tensor | None
     num_batches_tracked: Tensor | None
@@ -197,20 +220,27 @@ class BatchNorm(nn.Module):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int(num_features, "num_features")
-        check_eps(eps)
+        check_eps(eps, training=False)
         check_momentum(momentum, allow_none=True)
         self.num_features = num_features
         self.eps = float(eps)
         self.momentum = momentum
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
+        self.compiled = bool(compiled)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if self.affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -237,11 +267,14 @@ class BatchNorm(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}"
+                + (", compiled=True" if self.compiled else ""))
 
     def _check_input_dim(self, input: Tensor) -> None:
         _check_input(input, self._allowed_dims)
@@ -262,16 +295,10 @@ class BatchNorm(nn.Module):
                 factor = 1.0 / float(self.num_batches_tracked)
         use_batch_stats = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
-        return batch_norm(
-            input,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        args = (input, self.running_mean if track else None,
+                self.running_var if track else None, self.weight, self.bias, use_batch_stats,
+                factor, self.eps)
+        return batch_norm(*args, compiled=True) if self.compiled else batch_norm(*args)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict,
                               strict: bool, missing_keys: list, unexpected_keys: list,

@@ -12,23 +12,26 @@ factory. It is built as ``Name(num_features)`` (nn.BatchNorm style) or, when its
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from torch import nn
 
-from bncheck.errors import TargetError
+from bncheck.errors import BNCheckError, TargetError
 
 __all__ = ["load_target", "bn_factory", "takes_num_dims", "Constructor", "inspect_constructor",
-           "CONFIG_KWARGS"]
+           "CONFIG_KWARGS", "user_code"]
 
 #: Constructor keywords bncheck varies when the target's signature accepts them.
 CONFIG_KWARGS = ("eps", "momentum", "affine", "track_running_stats", "bias")
@@ -192,3 +195,45 @@ def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], n
         return module
 
     return make
+
+
+def _user_frame(tb: TracebackType | None) -> tuple[str, int, str] | None:
+    """The deepest traceback frame outside torch, bncheck and the standard library."""
+    import sysconfig
+
+    skip = [str(Path(p).resolve()) for p in (torch_dir(), Path(__file__).parent,
+                                              sysconfig.get_paths()["stdlib"])]
+    found = None
+    for frame in traceback.extract_tb(tb):
+        where = str(Path(frame.filename).resolve())
+        if not any(where.startswith(s) for s in skip):
+            found = (frame.filename, frame.lineno or 0, frame.name)
+    return found
+
+
+def torch_dir() -> Path:
+    import torch
+
+    return Path(torch.__file__).parent
+
+
+@contextlib.contextmanager
+def user_code(doing: str) -> Iterator[None]:
+    """Turn an exception raised by user code into one paragraph naming its file and line.
+
+    >>> with user_code("building the model"):
+    ...     pass
+
+    bncheck's own errors and Ctrl-C pass through; anything else becomes a
+    :class:`TargetError` (``--debug`` shows the original traceback, kept as ``__cause__``).
+    """
+    try:
+        yield
+    except (BNCheckError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        frame = _user_frame(e.__traceback__)
+        where = f" at {frame[0]}:{frame[1]} (in {frame[2]})" if frame else ""
+        lines = str(e).strip().splitlines()
+        raise TargetError(f"{doing}: {type(e).__name__}: {lines[0] if lines else ''}{where} "
+                          f"(--debug shows the traceback)") from e

@@ -34,7 +34,8 @@ def test_unknown_command_is_a_usage_error():
 
 def test_import_bncheck_stays_light():
     code = ("import sys, bncheck; heavy = [m for m in ('onnxruntime', 'onnx', 'hypothesis', "
-            "'rich', 'onnxscript', 'bncheck.distributed') if m in sys.modules]; print(heavy)")
+            "'rich', 'onnxscript', 'bncheck.distributed', 'openvino', 'monai', "
+            "'efficientnet_pytorch') if m in sys.modules]; print(heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

@@ -30,13 +30,12 @@ def test_verify_reference_passes_and_says_what_it_checked(tmp_path):
     assert "convention: torch" in r.stdout
     for name in names():
         assert name in r.stdout
-    assert "12 passed, 0 failed, 1 skipped" in r.stdout  # empty_batch: not declared
+    assert "13 passed, 0 failed, 0 skipped" in r.stdout  # empty_batch too: it is declared
     data = json.loads(out.read_text())
     assert data["ok"] is True and data["profile"] == "ci" and data["seed"] == 0
     assert data["wall_seconds"] < 60
     for p in data["properties"]:
-        if p["name"] != "empty_batch":
-            assert p["status"] == "passed" and p["examples"] >= 1 and p["seconds"] > 0
+        assert p["status"] == "passed" and p["examples"] >= 1 and p["seconds"] > 0
 
 
 def test_verify_verbatim_seed_fails_with_name_error():

@@ -3,7 +3,7 @@ BatchNorm fails it with a diff naming the output, the error and the tolerance.""
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bncheck.onnx import export_onnx
+from bncheck.errors import InvalidArgument
 from bncheck.onnx import gate as gate_module
+from bncheck.onnx.source import lenet_source
 
 # One OpenMP thread per CLI subprocess: LeNet-BN is tiny, and on a loaded 2-core machine
 # spinning OpenMP threads make small BatchNorm kernels 20x slower.
@@ -62,10 +63,16 @@ def test_unchanged_tree_passes_the_gate() -> None:
     for variant in ("lenet_scratch", "lenet_scratch.keep-bn", "lenet_torch",
                     "lenet_torch.keep-bn"):
         assert f"{variant} (exports)" in result.stdout
+    # A model nobody here wrote, its goldens rebuilt from the code (not committed).
+    monai = importlib.util.find_spec("monai") is not None
+    assert ("monai_resnet18_2d (exports)" if monai else "skipped: monai_resnet18_2d") \
+        in result.stdout
+    assert not (ROOT / "exports" / "monai_resnet18_2d.npz").exists()
 
 
 def test_planted_reference_bug_fails_the_gate() -> None:
-    result = run("gate", planted=True)
+    result = run("gate", "--variant", "lenet_scratch", "--variant", "lenet_torch",
+                 planted=True)
     assert result.returncode == 1, result.stdout + result.stderr
     err = result.stderr
     assert "gate: drift from the goldens" in err
@@ -79,6 +86,15 @@ def test_gate_without_exports_folder_is_a_usage_error(tmp_path: Path) -> None:
     result = run("gate", "--exports", str(tmp_path / "none"))
     assert result.returncode == 2
     assert result.stderr.startswith("Error: Expected --exports to be a folder")
+
+
+def test_gate_with_an_empty_exports_folder_suggests_only_its_own_options(
+        tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        gate_module.run_gate(tmp_path, only=["lenet_torch"])
+    message = str(info.value)
+    assert "no golden manifest" in message and "bncheck gate --update" in message
+    assert "--bn" not in message and "--manifest" not in message
 
 
 @pytest.fixture
@@ -95,11 +111,28 @@ def test_update_writes_goldens_that_then_pass(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # One variant, exported with the (fast) TorchScript exporter: this tests --update's logic;
     # the dynamo exports are exercised by the two gate runs above.
-    monkeypatch.setattr(gate_module, "VARIANTS", (gate_module.Variant("torch", keep_bn=False),))
-    monkeypatch.setattr(gate_module, "export_onnx",
-                        functools.partial(export_onnx, exporter="torchscript"))
+    monkeypatch.setattr(gate_module, "VARIANTS", (gate_module.Variant(
+        "lenet_torch", lambda: lenet_source("torch"), golden="lenet_torch.npz",
+        exporter="torchscript"),))
     written = gate_module.run_gate(tmp_path, update=True).written
     assert sorted(p.name for p in written) == ["lenet_torch.json", "lenet_torch.npz"]
     manifest = json.loads((tmp_path / "lenet_torch.json").read_text())
     assert manifest["golden"]["file"] == "lenet_torch.npz" and manifest["verified"]
     assert gate_module.run_gate(tmp_path).ok
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_monai_variant_fails_on_a_changed_fingerprint_or_structure(tmp_path: Path) -> None:
+    """The non-LeNet variant has no npz: a drift in its outputs (the fingerprint) or in where
+    its BNs went (the structure) must still fail the gate."""
+    pytest.importorskip("monai")
+    manifest = json.loads((ROOT / "exports" / "monai_resnet18_2d.json").read_text())
+    manifest["fingerprint"][1][3] += 0.01
+    manifest["bn_placement"][5]["kind"] = "node"
+    (tmp_path / "monai_resnet18_2d.json").write_text(json.dumps(manifest))
+    result = gate_module.run_gate(tmp_path, only=["monai_resnet18_2d"])
+    assert not result.ok
+    drift = "\n".join(result.drift)
+    assert "monai_resnet18_2d: eager outputs vs golden: Mismatched elements: 1 / 20" in drift
+    assert "at index (1, 3)" in drift
+    assert "monai_resnet18_2d: manifest 'bn_placement' changed" in drift

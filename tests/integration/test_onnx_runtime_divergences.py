@@ -150,3 +150,55 @@ def test_torch_verify_onnx_program_passes_the_seed_export_that_bncheck_fails() -
     report = verify_against_torch(program.model_proto.SerializeToString(), model,
                                   batches=(7,))
     assert not report.ok and str(report.localization).startswith("layer 1: BatchNorm(6)")
+
+
+@pytest.fixture(scope="module")
+def small_cnn_onnx() -> bytes:
+    """tests/data/models.py:small_cnn (Conv, BatchNorm2d, residual blocks), calibrated."""
+    import pathlib
+
+    from bncheck.onnx.source import model_source
+
+    spec = str(pathlib.Path(__file__).parents[1] / "data" / "models.py") + ":small_cnn"
+    source = model_source(spec, input_shapes=[(2, 3, 8, 8)])
+    return export_onnx(source.build(seed=0), source=source, exporter="torchscript",
+                       keep_bn=True)
+
+
+def test_openvino_default_precision_is_bfloat16_here_and_differs_from_f32(
+        small_cnn_onnx: bytes) -> None:
+    """OpenVINO's CPU plugin defaults to INFERENCE_PRECISION_HINT=bf16 on CPUs with AVX-512
+    BF16/AMX: a small BN CNN then differs from onnxruntime by ~1e-3, and by ~1e-7 with the hint
+    set to f32. bncheck reports the two as separate rows with their own tolerances."""
+    ov = pytest.importorskip("openvino")
+    from bncheck.onnx.runtimes.openvino import default_precision
+
+    if default_precision() != "bf16":
+        pytest.skip(f"OpenVINO's default precision here is {default_precision()}, not bf16")
+    x = {"input": np.random.default_rng(1).random((4, 3, 8, 8), dtype=np.float32)}
+    expected = ort.InferenceSession(small_cnn_onnx, providers=["CPUExecutionProvider"]).run(
+        None, x)[0]
+    core = ov.Core()
+    model = core.read_model(small_cnn_onnx)
+    default = core.compile_model(model, "CPU")(x)[0]
+    f32 = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    assert np.abs(f32 - expected).max() < 1e-5
+    assert np.abs(default - expected).max() > 1e-4
+    rows = {rt.label: rt for rt in runtimes(small_cnn_onnx, onnx.load_from_string(
+        small_cnn_onnx))}
+    assert rows["OpenVINO CPU f32"].tolerance.atol == 1e-5
+    assert rows["OpenVINO CPU default bf16"].tolerance.rtol == 5e-2
+
+
+def test_bncheck_refuses_to_run_onnxruntime_on_the_crashing_graph() -> None:
+    """The graph that kills onnxruntime 1.32 (above) is checked without it: onnxruntime's rows
+    fail with the reason, onnx.reference shows the batch dependence and names the node."""
+    from bncheck.onnx.standalone import verify_standalone
+
+    model = bn_model(15, ["Y", "", ""], training=1)
+    report = verify_standalone(model.SerializeToString())
+    assert not report.ok
+    ort_rows = [r for r in report.rows if r.runtime == "onnxruntime CPU"]
+    assert ort_rows and all(r.verdict == "FAIL" and "segmentation fault" in r.note
+                            for r in ort_rows)
+    assert [n[1] for n in report.batch_nodes] == ["BatchNormalization"]

@@ -263,7 +263,14 @@ def test_dimension_specific_classes(cls, ok, bad):
      r"Expected more than 1 value per channel"),
     (lambda: bncheck.BatchNorm(0), InvalidArgument, r"num_features=0"),
     (lambda: bncheck.BatchNorm(2.5), InvalidArgumentType, r"num_features"),
-    (lambda: bncheck.BatchNorm(3, eps=0.0), InvalidArgument, r"eps > 0.0, received eps=0.0"),
+    (lambda: bncheck.BatchNorm(3, eps=-1e-5), InvalidArgument, r"eps >= 0.0, received eps=-1e-05"),
+    (lambda: bncheck.BatchNorm(3, eps=float("nan")), InvalidArgument, r"eps to be finite"),
+    (lambda: bncheck.BatchNorm(3, eps=0.0)(torch.randn(4, 3)), InvalidArgument,
+     r"Expected eps > 0.0, received eps=0.0 \(training normalizes with batch statistics"),
+    (lambda: bncheck.batch_norm(torch.randn(4, 3), None, None, training=True, eps=0.0),
+     InvalidArgument, r"eps > 0.0, received eps=0.0 \(training"),
+    (lambda: bncheck.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps=-1.0),
+     InvalidArgument, r"eps >= 0.0, received eps=-1.0"),
     (lambda: bncheck.BatchNorm(3, momentum=1.5), InvalidArgument, r"momentum <= 1.0"),
     (lambda: bncheck.batch_norm(torch.randn(2, 3), None, None), InvalidArgument,
      r"Expected running_mean and running_var when training=False"),
@@ -297,3 +304,115 @@ def test_errors_are_catchable_the_usual_way():
 def test_eval_batch_of_one_is_fine():
     bn = bncheck.BatchNorm(3).eval()
     assert bn(torch.randn(1, 3)).shape == (1, 3)
+
+
+# --- torch 2.13 drop-in: bias=False, empty batches, eps=0 ---------------------------------------
+
+@pytest.mark.parametrize("cls,theirs,shape", [
+    (bncheck.BatchNorm1d, nn.BatchNorm1d, (4, 3)),
+    (bncheck.BatchNorm2d, nn.BatchNorm2d, (4, 3, 2, 2)),
+    (bncheck.BatchNorm3d, nn.BatchNorm3d, (4, 3, 2, 2, 2))])
+def test_bias_false_is_torchs(cls, theirs, shape):
+    ours, ref = cls(3, bias=False), theirs(3, bias=False)
+    assert ours.bias is None and isinstance(ours.weight, nn.Parameter)
+    assert list(ours.state_dict()) == list(ref.state_dict())  # no "bias" key
+    assert repr(ours).removeprefix("BatchNorm") == repr(ref).removeprefix("BatchNorm")
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape) * 2 + 1
+    torch.testing.assert_close(ours(x), ref(x))
+    assert cls(3, affine=False, bias=False).weight is None
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 2, 2), (0, 5), (3, 5, 0), (0, 5, 2, 2, 2)], ids=str)
+@pytest.mark.parametrize("momentum", [0.3, None])
+def test_empty_training_batch_is_torchs(shape, momentum):
+    ours = bncheck.BatchNorm(5, momentum=momentum)
+    ref = TORCH_BN[len(shape)](5, momentum=momentum)
+    with torch.no_grad():
+        ours.running_mean.fill_(0.5)
+    ref.load_state_dict(ours.state_dict())
+    x_ours, x_ref = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)
+    y_ours, y_ref = ours(x_ours), ref(x_ref)
+    assert y_ours.shape == y_ref.shape == shape
+    y_ours.sum().backward()
+    y_ref.sum().backward()
+    assert x_ours.grad.shape == shape
+    torch.testing.assert_close(ours.weight.grad, torch.zeros(5))  # zeros, not None, as torch's
+    torch.testing.assert_close(ours.bias.grad, torch.zeros(5))
+    assert_same_state(ours, ref, torch.float32)  # statistics unchanged, the batch counted
+    assert int(ours.num_batches_tracked) == 1
+
+
+def test_empty_batch_functional():
+    rm, rv = torch.full((5,), 0.5), torch.ones(5)
+    y = bncheck.batch_norm(torch.randn(0, 5, 3), rm, rv, training=True)
+    assert y.shape == (0, 5, 3) and y.dtype == torch.float32
+    torch.testing.assert_close(rm, torch.full((5,), 0.5))
+    with pytest.raises(InvalidArgument, match="more than 1 value per channel"):
+        bncheck.batch_norm(torch.randn(1, 0), None, None, training=True)  # as torch: N*L == 1
+
+
+def test_eps_zero_outside_training_is_torchs():
+    x, rm, rv = torch.randn(4, 3), torch.randn(3), torch.rand(3) + 0.5
+    torch.testing.assert_close(bncheck.batch_norm(x, rm, rv, eps=0.0),
+                               F.batch_norm(x, rm, rv, eps=0.0))
+    bn = bncheck.BatchNorm(3, eps=0.0).eval()  # torch's constructor accepts it too
+    torch.testing.assert_close(bn(x), nn.BatchNorm1d(3, eps=0.0).eval()(x))
+
+
+# --- the fast path: analytic backward, memory, double backward ------------------------------------
+
+@pytest.mark.parametrize("shape,channels_last", [((5, 3), False), ((3, 3, 4), False),
+                                                 ((2, 3, 3, 2), False), ((2, 3, 3, 2), True),
+                                                 ((2, 3, 2, 2, 2), True)], ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_gradcheck_and_gradgradcheck(shape, channels_last, affine):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last if len(shape) == 4
+                 else torch.channels_last_3d)
+    params = [torch.rand(3, generator=gen, dtype=torch.float64) + 0.5,
+              torch.randn(3, generator=gen, dtype=torch.float64)] if affine else []
+    inputs = [t.requires_grad_() for t in (x, *params)]
+
+    def f(x, *wb):
+        return bncheck.batch_norm(x, None, None, *wb, training=True)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_memory_kept_for_backward_is_the_input():
+    from bncheck.bench import saved_bytes
+
+    x = torch.randn(16, 8, 6, 6, requires_grad=True)
+    w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+    kept = saved_bytes(lambda: bncheck.batch_norm(x, torch.zeros(8), torch.ones(8), w, b, True))
+    native = saved_bytes(lambda: F.batch_norm(x, torch.zeros(8), torch.ones(8), w, b, True))
+    per_channel = 4 * 8 * 4  # weight, bias, mean, 1/std: float32 per channel
+    assert kept <= x.numel() * 4 + per_channel
+    assert kept <= native + 4 * 8  # native saves input, weight, mean, 1/std (bias is ours)
+    # The plain formula keeps about three input-sized tensors: the check can fail.
+    from bncheck._kernels import formula
+    assert saved_bytes(lambda: formula(x, w, b, 1e-5)[0]) > 2 * x.numel() * 4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's compiler
+def test_compiled_path_matches_torch():
+    """One small case: torch.compile takes ~15-30 s here on first use (C++ codegen by gcc)."""
+    pytest.importorskip("torch._inductor")
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, 4, 4, generator=gen) * 3 + 1
+    ours, theirs = pair(torch.float32, 4)
+    ours.compiled = True
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    torch.testing.assert_close(y_ours, y_theirs)
+    assert_same_state(ours, theirs, torch.float32)
+    g = torch.randn(x.shape, generator=gen)
+    y_ours.backward(g)
+    y_theirs.backward(g)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+    assert "compiled=True" in repr(ours)

@@ -30,9 +30,8 @@ def test_catalogue_is_documented():
 def test_correct_implementations_pass_everything(obj):
     report = verify(obj, profile="ci", examples=10, seed=1)
     assert report.ok, report.render()
-    # torch's classes declare empty batches; the reference leaves empty_batch skipped
-    expected = {"passed"} if obj is not bncheck.BatchNorm else {"passed", "skipped"}
-    assert {r.status for r in report.results} == expected
+    # torch's classes and the reference declare empty batches: nothing is skipped
+    assert {r.status for r in report.results} == {"passed"}
 
 
 def test_skips_name_the_reason():

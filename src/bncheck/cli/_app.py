@@ -22,6 +22,7 @@ _COMMANDS: dict[str, str] = {
     "check": "bncheck.cli._check:check",
     "gate": "bncheck.cli._gate:gate",
     "train": "bncheck.cli._train:train",
+    "bench": "bncheck.cli._bench:bench",
 }
 
 

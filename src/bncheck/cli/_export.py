@@ -1,30 +1,61 @@
-"""``bncheck export``: build, calibrate, export and verify LeNet-BN; write it atomically."""
+"""``bncheck export``: build a model source, export it, verify it, write it atomically."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from bncheck.cli._common import console, debug_option, handles_errors
-from bncheck.errors import InvalidArgument, VerificationFailed
+from bncheck.errors import VerificationFailed
 
 
 def source_options(fn: click.decorators.FC) -> click.decorators.FC:
-    """``--bn``, ``--checkpoint`` and ``--seed``, shared with ``bncheck check``."""
-    fn = click.option("--seed", type=int, default=0, show_default=True,
-                      help="Seeds the weights, the calibration batches and the inputs.")(fn)
-    fn = click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-                      help="A state_dict (torch.save) to load instead of calibrating; read "
-                           "with weights_only=True.")(fn)
-    fn = click.option("--bn", "bn", default=None, metavar="scratch|torch|FILE.py:Name",
-                      help="The BatchNorm in LeNet-BN: bncheck's reference (scratch), "
-                           "torch.nn (torch), or a TARGET as in `bncheck verify`.")(fn)
+    """The model source options, shared with ``bncheck check``."""
+    for option in reversed([
+        click.option("--model", "model_spec", default=None,
+                     metavar="FILE.py:factory|package.module:factory",
+                     help="The model to build instead of LeNet-BN: a function or Module class, "
+                          "called with the --model-arg keyword arguments (random init under "
+                          "--seed; nothing is downloaded)."),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="A keyword argument for the --model factory (repeatable); VALUE is "
+                          "a Python literal or a string, e.g. spatial_dims=2."),
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="N,C,H,W",
+                     help="An input's shape, batch first (repeatable, one per input). With "
+                          "--model: what the model takes. For `check` without a source: the "
+                          "symbolic dimensions of the graph's inputs."),
+        click.option("--static-batch", is_flag=True,
+                     help="Export dim 0 as fixed (default: a dynamic batch axis)."),
+        click.option("--bn", "bn", default=None, metavar="scratch|torch|FILE.py:Name",
+                     help="LeNet-BN's BatchNorm: bncheck's reference (scratch, the default), "
+                          "torch.nn (torch), or a TARGET as in `bncheck verify`."),
+        click.option("--calibrate", type=int, default=None, metavar="N",
+                     help="Training-mode forwards on generated data that give the BatchNorms "
+                          "running statistics (default: 24 for LeNet-BN, 8 otherwise)."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+                     help="A state_dict (torch.save) to load instead of calibrating; read "
+                          "with weights_only=True."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds the weights, the calibration batches and the inputs."),
+    ]):
+        fn = option(fn)
     return fn
 
 
+def make_source(model_spec: str | None, model_args: tuple[str, ...],
+                input_shapes: tuple[str, ...], bn: str | None, static_batch: bool) -> Any:
+    """The :class:`~bncheck.onnx.source.ModelSource` the source options name."""
+    from bncheck.onnx.source import model_source, parse_model_arg, parse_shape
+
+    return model_source(model_spec, model_args=dict(parse_model_arg(a) for a in model_args),
+                        input_shapes=[parse_shape(s) for s in input_shapes], bn=bn,
+                        dynamic_batch=not static_batch)
+
+
 @click.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.onnx")
+@click.argument("out", type=click.Path(path_type=Path), metavar="OUT.onnx")
 @source_options
 @click.option("--opset", type=int, default=None,
               help="ONNX opset to export (default: the exporter's; dynamo 18-23, "
@@ -35,58 +66,89 @@ def source_options(fn: click.decorators.FC) -> click.decorators.FC:
               help="Export without BN folding, so BatchNormalization nodes stay.")
 @click.option("--keep-failed", is_flag=True,
               help="Write the files even when verification fails (exit code still 1).")
+@click.option("--polygraphy", is_flag=True,
+              help="Also write the goldens in Polygraphy's format: OUT.polygraphy-inputs.json "
+                   "and OUT.polygraphy-outputs.json (for polygraphy run --load-inputs "
+                   "--load-outputs).")
 @debug_option
 @handles_errors
-def export(out: Path, bn: str | None, checkpoint: Path | None, seed: int, opset: int | None,
-           exporter: str, keep_bn: bool, keep_failed: bool, debug: bool) -> None:
-    """Export the seed's LeNet-BN to OUT.onnx and verify it on every runtime.
+def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
+           input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
+           calibrate: int | None, checkpoint: Path | None, seed: int, opset: int | None,
+           exporter: str, keep_bn: bool, keep_failed: bool, polygraphy: bool,
+           debug: bool) -> None:
+    """Export a model to OUT.onnx and verify it on every runtime.
 
-    Builds LeNet-BN with --bn (default scratch), gives its BatchNorms running statistics by
-    training-mode forwards on deterministic batches (or loads --checkpoint), puts it in eval
-    mode and exports it with a dynamic batch axis. The file must pass onnx.checker and shape
-    inference, match the eager model in eval mode (under no_grad, inference_mode and with grad
-    enabled; batches 1, 7 and 64) on onnxruntime CPU (DISABLE_ALL, ENABLE_ALL), onnxruntime
-    CUDA (skipped without it) and onnx.reference, and keep each sample independent of the rest
-    of the batch. A failure names the first diverging layer.
+    Builds LeNet-BN (--bn, default scratch) or --model FILE.py:factory /
+    package.module:factory (with --model-arg and --input-shape), gives its BatchNorms running
+    statistics by training-mode forwards on generated data (--calibrate N, or --checkpoint),
+    puts it in eval mode and exports it with a dynamic batch axis. The file must pass
+    onnx.checker and shape inference, match the eager model in eval mode (under no_grad,
+    inference_mode and with grad enabled) on onnxruntime CPU (DISABLE_ALL, ENABLE_ALL),
+    onnxruntime CUDA/TensorRT (skipped without them), onnx.reference and OpenVINO (f32 and its
+    default precision), and keep each sample independent of the rest of the batch. A failure
+    names the first diverging module (e.g. layer3.1.bn2) and graph node.
 
     Writes OUT.onnx, OUT.json (the manifest) and OUT.npz (golden inputs and outputs) only when
     everything passes (or with --keep-failed), atomically: an existing OUT.onnx is never left
     partly overwritten.
 
-    Exit codes: 0 verified, 1 verification failed, 2 usage error.
+    Exit codes: 0 verified, 1 verification failed, 2 usage error, 130 interrupted.
 
-    Example: bncheck export lenet.onnx --bn torch --keep-bn
+    Example: bncheck export r18.onnx --model monai.networks.nets:resnet18
+    --model-arg spatial_dims=2 --model-arg n_input_channels=3 --input-shape 1,3,64,64
     """
+    from bncheck._io import check_output_path
     from bncheck.cli._onnx_render import render_report
-    from bncheck.onnx.build import build_model
-    from bncheck.onnx.export import INPUT_NAME, OUTPUT_NAME, check_opset, export_onnx, write_atomic
-    from bncheck.onnx.manifest import golden_arrays, make_manifest, manifest_bytes, npz_bytes
+    from bncheck.onnx.export import check_opset, export_onnx, write_atomic
+    from bncheck.onnx.manifest import (
+        golden_arrays,
+        golden_batch,
+        make_manifest,
+        manifest_bytes,
+        npz_bytes,
+    )
     from bncheck.onnx.verify import verify_against_torch
 
-    if out.suffix != ".onnx":
-        raise InvalidArgument(f"Expected OUT to end in .onnx (the manifest and goldens go beside "
-                              f"it as .json and .npz), received OUT={str(out)!r}")
-    if not out.parent.is_dir():
-        raise InvalidArgument(f"Expected OUT in an existing folder, received OUT={str(out)!r} "
-                              f"(no folder {str(out.parent)!r})")
+    out = check_output_path(out, "OUT", suffix=".onnx")
+    json_path = check_output_path(out.with_suffix(".json"), "OUT (its manifest)")
+    npz_path = check_output_path(out.with_suffix(".npz"), "OUT (its goldens)")
+    pg_paths = [check_output_path(out.with_suffix(f".polygraphy-{kind}.json"),
+                                  f"OUT (its Polygraphy {kind})")
+                for kind in ("inputs", "outputs")] if polygraphy else []
     check_opset(opset, exporter)
-    bn = bn or "scratch"
-    model = build_model(bn, seed=seed, checkpoint=checkpoint)
-    data = export_onnx(model, exporter=exporter, opset=opset, keep_bn=keep_bn)
-    report = verify_against_torch(data, model, seed=seed)
+    source = make_source(model_spec, model_args, input_shapes, bn, static_batch)
     con = console()
-    render_report(con, report, title=f"{out.name}: LeNet-BN (bn={bn}), exporter={exporter}, "
+    with con.status(f"building and calibrating {source.label} ..."):
+        model = source.build(seed=seed, checkpoint=checkpoint, calibrate=calibrate)
+    with con.status(f"exporting with the {exporter} exporter ..."):
+        data = export_onnx(model, source=source, exporter=exporter, opset=opset,
+                           keep_bn=keep_bn)
+    with con.status("verifying on every runtime ..."):
+        report = verify_against_torch(data, model, source=source, seed=seed)
+    render_report(con, report, title=f"{out.name}: {source.label}, exporter={exporter}, "
                                      f"{'--keep-bn' if keep_bn else 'optimized'}")
-    json_path, npz_path = out.with_suffix(".json"), out.with_suffix(".npz")
-    source = {"bn": bn, "seed": seed, "checkpoint": None if checkpoint is None
-              else str(checkpoint), "exporter": exporter, "opset_requested": opset,
-              "keep_bn": keep_bn}
+    info = {**source.to_json(), "seed": seed,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "calibrate": calibrate, "exporter": exporter, "opset_requested": opset,
+            "keep_bn": keep_bn}
     if report.ok or keep_failed:
-        golden = golden_arrays(model, seed=seed, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
+        golden = golden_arrays(model, source, seed=seed,
+                               input_names=[i["name"] for i in report.inputs],
+                               output_names=[o["name"] for o in report.outputs])
         manifest = make_manifest(data=data, report=report, onnx_file=out.name,
-                                 golden_file=npz_path.name, source=source)
-        write_atomic({out: data, json_path: manifest_bytes(manifest), npz_path: npz_bytes(golden)})
-        con.print(f"wrote {out}, {json_path.name}, {npz_path.name}")
+                                 golden_file=npz_path.name, source=info,
+                                 golden_rows=golden_batch(source))
+        files = {out: data, json_path: manifest_bytes(manifest), npz_path: npz_bytes(golden)}
+        if pg_paths:
+            from bncheck.onnx.polygraphy_io import inputs_bytes, outputs_bytes
+
+            ins = {i["name"]: golden[i["name"]] for i in report.inputs}
+            files[pg_paths[0]] = inputs_bytes(ins)
+            files[pg_paths[1]] = outputs_bytes({o["name"]: golden[o["name"]]
+                                                for o in report.outputs})
+        write_atomic(files)
+        con.print(f"wrote {out}, " + ", ".join(p.name for p in list(files)[1:]))
     if not report.ok:
         kept = (f"files kept (--keep-failed): {out}, {json_path.name}, {npz_path.name}"
                 if keep_failed else "nothing written (--keep-failed writes the files anyway)")

@@ -13,18 +13,23 @@ from bncheck.errors import VerificationFailed
 @click.command()
 @click.option("--exports", "exports", type=click.Path(file_okay=False, path_type=Path),
               default=Path("exports"), show_default=True, help="The folder of goldens.")
+@click.option("--variant", "only", multiple=True, metavar="NAME",
+              help="Run only this variant (repeatable; default all).")
 @click.option("--update", is_flag=True,
               help="Rewrite the goldens from the code (on purpose: review the diff).")
 @debug_option
 @handles_errors
-def gate(exports: Path, update: bool, debug: bool) -> None:
-    """Re-create LeNet-BN and its exports from the code and compare with the goldens.
+def gate(exports: Path, only: tuple[str, ...], update: bool, debug: bool) -> None:
+    """Re-create the exports from the code and compare with the goldens in exports/.
 
-    For bn=scratch and bn=torch, optimized and --keep-bn (dynamo exporter): the eager eval
-    outputs and BatchNorm buffers, every runtime's outputs on the golden batch, batch
-    independence, and the manifest's opset, input/output signature and BN placement, each
-    within the stated tolerances. Any drift fails with a report naming the output, the error
-    and the tolerance. --update rewrites exports/ instead (only from exports that verify).
+    LeNet-BN for bn=scratch and bn=torch, optimized and --keep-bn (dynamo exporter): the
+    eager eval outputs and BatchNorm buffers, every runtime's outputs on the golden batch,
+    batch independence, and the manifest's opset, input/output signature and BN placement,
+    each within the stated tolerances. MONAI's resnet18 (2D, 32 x 32; skipped without MONAI):
+    its goldens rebuilt from the code, a fresh export verified against the eager model on
+    every runtime, its output fingerprint and structure against its manifest. Any drift
+    fails with a report naming the output, the error and the tolerance. --update rewrites
+    exports/ instead (only from exports that verify).
 
     Exit codes: 0 no drift (or goldens updated), 1 drift, 2 usage error.
 
@@ -36,7 +41,7 @@ def gate(exports: Path, update: bool, debug: bool) -> None:
     from bncheck.onnx.gate import run_gate
 
     con = console()
-    result = run_gate(exports, update=update,
+    result = run_gate(exports, update=update, only=only,
                       progress=lambda name: con.print(f"gate: {name} ...", highlight=False))
     groups: dict[str, dict[tuple[str, str, str], list]] = {}
     for variant, row in result.rows:
@@ -62,6 +67,8 @@ def gate(exports: Path, update: bool, debug: bool) -> None:
         con.print(table)
         if skipped:
             con.print(f"skipped or not applicable here: {', '.join(skipped)}")
+    for why in result.skipped:
+        con.print(f"skipped: {why}")
     if update:
         con.print("updated: " + ", ".join(str(p) for p in result.written))
         return

@@ -17,7 +17,12 @@ def num(v: float | None) -> str:
 
 
 def tol_text(t: Tolerance | None) -> str:
-    return "-" if t is None else f"{t.rtol:.2g} / {t.atol:.2g}"
+    if t is None:
+        return "-"
+    per_max = getattr(t, "atol_per_max", 0.0)
+    if per_max:
+        return f"{t.rtol:.2g}/{t.atol:.2g}|{per_max:.0%}max"
+    return f"{t.rtol:.2g} / {t.atol:.2g}"
 
 
 def verdict(v: str) -> str:
@@ -43,7 +48,17 @@ def render_report(con: Console, report: Report, *, title: str) -> None:
     for note in notes:
         con.print(f"[red]FAIL[/] {note}")
     con.print(f"opset {report.opset}; " + "; ".join(report.structure))
-    con.print(placement_line(report.placement))
+    if report.placement:
+        con.print(placement_line(report.placement))
+    con.print(f"BatchNormalization nodes: {len(report.bn_nodes) or 'none'}")
+    for node in report.bn_nodes:
+        style = "[red]" if node.batch_statistics else ""
+        con.print(f"  {style}{node}{'[/]' if style else ''}")
+    for fold in [] if report.placement else report.folds:
+        con.print(f"  {fold}")
+    for name, op, module in report.batch_nodes:
+        con.print(f"[red]batch-dependent node:[/] {op} node {name!r}"
+                  + (f" (module {module})" if module else ""))
     if isinstance(report.localization, str):
         con.print(f"[bold red]localization:[/] {report.localization}")
     elif report.localization is not None:

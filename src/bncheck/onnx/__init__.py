@@ -7,25 +7,36 @@
 >>> report.ok
 True
 
-One module per job: :mod:`~bncheck.onnx.build` (model, calibration, inputs),
-:mod:`~bncheck.onnx.export` (exporters, atomic writes), :mod:`~bncheck.onnx.runtimes`
-(onnxruntime and onnx.reference sessions, the tolerance table), :mod:`~bncheck.onnx.placement`
-(where each BatchNorm went in the graph), :mod:`~bncheck.onnx.localize` (first diverging layer),
-:mod:`~bncheck.onnx.verify` (the checks and their report), :mod:`~bncheck.onnx.manifest` and
-:mod:`~bncheck.onnx.gate` (goldens in ``exports/``). onnx, onnxruntime and onnxscript are imported
-inside the functions that need them.
+One module per job: :mod:`~bncheck.onnx.source` (model sources: LeNet-BN, ``FILE.py:factory``,
+``package.module:factory``, their inputs and calibration), :mod:`~bncheck.onnx.build` (LeNet-BN,
+calibration, checkpoints), :mod:`~bncheck.onnx.export` (exporters), :mod:`~bncheck.onnx.runtimes`
+(one plugin per runtime: onnxruntime CPU/CUDA/TensorRT, onnx.reference, OpenVINO; the tolerance
+table), :mod:`~bncheck.onnx.graph` (signature, node-to-module attribution, intermediates),
+:mod:`~bncheck.onnx.placement` (where each BatchNorm went), :mod:`~bncheck.onnx.bn_nodes`
+(BatchNormalization nodes and folds read from the graph alone), :mod:`~bncheck.onnx.localize`
+(first diverging module or node, batch-dependent nodes), :mod:`~bncheck.onnx.verify` and
+:mod:`~bncheck.onnx.standalone` (the checks against a source or goldens, and against the other
+runtimes), :mod:`~bncheck.onnx.manifest`, :mod:`~bncheck.onnx.polygraphy_io` and
+:mod:`~bncheck.onnx.gate` (goldens). onnx, onnxruntime, onnxscript, OpenVINO and model packages
+are imported inside the functions that need them.
 """
 
 from bncheck.onnx.build import build_model, make_inputs
 from bncheck.onnx.export import export_onnx
+from bncheck.onnx.source import ModelSource, lenet_source, model_source
+from bncheck.onnx.standalone import verify_standalone
 from bncheck.onnx.verify import Report, load_onnx, verify_against_golden, verify_against_torch
 
 __all__ = [
     "build_model",
     "make_inputs",
+    "ModelSource",
+    "lenet_source",
+    "model_source",
     "export_onnx",
     "load_onnx",
     "verify_against_torch",
     "verify_against_golden",
+    "verify_standalone",
     "Report",
 ]

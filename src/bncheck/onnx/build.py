@@ -12,14 +12,14 @@ fresh layer and an export that ignores them cannot pass by accident.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from bncheck._validation import check_positive_int, check_type
-from bncheck.errors import InvalidArgument
-from bncheck.models import BUILTIN_BN, INPUT_SHAPE, BNFactory, lenet_bn, resolve_bn
+from bncheck.models import BUILTIN_BN, INPUT_SHAPE, BNFactory, resolve_bn
 
 __all__ = ["BUILTIN_BN", "resolve_bn", "build_model", "calibrate", "make_inputs", "load_checkpoint"]
 
@@ -41,8 +41,20 @@ def make_inputs(batch: int, *, seed: int) -> Tensor:
 
 
 def calibrate(model: nn.Module, *, seed: int, steps: int = CALIBRATION_STEPS,
-              batch: int = CALIBRATION_BATCH) -> None:
-    """Run ``steps`` training-mode forwards (grad enabled) so BatchNorm running stats move."""
+              batch: int = CALIBRATION_BATCH,
+              make: Callable[[int, int], tuple[Tensor, ...]] | None = None,
+              label: str = "the model") -> None:
+    """Run ``steps`` training-mode forwards (grad enabled) so BatchNorm running stats move.
+
+    ``make(batch, seed)`` gives the inputs (default: LeNet-BN's); they are offset and scaled
+    (``x * 2 + 0.25``) so the statistics differ per channel and layer.
+
+    Raises:
+        TargetError: a forward raised (the message names the file and line).
+    """
+    from bncheck.target import user_code
+
+    make = make or (lambda b, s: (make_inputs(b, seed=s),))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     try:
@@ -50,30 +62,30 @@ def calibrate(model: nn.Module, *, seed: int, steps: int = CALIBRATION_STEPS,
         # requires grad, so no graph is built: 10x faster on CPU.
         for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad(), user_code(f"calibrating {label} (training-mode forward)"):
             for step in range(steps):
-                # Offset and scale the batches so the statistics differ per channel and layer.
-                x = make_inputs(batch, seed=10_000 + 97 * seed + step) * 2.0 + 0.25
-                model(x)
+                xs = make(batch, 10_000 + 97 * seed + step)
+                model(*(x * 2.0 + 0.25 for x in xs))
     finally:
         for p in params:
             p.requires_grad_(True)
     model.eval()
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+def load_checkpoint(model: nn.Module, path: str | Path, *, label: str = "this LeNet-BN"
+                    ) -> None:
     """Load a ``state_dict`` saved with ``torch.save`` (read with ``weights_only=True``).
 
     The checkpoint format is ``bncheck.training``'s; this reads it with
     :func:`bncheck.training.load_checkpoint`.
 
     Raises:
-        InvalidArgument: the file is missing or unreadable, is not a state_dict, or its keys
-            or shapes do not fit the model.
+        InvalidArgument: the file is missing or unreadable, holds a pickled model or no
+            state_dict, or its keys or shapes do not fit the model (``label``).
     """
     from bncheck.training import load_checkpoint as load
 
-    load(model, path)
+    load(model, path, what=label)
 
 
 def build_model(bn: str | BNFactory = "scratch", *, seed: int = 0,
@@ -87,15 +99,10 @@ def build_model(bn: str | BNFactory = "scratch", *, seed: int = 0,
 
     Raises:
         InvalidArgument: unknown ``bn``, a bad checkpoint.
-        TargetError: the TARGET cannot be loaded or built.
+        TargetError: the TARGET cannot be loaded or built, or raised in a forward.
     """
-    check_type(int, seed, "seed")
-    if seed < 0:
-        raise InvalidArgument(f"Expected seed >= 0, received seed={seed}")
-    factory = resolve_bn(bn) if isinstance(bn, str) else bn
-    model = lenet_bn(factory, seed=seed)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    else:
-        calibrate(model, seed=seed)
-    return model.eval()
+    from bncheck.onnx.source import lenet_source
+
+    model = lenet_source(bn).build(seed=seed, checkpoint=checkpoint)
+    assert isinstance(model, nn.Sequential)
+    return model

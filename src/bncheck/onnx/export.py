@@ -19,13 +19,16 @@ import io
 import logging
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from torch import nn
+from torch import Tensor, nn
 
 from bncheck._io import write_atomic
 from bncheck._validation import check_type
 from bncheck.errors import InvalidArgument, UsageError
-from bncheck.onnx.build import make_inputs
+
+if TYPE_CHECKING:
+    from bncheck.onnx.source import ModelSource
 
 __all__ = ["EXPORTERS", "OPSET_RANGES", "INPUT_NAME", "OUTPUT_NAME", "ExportFailed",
            "export_onnx", "check_opset", "write_atomic"]
@@ -79,13 +82,25 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(model: nn.Module, *, exporter: str = "dynamo", opset: int | None = None,
+def _output_names(model: nn.Module, source: ModelSource, example: tuple[Tensor, ...]
+                  ) -> list[str]:
+    if source.output_names is not None:
+        return list(source.output_names)
+    from bncheck.onnx.localize import eager_outputs
+
+    n = len(eager_outputs(model, example))
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def export_onnx(model: nn.Module, *, source: ModelSource | None = None,
+                exporter: str = "dynamo", opset: int | None = None,
                 keep_bn: bool = False) -> bytes:
-    """Export ``model`` (input ``(N, 1, 28, 28)``, dynamic ``N``) and return the ONNX bytes.
+    """Export ``model`` with ``source``'s inputs (dynamic batch axis) and return the ONNX bytes.
 
     Args:
         model: exported as is (a deep copy: a BatchNorm that mutates itself in forward
             leaves the caller's model alone); put it in eval mode first.
+        source: the model's inputs and names; default LeNet-BN's (``(N, 1, 28, 28)``).
         exporter: ``"dynamo"`` (torch's default) or ``"torchscript"``.
         opset: the opset to ask for; ``None`` is the exporter's default.
         keep_bn: keep BatchNormalization nodes (dynamo: ``optimize=False``; TorchScript:
@@ -98,25 +113,35 @@ def export_onnx(model: nn.Module, *, exporter: str = "dynamo", opset: int | None
     """
     import torch
 
+    from bncheck.onnx.source import lenet_source
+
     check_opset(opset, exporter)
+    source = source or lenet_source()
     model = copy.deepcopy(model)
-    example = make_inputs(2, seed=0)
+    # A dynamic batch is exported from a batch of 2: torch.export specializes a size-1 dim.
+    example = source.make_inputs(2 if source.dynamic_batch else source.inputs[0].shape[0],
+                                 seed=0)
+    in_names = [s.name for s in source.inputs]
+    out_names = _output_names(model, source, example)
     try:
         with _quiet():
             if exporter == "dynamo":
+                batch = torch.export.Dim("batch")
                 program = torch.onnx.export(
-                    model, (example,), dynamo=True, verbose=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=not keep_bn,
-                    external_data=False)
+                    model, example, dynamo=True, verbose=False, opset_version=opset,
+                    input_names=in_names, output_names=out_names,
+                    dynamic_shapes=tuple({0: batch} for _ in example)
+                    if source.dynamic_batch else None,
+                    optimize=not keep_bn, external_data=False)
                 assert program is not None
                 return program.model_proto.SerializeToString()  # type: ignore[no-any-return]
             buffer = io.BytesIO()
             torch.onnx.export(
-                model, (example,), buffer,  # type: ignore[arg-type]  # file objects work
+                model, example, buffer,  # type: ignore[arg-type]  # file objects work
                 dynamo=False, verbose=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                input_names=in_names, output_names=out_names,
+                dynamic_axes={n: {0: "batch"} for n in [*in_names, *out_names]}
+                if source.dynamic_batch else None,
                 do_constant_folding=not keep_bn)
             return buffer.getvalue()
     except Exception as e:  # noqa: BLE001 - the exporters raise anything; report one line

@@ -29,18 +29,28 @@ from torch import nn
 
 from bncheck._version import __version__
 from bncheck.errors import InvalidArgument
-from bncheck.onnx.build import make_inputs
 from bncheck.onnx.localize import eager_outputs
+from bncheck.onnx.placement import BNLayer
 from bncheck.onnx.runtimes import TOLERANCES
+from bncheck.onnx.source import ModelSource
 from bncheck.onnx.verify import ModelFileError, Report
 
 __all__ = ["MANIFEST_FORMAT", "GOLDEN_BATCH", "sha256", "versions", "make_manifest",
-           "manifest_bytes", "read_manifest", "golden_arrays", "npz_bytes", "read_golden"]
+           "manifest_bytes", "read_manifest", "golden_arrays", "npz_bytes", "read_golden",
+           "golden_batch", "layers_from_manifest"]
 
 MANIFEST_FORMAT = "bncheck-onnx-manifest/1"
 
-#: Rows in a golden input batch (16 x 784 float32: 50 KB).
-GOLDEN_BATCH = 16
+#: Rows in a golden input batch: LeNet-BN's 16 x 784 float32 (50 KB); 4 for any other model
+#: (a 224 x 224 RGB batch of 4 is 2.4 MB).
+GOLDEN_BATCH, MODEL_GOLDEN_BATCH = 16, 4
+
+
+def golden_batch(source: ModelSource) -> int:
+    """Rows in ``source``'s golden input batch (a fixed batch size when it is exported so)."""
+    if not source.dynamic_batch:
+        return source.inputs[0].shape[0]
+    return GOLDEN_BATCH if source.is_lenet else MODEL_GOLDEN_BATCH
 
 
 def sha256(data: bytes) -> str:
@@ -53,7 +63,7 @@ def versions() -> dict[str, str]:
 
     found = {"bncheck": __version__, "python": platform.python_version(),
              "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("onnx", "onnxruntime", "onnxscript"):
+    for name in ("onnx", "onnxruntime", "onnxscript", "openvino"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -62,12 +72,12 @@ def versions() -> dict[str, str]:
 
 
 def make_manifest(*, data: bytes, report: Report, onnx_file: str, golden_file: str | None,
-                  source: dict[str, Any]) -> dict[str, Any]:
-    """The manifest for ``data`` (``source``: bn, seed, checkpoint, exporter, opset asked,
-    keep_bn)."""
+                  source: dict[str, Any], golden_rows: int = GOLDEN_BATCH) -> dict[str, Any]:
+    """The manifest for ``data`` (``source``: the model source, seed, checkpoint, exporter,
+    opset asked, keep_bn)."""
     return {
         "format": MANIFEST_FORMAT,
-        "model": "lenet_bn",
+        "model": "lenet_bn" if source.get("model", "lenet") == "lenet" else source["model"],
         "source": source,
         "opset": report.opset,
         "versions": versions(),
@@ -76,11 +86,16 @@ def make_manifest(*, data: bytes, report: Report, onnx_file: str, golden_file: s
         "inputs": report.inputs,
         "outputs": report.outputs,
         "bn_placement": [p.to_json() for p in report.placement],
+        "bn_layers": [{"name": b.name, "label": b.label, "previous": b.previous}
+                      for b in report.layers],
+        "bn_nodes": [n.to_json() for n in report.bn_nodes],
         "golden": None if golden_file is None else {
-            "file": golden_file, "batch": GOLDEN_BATCH,
+            "file": golden_file, "batch": golden_rows,
             "inputs": [i["name"] for i in report.inputs],
             "outputs": [o["name"] for o in report.outputs]},
-        "tolerances": {k: {"rtol": t.rtol, "atol": t.atol, "reason": t.reason}
+        "tolerances": {k: {"rtol": t.rtol, "atol": t.atol, "reason": t.reason,
+                           **({"atol_per_max": t.atol_per_max}
+                              if hasattr(t, "atol_per_max") else {})}
                        for k, t in TOLERANCES.items()},
         "structure": report.structure,
         "results": [r.to_json() for r in report.rows],
@@ -100,8 +115,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     if not p.is_file():
-        raise ModelFileError(f"no manifest {str(p)!r}: give --bn to verify against a PyTorch "
-                             f"source, or --manifest PATH")
+        raise ModelFileError(f"no manifest {str(p)!r}")
     try:
         manifest = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -112,16 +126,26 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def golden_arrays(model: nn.Module, *, seed: int, input_name: str, output_name: str
-                  ) -> dict[str, np.ndarray]:
+def golden_arrays(model: nn.Module, source: ModelSource, *, seed: int,
+                  input_names: list[str], output_names: list[str]) -> dict[str, np.ndarray]:
     """The golden batch, the eager eval outputs for it (no_grad), and the BN buffers."""
-    x = make_inputs(GOLDEN_BATCH, seed=seed * 1000 + 999)
-    _, y = eager_outputs(model, x, "torch.no_grad()")
-    arrays = {input_name: x.numpy(), output_name: y.numpy()}
+    xs = source.make_inputs(golden_batch(source), seed=seed * 1000 + 999)
+    ys = eager_outputs(model, xs, "torch.no_grad()")
+    arrays = {n: x.numpy() for n, x in zip(input_names, xs, strict=True)}
+    arrays.update({n: y.numpy() for n, y in zip(output_names, ys, strict=True)})
     for key, value in model.state_dict().items():
         if ("running_" in key or "moving_" in key) and value.is_floating_point():
             arrays[f"state/{key}"] = value.detach().cpu().numpy()
     return arrays
+
+
+def layers_from_manifest(manifest: dict[str, Any]) -> list[BNLayer] | None:
+    """The BatchNorm layers a manifest records (``None`` for LeNet-BN manifests without)."""
+    layers = manifest.get("bn_layers")
+    if not isinstance(layers, list):
+        return None if manifest.get("model") == "lenet_bn" else []
+    return [BNLayer(str(d["name"]), str(d["label"]), d.get("previous")) for d in layers
+            if isinstance(d, dict) and "name" in d and "label" in d]
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

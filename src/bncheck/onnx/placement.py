@@ -15,30 +15,41 @@ A BatchNorm ends up as one of:
 * ``batch-statistics``: nodes that reduce over the batch axis (ReduceMean over axis 0) or a
   BatchNormalization with ``training_mode=1``: the graph normalizes with batch statistics.
 
-Nodes are attributed to the model's top-level layers by the exporters' scope names: the dynamo
-exporter's ``pkg.torch.onnx.name_scopes`` metadata, the TorchScript exporter's ``/k/Op`` names.
+Nodes are attributed to the model's modules by the exporters' scope names
+(:func:`bncheck.onnx.graph.module_of`). A BatchNorm layer is named by its qualified module name
+(``1`` in LeNet-BN's Sequential, shown as ``layer 1``; ``layer3.1.bn2`` in a ResNet).
 """
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bncheck.models import BN_LAYER_INDICES
+from bncheck.onnx.graph import display_name, module_of
 
-__all__ = ["Placement", "LENET_BN_LABELS", "layer_of", "nodes_by_layer", "bn_placement",
+__all__ = ["Placement", "BNLayer", "LENET_BN_LAYERS", "nodes_by_module", "bn_placement",
            "placement_line"]
 
-#: LeNet-BN's BatchNorm layers: Sequential index -> label (as a from-scratch BN prints).
-LENET_BN_LABELS: dict[int, str] = dict(
-    zip(BN_LAYER_INDICES, ("BatchNorm(6)", "BatchNorm(16)", "BatchNorm(120)", "BatchNorm(84)"),
-        strict=True))
 
-_SCOPES = "pkg.torch.onnx.name_scopes"
+@dataclass(frozen=True)
+class BNLayer:
+    """A BatchNorm module of the eager model: qualified name, label, and the module that ran
+    just before it (the Conv/Linear a fold would go into)."""
+
+    name: str
+    label: str
+    previous: str | None = None
+
+
+#: LeNet-BN's BatchNorm layers (Sequential indices; labels as a from-scratch BN prints).
+LENET_BN_LAYERS: tuple[BNLayer, ...] = tuple(
+    BNLayer(str(k), label, str(k - 1)) for k, label in zip(
+        BN_LAYER_INDICES, ("BatchNorm(6)", "BatchNorm(16)", "BatchNorm(120)", "BatchNorm(84)"),
+        strict=True))
 _PASS_THROUGH = ("Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten")
 _HOSTS = ("Conv", "Gemm", "MatMul")
 _ELEMENTWISE_ORDER = ("ReduceMean", "Sub", "Div", "Mul", "Sqrt", "Reciprocal", "Add", "Pow")
@@ -46,48 +57,35 @@ _ELEMENTWISE_ORDER = ("ReduceMean", "Sub", "Div", "Mul", "Sqrt", "Reciprocal", "
 
 @dataclass(frozen=True)
 class Placement:
-    """One BatchNorm layer's fate in the graph."""
+    """One BatchNorm layer's fate in the graph (``layer``: its qualified module name)."""
 
-    layer: int
+    layer: str
     module: str
     kind: str
     detail: str
     ops: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ops"] = list(self.ops)
-        return d
+        return {"layer": self.layer, "module": self.module, "kind": self.kind,
+                "detail": self.detail, "ops": list(self.ops)}
 
     def __str__(self) -> str:
-        return f"layer {self.layer} {self.module}: {self.detail}"
+        return f"{display_name(self.layer)} {self.module}: {self.detail}"
 
 
-def layer_of(node: Any) -> int | None:
-    """The top-level layer index a node comes from, or None when the exporter did not say."""
-    for prop in node.metadata_props:
-        if prop.key == _SCOPES:
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return None
-            if len(scopes) > 1 and str(scopes[1]).isdigit():
-                return int(scopes[1])
-            return None
-    parts = node.name.split("/")
-    if len(parts) > 2 and parts[0] == "" and parts[1].isdigit():
-        return int(parts[1])
-    return None
-
-
-def nodes_by_layer(model: Any) -> dict[int, list[Any]]:
-    """Top-level layer index -> the graph's nodes from that layer, in graph order."""
-    out: dict[int, list[Any]] = {}
+def nodes_by_module(model: Any, known: Collection[str] | None = None) -> dict[str, list[Any]]:
+    """Qualified module name -> the graph's nodes from that module itself, in graph order."""
+    out: dict[str, list[Any]] = {}
     for node in model.graph.node:
-        k = layer_of(node)
-        if k is not None:
-            out.setdefault(k, []).append(node)
+        name = module_of(node, known)
+        if name is not None:
+            out.setdefault(name, []).append(node)
     return out
+
+
+def _within(nodes: Mapping[str, list[Any]], name: str) -> list[Any]:
+    """The nodes of module ``name`` and of its submodules."""
+    return [n for k, ns in nodes.items() if k == name or k.startswith(name + ".") for n in ns]
 
 
 def constants(model: Any) -> dict[str, np.ndarray]:
@@ -139,8 +137,10 @@ def _ordered_ops(nodes: list[Any]) -> tuple[str, ...]:
     return tuple(known + sorted(ops - set(known)))
 
 
-def _classify(layer: int, label: str, nodes: list[Any], prev: list[Any],
+def _classify(bn: BNLayer, nodes: list[Any], prev: list[Any],
               consts: Mapping[str, np.ndarray]) -> Placement:
+    layer, label = bn.name, bn.label
+    host_of = f" ({display_name(bn.previous)})" if bn.previous is not None else ""
     bn_nodes = [n for n in nodes if n.op_type == "BatchNormalization"]
     if bn_nodes:
         modes = sorted({_attr_int(n, "training_mode", 0) for n in bn_nodes})
@@ -154,12 +154,11 @@ def _classify(layer: int, label: str, nodes: list[Any], prev: list[Any],
     ops = _ordered_ops(nodes)
     if ops and set(ops) <= set(_HOSTS):
         # The dynamo exporter's optimizer gives the fused Conv/Gemm the BatchNorm's scope.
-        return Placement(layer, label, "folded", f"folded into {ops[-1]} (layer {layer - 1})")
+        return Placement(layer, label, "folded", f"folded into {ops[-1]}{host_of}")
     if not ops:
         host = [n.op_type for n in prev if n.op_type in _HOSTS]
         if host:
-            return Placement(layer, label, "folded",
-                             f"folded into {host[-1]} (layer {layer - 1})")
+            return Placement(layer, label, "folded", f"folded into {host[-1]}{host_of}")
         return Placement(layer, label, "folded", "no node of its own left in the graph")
     for node in nodes:
         if node.op_type.startswith("Reduce"):
@@ -172,18 +171,25 @@ def _classify(layer: int, label: str, nodes: list[Any], prev: list[Any],
                      f"decomposed into elementwise ops ({', '.join(ops)})", ops)
 
 
-def bn_placement(model: Any, labels: Mapping[int, str] | None = None) -> list[Placement]:
-    """Where each BatchNorm layer went: one :class:`Placement` per entry of ``labels``.
+def bn_placement(model: Any, layers: Sequence[BNLayer] | None = None, *,
+                 known: Collection[str] | None = None) -> list[Placement]:
+    """Where each BatchNorm layer went: one :class:`Placement` per entry of ``layers``.
 
     Args:
         model: an ``onnx.ModelProto``.
-        labels: layer index -> label; ``None`` is LeNet-BN's (:data:`LENET_BN_LABELS`).
+        layers: the eager model's BatchNorm modules; ``None`` is LeNet-BN's
+            (:data:`LENET_BN_LAYERS`).
+        known: every module name of the eager model (maps a repeated call, ``act_1``, to its
+            module); default: the names in ``layers``.
     """
-    labels = LENET_BN_LABELS if labels is None else labels
-    layers = nodes_by_layer(model)
+    layers = LENET_BN_LAYERS if layers is None else layers
+    if known is None:
+        known = {b.name for b in layers} | {b.previous for b in layers if b.previous}
+    by_module = nodes_by_module(model, known)
     consts = constants(model)
-    return [_classify(k, label, layers.get(k, []), layers.get(k - 1, []), consts)
-            for k, label in sorted(labels.items())]
+    return [_classify(bn, _within(by_module, bn.name),
+                      _within(by_module, bn.previous) if bn.previous is not None else [],
+                      consts) for bn in layers]
 
 
 def placement_line(placements: list[Placement]) -> str:

@@ -1,5 +1,5 @@
-"""Verify an ONNX file: structure, every runtime against the eager model (or goldens), and
-batch independence; localize the first diverging layer when a check fails.
+"""Verify an ONNX file: structure, every runtime against the eager model (or goldens, or the
+other runtimes), and batch independence; name the first diverging module or node on failure.
 
 >>> from bncheck.onnx import build_model, export_onnx, verify_against_torch
 >>> model = build_model("torch")
@@ -8,16 +8,21 @@ batch independence; localize the first diverging layer when a check fails.
 >>> report.ok, sorted({row.check for row in report.rows})
 (True, ['batch independence', 'grad modes', 'torch CUDA', 'vs eager'])
 
-The eager reference is the model in **eval mode**, run under ``torch.no_grad()``,
-``torch.inference_mode()`` and with grad enabled: an eval-mode model must give one answer in all
-three, and the graph must match each (torch's own ``verify_onnx_program`` compares against the
-ExportedProgram instead, which has already baked in whatever branch the export took).
+Three references, one report:
+
+* :func:`verify_against_torch`: the eager model in **eval mode**, under ``torch.no_grad()``,
+  ``torch.inference_mode()`` and with grad enabled (an eval-mode model must give one answer in
+  all three; torch's own ``verify_onnx_program`` compares against the ExportedProgram instead,
+  which has already baked in whatever branch the export took);
+* :func:`verify_against_golden`: golden inputs and outputs (a manifest's ``.npz``);
+* :func:`bncheck.onnx.standalone.verify_standalone`: no source at all: the runtimes against
+  onnxruntime CPU ``DISABLE_ALL`` (each within the sum of both tolerances), batch independence
+  named node by node, and every BatchNormalization node and fold reported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,92 +30,33 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bncheck.compare import Tolerance, compare, max_errors
-from bncheck.errors import UsageError
-from bncheck.models import BN_LAYER_INDICES, INPUT_SHAPE
-from bncheck.onnx.build import make_inputs
-from bncheck.onnx.localize import (
-    GRAD_CONTEXTS,
-    Localization,
-    eager_outputs,
-    localize,
-    module_label,
+from bncheck.compare import compare, max_errors
+from bncheck.onnx._report import (
+    Report,
+    Row,
+    batch_independence,
+    compare_outputs,
+    feeds_of,
+    one_line,
+    run_on,
+    skip_rows,
+    start_report,
+    structure_problems,
 )
-from bncheck.onnx.placement import Placement, bn_placement
-from bncheck.onnx.runtimes import TOLERANCES, Runtime, onnx_opset, runtimes
+from bncheck.onnx.graph import ModelFileError, Signature, signature
+from bncheck.onnx.localize import GRAD_CONTEXTS, bn_layers, eager_outputs, localize
+from bncheck.onnx.placement import BNLayer
+from bncheck.onnx.runtimes import TOLERANCES, runtimes
+from bncheck.onnx.source import InputSpec, ModelSource, lenet_source
 
-__all__ = ["Row", "Report", "ModelFileError", "load_onnx", "structure_problems", "signature",
-           "verify_against_torch", "verify_against_golden", "TORCH_BATCHES"]
+__all__ = ["Row", "Report", "ModelFileError", "load_onnx", "structure_problems",
+           "check_signature", "verify_against_torch", "verify_against_golden", "TORCH_BATCHES"]
 
-#: Batch sizes checked against the eager model: one sample, a small odd batch, a large batch.
+#: Batch sizes LeNet-BN is checked at: one sample, a small odd batch, a large batch.
 TORCH_BATCHES = (1, 7, 64)
-
 
 _SHORT = {"torch.no_grad()": "no_grad", "torch.inference_mode()": "inference_mode",
           "grad enabled": "grad enabled"}
-
-
-class ModelFileError(UsageError):
-    """The file is not a valid ONNX model with LeNet-BN's input signature."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the verification table."""
-
-    check: str
-    runtime: str
-    level: str
-    batch: int | None
-    max_abs: float | None
-    max_rel: float | None
-    tolerance: Tolerance | None
-    verdict: str  # "ok", "FAIL", "skipped", "n/a"
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        tol = self.tolerance
-        return {"check": self.check, "runtime": self.runtime, "level": self.level,
-                "batch": self.batch, "max_abs": self.max_abs, "max_rel": self.max_rel,
-                "rtol": tol.rtol if tol else None, "atol": tol.atol if tol else None,
-                "verdict": self.verdict, "note": self.note}
-
-
-@dataclass
-class Report:
-    """Everything one verification found; ``ok`` when no row failed."""
-
-    rows: list[Row] = field(default_factory=list)
-    placement: list[Placement] = field(default_factory=list)
-    structure: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    localization: Localization | str | None = None
-    opset: int = 0
-    inputs: list[dict[str, Any]] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and all(r.verdict != "FAIL" for r in self.rows)
-
-    def failure_message(self) -> str:
-        """The message a failed verification raises: localization first, then the reports."""
-        lines = []
-        if isinstance(self.localization, Localization):
-            lines.append(f"first diverging layer: {self.localization}")
-        elif self.localization is not None:
-            lines.append(f"localization: {self.localization}")
-        # Graph-vs-reference reports first; the eager grad-mode ones after.
-        ordered = sorted(self.failures, key=lambda f: f.startswith("eager eval output"))
-        lines += ordered[:3]
-        if len(ordered) > 3:
-            lines.append(f"... and {len(ordered) - 3} more failed checks")
-        return "\n".join(lines)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def load_onnx(path: str | Path) -> tuple[bytes, Any]:
@@ -118,8 +64,7 @@ def load_onnx(path: str | Path) -> tuple[bytes, Any]:
 
     Raises:
         ModelFileError: missing file, not a protobuf ModelProto, truncated, fails
-            ``onnx.checker`` (full check) or shape inference, or a signature other than
-            one float32 input ``(N, 1, 28, 28)``.
+            ``onnx.checker`` (full check) or shape inference, or has no inputs or outputs.
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -132,7 +77,7 @@ def load_onnx(path: str | Path) -> tuple[bytes, Any]:
         model = onnx.load_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{str(p)!r} is not an ONNX model (truncated or not a "
-                             f"ModelProto: {_one_line(e)})") from None
+                             f"ModelProto: {one_line(e)})") from None
     problems = structure_problems(model)
     if problems:
         raise ModelFileError(f"{str(p)!r} is not a valid ONNX model: {problems[0]}")
@@ -140,289 +85,175 @@ def load_onnx(path: str | Path) -> tuple[bytes, Any]:
     return data, model
 
 
-def structure_problems(model: Any) -> list[str]:
-    """``onnx.checker`` (full check) and strict shape inference; the problems found."""
-    import onnx
-
-    if not model.graph.node and not model.graph.input:
-        return ["empty graph (no nodes, no inputs): not an ONNX model"]
-    problems = []
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        problems.append(f"onnx.checker: {_one_line(e)}")
-    try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
-        problems.append(f"shape inference: {_one_line(e)}")
-    return problems
-
-
-def _io(values: Any, initializers: Any = ()) -> list[dict[str, Any]]:
-    """Name, shape and dtype of graph inputs/outputs; inputs that are initializers (as old
-    exports list the weights, opset < 9) are left out."""
-    import onnx
-
-    skip = {t.name for t in initializers}
-    out = []
-    for v in values:
-        if v.name in skip:
-            continue
-        tt = v.type.tensor_type
-        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
-                for d in tt.shape.dim]
-        out.append({"name": v.name, "shape": dims,
-                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
-                    if tt.elem_type else "?"})
-    return out
-
-
-def signature(model: Any, *, where: str = "model") -> int | None:
-    """Check for one float32 ``(N, 1, 28, 28)`` input; return N when fixed, None when dynamic.
+def check_signature(sig: Signature, specs: Sequence[InputSpec], *, where: str = "model"
+                    ) -> None:
+    """The graph must take float32 inputs of the source's shapes (dim 0 may differ).
 
     Raises:
-        ModelFileError: another input signature.
+        ModelFileError: another input signature (expected vs received).
     """
-    inputs = _io(model.graph.input, model.graph.initializer)
-    want = f"one float32 input of shape (N, {', '.join(map(str, INPUT_SHAPE))})"
-    got = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in inputs) or "no inputs"
-    ok = (len(inputs) == 1 and inputs[0]["dtype"] == "float32" and len(inputs[0]["shape"]) == 4
-          and tuple(inputs[0]["shape"][1:]) == INPUT_SHAPE)
-    if not ok or not model.graph.output:
-        raise ModelFileError(f"{where}: wrong input signature: expected {want}, "
-                             f"received {got}")
-    n = inputs[0]["shape"][0]
-    return n if isinstance(n, int) and n > 0 else None
+    want = ", ".join(f"float32(N, {', '.join(map(str, s.shape[1:]))})" for s in specs)
+    got = ", ".join(f"{i.name}: {i.dtype}"
+                    f"({', '.join('?' if d is None else str(d) for d in i.shape)})"
+                    for i in sig.inputs)
+    ok = len(sig.inputs) == len(specs) and all(
+        i.dtype == "float32" and len(i.shape) == len(s.shape)
+        and all(d is None or d == e for d, e in zip(i.shape[1:], s.shape[1:], strict=True))
+        for i, s in zip(sig.inputs, specs, strict=False))
+    if not ok:
+        raise ModelFileError(f"{where}: wrong input signature: expected {len(specs)} input(s) "
+                             f"{want}, received {got or 'no inputs'}")
 
 
-def _errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    return max_errors(np.asarray(actual), np.asarray(expected))
-
-
-def _start(data: bytes, model: Any, placement_labels: Mapping[int, str] | None) -> Report:
-    report = Report(opset=onnx_opset(model),
-                    inputs=_io(model.graph.input, model.graph.initializer),
-                    outputs=_io(model.graph.output))
-    problems = structure_problems(model)
-    report.structure = problems or ["onnx.checker (full_check): ok", "shape inference: ok"]
-    report.failures += problems
-    report.placement = bn_placement(model, placement_labels)
-    return report
-
-
-def _skip_rows(report: Report, rts: list[Runtime], check: str) -> list[Runtime]:
-    for rt in rts:
-        if rt.error:
-            report.rows.append(Row(check, rt.name, rt.level, None, None, None, rt.tolerance,
-                                   "FAIL", rt.error))
-            report.failures.append(f"{rt.label}: {rt.error}")
-        elif rt.skipped or rt.not_applicable:
-            report.rows.append(Row(check, rt.name, rt.level, None, None, None, rt.tolerance,
-                                   "skipped" if rt.skipped else "n/a",
-                                   rt.skipped or rt.not_applicable or ""))
-    return [rt for rt in rts if rt.run is not None]
-
-
-def _run(report: Report, rt: Runtime, x: np.ndarray, check: str) -> list[np.ndarray] | None:
-    """The runtime's outputs, or None after recording a FAIL row when it raised."""
-    assert rt.run is not None
-    try:
-        return rt.run(x)
-    except Exception as e:  # noqa: BLE001 - any runtime error on a valid input is a failure
-        lines = str(e).strip().splitlines()
-        why = f"raised {type(e).__name__}: {lines[0] if lines else ''}"
-        report.rows.append(Row(check, rt.name, rt.level, x.shape[0], None, None, rt.tolerance,
-                               "FAIL", why))
-        report.failures.append(f"{rt.label} (batch {x.shape[0]}) {why}")
-        return None
-
-
-def _batch_independence(report: Report, rts: list[Runtime], x: np.ndarray, seed: int) -> None:
-    """Row 0's output must not change when the other rows change (eval mode)."""
-    tol = TOLERANCES["batch-independence"]
-    if x.shape[0] < 2:
-        report.rows.append(Row("batch independence", "all", "", int(x.shape[0]), None, None,
-                               tol, "n/a", "the graph's batch size is fixed at 1"))
-        return
-    other = x.copy()
-    other[1:] = make_inputs(x.shape[0] - 1, seed=seed + 7919).numpy() * 3.0 - 1.0
-    for rt in rts:
-        first = _run(report, rt, x, "batch independence")
-        second = None if first is None else _run(report, rt, other, "batch independence")
-        if first is None or second is None:
-            continue
-        y0, y1 = first[0][:1], second[0][:1]
-        m = compare(y1, y0, tolerance=tol, name=f"row 0 output ({rt.label}, batch "
-                    f"{x.shape[0]}, other rows changed)", check_dtype=False)
-        abs_, rel = _errors(y1, y0)
-        report.rows.append(Row("batch independence", rt.name, rt.level, x.shape[0], abs_, rel,
-                               tol, "ok" if m is None else "FAIL",
-                               "" if m is None else "row 0 depends on the other rows"))
-        if m is not None:
-            report.failures.append(str(m))
-
-
-def verify_against_torch(data: bytes, model: nn.Module, *, seed: int = 0,
-                         batches: Sequence[int] = TORCH_BATCHES,
-                         placement_labels: Mapping[int, str] | None = None) -> Report:
+def verify_against_torch(data: bytes, model: nn.Module, *, source: ModelSource | None = None,
+                         seed: int = 0, batches: Sequence[int] | None = None) -> Report:
     """Verify the ONNX bytes against the eager ``model`` in eval mode, on every runtime.
 
     Args:
         data: the ONNX model.
-        model: the eager model (deep-copied for every forward; put in eval mode).
-        seed: seeds the input batches (``make_inputs(b, seed=seed * 1000 + b)``).
-        batches: batch sizes to check; the batch-independence check uses the first
+        model: the eager model (deep-copied for every forward).
+        source: what the model takes (its inputs) and its batch sizes; default LeNet-BN.
+        seed: seeds the input batches (``source.make_inputs(b, seed=seed * 1000 + b)``).
+        batches: batch sizes (default: the source's); batch independence uses the first
             odd one above 1 (or the largest).
-        placement_labels: BatchNorm layers for the placement summary (default LeNet-BN's).
+
+    Raises:
+        ModelFileError: the graph's input signature does not fit the source.
     """
     import onnx
 
+    source = source or lenet_source()
     graph = onnx.load_from_string(data)
-    fixed = signature(graph)
-    if fixed is not None:
-        batches = [fixed]
-    if placement_labels is None:
-        children = list(model.children())
-        placement_labels = {k: module_label(children[k]) for k in BN_LAYER_INDICES
-                            if k < len(children)}
-    report = _start(data, graph, placement_labels)
-    rts = _skip_rows(report, runtimes(data, graph), "vs eager")
-    first_fail: tuple[Tensor, str] | None = None
+    sig = signature(graph)
+    check_signature(sig, source.inputs)
+    batches = [sig.fixed_batch] if sig.fixed_batch else list(batches or source.batches)
+    names = [i.name for i in sig.inputs]
+    odd = [b for b in batches if b > 1 and b % 2] or [max(batches)]
+    probe = source.make_inputs(max(2, odd[0]), seed=seed * 1000 + odd[0])
+    layers, known = bn_layers(model, probe)
+    report = start_report(graph, layers, known)
+    rts = skip_rows(report, runtimes(data, graph), "vs eager")
+    first_fail: tuple[tuple[Tensor, ...], str] | None = None
     if not torch.cuda.is_available():
         report.rows.append(Row("torch CUDA", "torch CUDA", "", None, None, None,
                                TOLERANCES["torch-cuda"], "skipped",
                                "torch.cuda.is_available() is False"))
     for b in batches:
-        x = make_inputs(b, seed=seed * 1000 + b)
-        refs = {ctx: eager_outputs(model, x, ctx)[1].numpy() for ctx in GRAD_CONTEXTS}
+        xs = source.make_inputs(b, seed=seed * 1000 + b)
+        refs = {ctx: [t.numpy() for t in eager_outputs(model, xs, ctx)] for ctx in GRAD_CONTEXTS}
         base = refs["torch.no_grad()"]
         for ctx in list(GRAD_CONTEXTS)[1:]:
-            tol = TOLERANCES["grad-mode"]
-            m = compare(refs[ctx], base, tolerance=tol, check_dtype=False,
-                        name=f"eager eval output under {ctx} vs torch.no_grad() (batch {b})")
-            abs_, rel = _errors(refs[ctx], base)
-            report.rows.append(Row("grad modes", "torch CPU", _SHORT[ctx], b, abs_, rel, tol,
-                                   "ok" if m is None else "FAIL",
-                                   "" if m is None else "eval output depends on grad mode"))
-            if m is not None:
-                report.failures.append(str(m))
+            _grad_mode_row(report, refs[ctx], base, ctx, b)
         if torch.cuda.is_available():
-            _torch_cuda_row(report, model, x, base)
+            _torch_cuda_row(report, model, xs, base)
         for rt in rts:
-            outs = _run(report, rt, x.numpy(), "vs eager")
-            if outs is None:
+            ys = run_on(report, rt, feeds_of(names, xs), "vs eager")
+            if ys is None:
                 continue
-            y = outs[0]
-            worst: tuple[float, float, str] = (0.0, 0.0, "")
-            failed_ctx = ""
-            for ctx, ref in refs.items():
-                abs_, rel = _errors(y, ref)
-                if abs_ >= worst[0]:
-                    worst = (abs_, rel, ctx)
-                m = compare(y, ref, tolerance=rt.tolerance, check_dtype=False,
-                            name=f"{graph.graph.output[0].name} ({rt.label}, batch {b}, vs "
-                                 f"eager eval under {ctx})")
-                if m is not None:
-                    failed_ctx = failed_ctx or ctx
-                    report.failures.append(str(m))
-                    if first_fail is None or (first_fail[0].shape[0] < 2 <= b):
-                        first_fail = (x, ctx)
-            report.rows.append(Row(
-                "vs eager", rt.name, rt.level, b, worst[0], worst[1], rt.tolerance,
-                "FAIL" if failed_ctx else "ok", f"differs from eager under {failed_ctx}"
-                if failed_ctx else ""))
-    odd = [b for b in batches if b > 1 and b % 2] or [max(batches)]
-    _batch_independence(report, rts, make_inputs(odd[0], seed=seed * 1000 + odd[0]).numpy(),
-                        seed)
+            ctx = compare_outputs(report, rt, ys, refs, sig.outputs, b, "vs eager",
+                                   rt.tolerance, "eager eval under")
+            if ctx and (first_fail is None or first_fail[0][0].shape[0] < 2 <= b):
+                first_fail = (xs, ctx)
+    batch_independence(report, rts, feeds_of(names, source.make_inputs(
+        odd[0], seed=seed * 1000 + odd[0])), seed, data)
     if not report.ok:
-        x, ctx = first_fail or (make_inputs(odd[0], seed=seed * 1000 + odd[0]),
-                                "torch.no_grad()")
-        if x.shape[0] < 2:
-            x = make_inputs(odd[0], seed=seed * 1000 + odd[0])
+        xs, ctx = first_fail or (probe, "torch.no_grad()")
+        if xs[0].shape[0] < 2:
+            xs = probe
         try:
-            report.localization = localize(data, model, x, ctx) or (
+            report.localization = localize(data, model, xs, ctx, input_names=names,
+                                           layers=layers) or (
                 "no layer's tensors diverge under onnxruntime DISABLE_ALL: the difference "
                 "comes from a runtime or its graph optimizations (see the failing rows), "
                 "not from the exported graph")
         except Exception as e:  # noqa: BLE001 - onnxruntime cannot run the graph at all
-            lines = str(e).strip().splitlines()
             report.localization = (f"cannot localize: onnxruntime cannot run the graph's "
-                                   f"intermediates ({type(e).__name__}: "
-                                   f"{lines[0] if lines else ''})")
+                                   f"intermediates ({type(e).__name__}: {one_line(e)})")
     return report
 
 
-def _torch_cuda_row(report: Report, model: nn.Module, x: Tensor, base: np.ndarray) -> None:
+def _grad_mode_row(report: Report, ys: list[np.ndarray], base: list[np.ndarray], ctx: str,
+                   b: int) -> None:
+    tol = TOLERANCES["grad-mode"]
+    worst, bad = (0.0, 0.0), None
+    for y, r in zip(ys, base, strict=True):
+        worst = max(worst, max_errors(y, r))
+        bad = bad or compare(y, r, tolerance=tol, check_dtype=False,
+                             name=f"eager eval output under {ctx} vs torch.no_grad() (batch {b})")
+    report.rows.append(Row("grad modes", "torch CPU", _SHORT[ctx], b, worst[0], worst[1], tol,
+                           "ok" if bad is None else "FAIL",
+                           "" if bad is None else "eval output depends on grad mode"))
+    if bad is not None:
+        report.failures.append(str(bad))
+
+
+def _torch_cuda_row(report: Report, model: nn.Module, xs: Sequence[Tensor],
+                    base: list[np.ndarray]) -> None:
     import copy
 
     tol = TOLERANCES["torch-cuda"]
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        with torch.no_grad():
-            y = copy.deepcopy(model).cuda().eval()(x.cuda()).cpu().numpy()
+        cuda = copy.deepcopy(model).cuda().eval()
+        ys = [t.cpu().numpy() for t in eager_outputs(cuda, [x.cuda() for x in xs])]
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
-    m = compare(y, base, tolerance=tol, check_dtype=False,
-                name=f"eager eval output on CUDA vs CPU (batch {x.shape[0]})")
-    abs_, rel = _errors(y, base)
-    report.rows.append(Row("torch CUDA", "torch CUDA", "", x.shape[0], abs_, rel, tol,
-                           "ok" if m is None else "FAIL"))
-    if m is not None:
-        report.failures.append(str(m))
+    worst, bad = (0.0, 0.0), None
+    for y, r in zip(ys, base, strict=True):
+        worst = max(worst, max_errors(y, r))
+        bad = bad or compare(y, r, tolerance=tol, check_dtype=False,
+                             name=f"eager eval output on CUDA vs CPU (batch {xs[0].shape[0]})")
+    report.rows.append(Row("torch CUDA", "torch CUDA", "", xs[0].shape[0], worst[0], worst[1],
+                           tol, "ok" if bad is None else "FAIL"))
+    if bad is not None:
+        report.failures.append(str(bad))
 
 
 def verify_against_golden(data: bytes, golden: Mapping[str, np.ndarray], *, seed: int = 0,
-                          placement_labels: Mapping[int, str] | None = None) -> Report:
+                          layers: Sequence[BNLayer] | None = None) -> Report:
     """Verify the ONNX bytes against golden inputs and outputs (keyed by graph names).
+
+    ``layers`` are the BatchNorm modules for the placement summary (``None``: LeNet-BN's, as
+    manifests before bncheck-onnx-manifest/2 recorded none; ``[]``: none).
 
     The golden batch is checked whole, as its first row and as its first rows up to an odd
     size (eval mode: each row's output is its own), so batch size 1, odd and large all run.
 
     Raises:
-        ModelFileError: the golden lacks the graph's input or outputs.
+        ModelFileError: the golden lacks the graph's inputs or outputs.
     """
     import onnx
 
     graph = onnx.load_from_string(data)
-    fixed = signature(graph)
-    report = _start(data, graph, placement_labels)
-    in_name = graph.graph.input[0].name
-    out_names = [o.name for o in graph.graph.output]
-    missing = [n for n in [in_name, *out_names] if n not in golden]
+    sig = signature(graph)
+    report = start_report(graph, layers)
+    in_names = [i.name for i in sig.inputs]
+    missing = [n for n in [*in_names, *sig.outputs] if n not in golden]
     if missing:
         raise ModelFileError(f"the golden has no array for {missing}; it has {sorted(golden)}")
-    x_all = np.asarray(golden[in_name], dtype=np.float32)
-    n = x_all.shape[0]
+    xs = [np.asarray(golden[n], dtype=np.float32) for n in in_names]
+    n = xs[0].shape[0]
     sizes = sorted({1, min(n, 5 if n > 5 else max(1, n - (1 - n % 2))), n})
-    if fixed is not None:
-        if fixed > n:
-            raise ModelFileError(f"the graph's batch size is fixed at {fixed}; the golden "
-                                 f"has {n} rows")
-        sizes = [fixed]
-    rts = _skip_rows(report, runtimes(data, graph), "vs golden")
+    if sig.fixed_batch is not None:
+        if sig.fixed_batch > n:
+            raise ModelFileError(f"the graph's batch size is fixed at {sig.fixed_batch}; the "
+                                 f"golden has {n} rows")
+        sizes = [sig.fixed_batch]
+    rts = skip_rows(report, runtimes(data, graph), "vs golden")
     for b in sizes:
+        expected = {"": [np.asarray(golden[o])[:b] for o in sig.outputs]}
         for rt in rts:
-            ys = _run(report, rt, x_all[:b], "vs golden")
-            if ys is None:
-                continue
-            worst, bad = (0.0, 0.0), False
-            for name, y in zip(out_names, ys, strict=True):
-                expected = np.asarray(golden[name])[:b]
-                abs_, rel = _errors(y, expected)
-                worst = max(worst, (abs_, rel))
-                m = compare(y, expected, tolerance=rt.tolerance, check_dtype=False,
-                            name=f"{name} ({rt.label}, batch {b}, vs golden)")
-                if m is not None:
-                    bad = True
-                    report.failures.append(str(m))
-            report.rows.append(Row("vs golden", rt.name, rt.level, b, worst[0], worst[1],
-                                   rt.tolerance, "FAIL" if bad else "ok"))
-    _batch_independence(report, rts, x_all[:max(sizes)], seed)
-    if not report.ok:
+            ys = run_on(report, rt, feeds_of(in_names, [x[:b] for x in xs]), "vs golden")
+            if ys is not None:
+                compare_outputs(report, rt, ys, expected, sig.outputs, b, "vs golden",
+                                 rt.tolerance, "golden")
+    batch_independence(report, rts, feeds_of(in_names, [x[:max(sizes)] for x in xs]), seed,
+                        data)
+    if not report.ok and report.localization is None:
         stats = [p for p in report.placement if p.kind == "batch-statistics"]
         report.localization = (
-            f"layer {stats[0].layer}: {stats[0].module} — {stats[0].detail} (from the graph; "
-            f"give --bn to compare intermediates)" if stats else
-            "no PyTorch source to compare intermediates with: give --bn to localize")
+            f"{stats[0]} (from the graph; give --bn or --model to compare intermediates)"
+            if stats else "no PyTorch source to compare intermediates with: give --bn or "
+                          "--model to localize")
     return report

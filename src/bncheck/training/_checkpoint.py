@@ -119,8 +119,10 @@ def _check_state_dict(state: Any, shown: str, fix: str) -> None:
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str],
-                    name: str = "checkpoint") -> str | None:
+                    name: str = "checkpoint", *, what: str = "this LeNet-BN") -> str | None:
     """Load the ``state_dict`` at ``path`` into ``model`` (strictly); returns its note, if any.
+
+    ``what`` names the model in the message when the keys or shapes do not fit.
 
     Raises:
         InvalidArgument: the file cannot be read as a ``state_dict`` (see
@@ -137,13 +139,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str],
             parts.append(f"missing keys {_clip(missing)}")
         if unexpected:
             parts.append(f"unexpected keys {_clip(unexpected)}")
-        raise InvalidArgument(f"{shown} does not fit this LeNet-BN: " + "; ".join(parts))
+        raise InvalidArgument(f"{shown} does not fit {what}: " + "; ".join(parts))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
         detail = lines[0] if lines else str(e).strip().splitlines()[0]
-        raise InvalidArgument(f"{shown} does not fit this LeNet-BN: {detail}") from None
+        raise InvalidArgument(f"{shown} does not fit {what}: {detail}") from None
     note = getattr(state, "_metadata", {}).get("", {}).get(_NOTE_KEY)
     return note if isinstance(note, str) else None
 

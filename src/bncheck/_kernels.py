@@ -1,0 +1,355 @@
+"""The reference BatchNorm's arithmetic: written from the formula, fast on CPU.
+
+No call into ``F.batch_norm``, ``torch.batch_norm`` or a native BatchNorm kernel: the reference is
+bncheck's independent oracle for other BatchNorms. Each piece below was chosen by measurement
+(``benchmarks/``, README "Performance"):
+
+* **training** (batch statistics): :class:`BatchNormFunction`, a ``torch.autograd.Function``. Its
+  forward takes one pass for the per-channel sum, one that writes the centred values ``x - mean``
+  into the output buffer, one that sums their squares without a temporary (a two-pass variance,
+  never ``E[x²] - E[x]²``), and normalizes the centred values in place. Its backward is the
+  analytic gradient and saves only what native BatchNorm saves: the input, the weight, the
+  per-channel mean and ``1 / std``.
+* **eval** (given statistics): the folded form ``x * scale + shift`` with
+  ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale``, as PyTorch's CPU kernel
+  computes it: one multiply that allocates the output, one add in place.
+* **compiled** (opt-in): the same forward and analytic backward written for ``torch.compile``,
+  whose generated kernels fuse each direction's reductions and elementwise work; the same
+  autograd Function holds them, so the same tensors are saved and ``retain_graph`` works.
+
+float16/bfloat16 input is computed in float32 (float32 accumulation) and returned in its dtype.
+Tensors are handled as rows (:func:`rows`): ``(N, C, L)`` for contiguous input, ``(M, C)`` for
+2-dim and channels-last input, so neither layout is copied on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["compute_dtype", "reduction_dims", "rows", "unrows", "is_channels_last",
+           "BatchNormFunction", "train_forward", "train_backward", "eval_forward", "formula",
+           "compiled_forward", "compiled_backward"]
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+#: From this many elements on, a full-size temporary costs more than it saves: with glibc's
+#: default allocator, blocks above 32 MB are fresh mmaps whose page faults cost about 4x a copy
+#: (measured at (64, 64, 56, 56) float32), so the backward's per-channel dot product uses a
+#: batched matrix product (no temporary) instead of a multiply and a sum (2-4x faster below).
+_NO_TEMPORARY_FROM = 1 << 23
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype BatchNorm arithmetic runs in: float32 for float16/bfloat16, else ``dtype``."""
+    return torch.float32 if dtype in _REDUCED else dtype
+
+
+def reduction_dims(ndim: int) -> list[int]:
+    """The dims a BatchNorm reduces over for an ``ndim``-dim input: all but the channel dim 1."""
+    return [0, *range(2, ndim)]
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether ``t`` is stored channels-last (channels innermost) rather than contiguously."""
+    return t.dim() > 2 and not t.is_contiguous() and t.movedim(1, -1).is_contiguous()
+
+
+def rows(t: Tensor, channels_last: bool) -> Tensor:
+    """``t`` (N, C, *) with dim 1 the channels and every other dim reduced over: ``(M, C)`` where
+    channels are innermost (2-dim input, or ``channels_last``), else ``(N, C, L)``.
+
+    A view for 2-dim, contiguous and (with ``channels_last``) channels-last tensors, a contiguous
+    copy for any other layout.
+    """
+    c = t.shape[1]
+    if t.dim() == 2:
+        return t
+    if channels_last:
+        return t.movedim(1, -1).reshape(-1, c)
+    return t.reshape(t.shape[0], c, -1)
+
+
+def unrows(r: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
+    """Undo :func:`rows`: back to ``shape`` in the same memory layout."""
+    if channels_last:
+        return r.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+    return r.reshape(shape)
+
+
+def _per_channel(v: Tensor, r: Tensor) -> Tensor:
+    """``(C,)`` values shaped to broadcast against rows ``r``."""
+    return v.view(1, -1) if r.dim() == 2 else v.view(1, -1, 1)
+
+
+def _channel_sum(r: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-channel sum of rows ``r``, accumulated in ``dtype``."""
+    return r.sum(0, dtype=dtype) if r.dim() == 2 else r.sum(2, dtype=dtype).sum(0)
+
+
+def _channel_mean(r: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-channel mean of rows ``r``, accumulated in ``dtype``."""
+    if r.dim() == 2:
+        return r.mean(0, dtype=dtype)
+    return _channel_sum(r, dtype).div_(r.shape[0] * r.shape[2])
+
+
+def _channel_sum_of_squares(d: Tensor) -> Tensor:
+    """Per-channel sum of ``d**2``, without a full-size temporary where that matters."""
+    if d.dim() == 3:  # the norm of contiguous rows is one fused pass
+        return torch.linalg.vector_norm(d, dim=2).square_().sum(0)
+    if d.numel() < _NO_TEMPORARY_FROM:
+        return torch.linalg.vecdot(d, d, dim=0)
+    return torch.linalg.vector_norm(d, dim=0).square_()
+
+
+def _channel_dot(d: Tensor, g: Tensor) -> Tensor:
+    """Per-channel sum of ``d * g`` (rows of the same shape and dtype)."""
+    if d.dim() == 2:
+        return torch.linalg.vecdot(d, g, dim=0)
+    if d.numel() < _NO_TEMPORARY_FROM:
+        return (d * g).sum(2).sum(0)
+    a, c, b = d.shape
+    return torch.bmm(d.view(a * c, 1, b), g.reshape(a * c, b, 1)).view(a, c).sum(0)
+
+
+def train_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                  eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normalize ``x`` with its batch statistics (no autograd graph).
+
+    Returns:
+        ``(y, mean, invstd, sum_of_squares)``: the output in ``x``'s dtype and layout, and per
+        channel the batch mean, ``1 / sqrt(biased var + eps)`` and the sum of squared deviations
+        (in the compute dtype), from which the caller derives the unbiased variance.
+    """
+    cdtype = compute_dtype(x.dtype)
+    channels_last = is_channels_last(x)
+    r = rows(x, channels_last)
+    n = r.numel() // r.shape[1]
+    mean = _channel_mean(r, cdtype)
+    d = r - _per_channel(mean, r)  # a new buffer in the compute dtype: becomes the output
+    sum_sq = _channel_sum_of_squares(d)
+    invstd = (sum_sq / n).add_(eps).rsqrt_()
+    scale = invstd if weight is None else invstd * weight.to(cdtype)
+    if bias is None:
+        d.mul_(_per_channel(scale, d))
+    else:
+        torch.addcmul(_per_channel(bias.to(cdtype), d), d, _per_channel(scale, d), out=d)
+    return unrows(d, x.shape, channels_last).to(x.dtype), mean, invstd, sum_sq
+
+
+def train_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
+                   needs: tuple[bool, bool, bool]
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The analytic gradients of :func:`train_forward`'s output for input, weight and bias.
+
+    With ``xhat = (x - mean) * invstd`` and sums over each channel's ``n`` values:
+    ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)`` and
+    ``dx = weight * invstd * (dy - sum(dy) / n - xhat * sum(dy * xhat) / n)``.
+    """
+    need_input, need_weight, need_bias = needs
+    cdtype = compute_dtype(x.dtype)
+    channels_last = is_channels_last(x)
+    r = rows(x, channels_last)
+    g = rows(dy, channels_last).to(cdtype)  # dy in another layout is copied into x's
+    n = r.numel() // r.shape[1]
+    sum_dy = _channel_sum(g, cdtype)
+    grad_input = grad_weight = None
+    if need_input or need_weight:
+        d = r - _per_channel(mean, r)  # a new buffer: becomes grad_input
+        dot = _channel_dot(d, g)
+        grad_weight = dot.mul_(invstd)  # sum(dy * xhat)
+        if need_input:
+            k = invstd if weight is None else invstd * weight.to(cdtype)
+            # dx = k * dy - k * sum(dy) / n - (k * invstd * sum(dy * xhat) / n) * d
+            coef = _per_channel(grad_weight * invstd * k / -n, d)
+            shift = _per_channel(k * sum_dy / -n, d)
+            if d.dim() == 2:  # channels innermost: one fused pass (slower for (N, C, L) rows)
+                torch.addcmul(shift, d, coef, out=d)
+            else:
+                d.mul_(coef).add_(shift)
+            grad_input = unrows(d.addcmul_(g, _per_channel(k, d)), x.shape,
+                                channels_last).to(x.dtype)
+        if not need_weight:
+            grad_weight = None
+    grad_bias = sum_dy if need_bias else None
+    return grad_input, grad_weight, grad_bias
+
+
+def _like(grad: Tensor | None, param: Tensor | None) -> Tensor | None:
+    return grad if grad is None or param is None else grad.to(param.dtype)
+
+
+def formula(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+            eps: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Training BatchNorm as the plain, twice-differentiable formula (autograd derives the
+    backward): ``(y, mean, biased var)``. Used for double backward."""
+    cdtype = compute_dtype(x.dtype)
+    dims = reduction_dims(x.dim())
+    xc = x.to(cdtype)
+    mean = xc.mean(dim=dims, keepdim=True)
+    d = xc - mean
+    var = d.square().mean(dim=dims, keepdim=True)
+    y = d * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.to(cdtype).view(mean.shape)
+    if bias is not None:
+        y = y + bias.to(cdtype).view(mean.shape)
+    return y.to(x.dtype), mean.flatten(), var.flatten()
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training BatchNorm with an analytic backward: ``apply(x, weight, bias, eps, compiled)``
+    returns ``(y, mean, sum_of_squares)``; only ``y`` is differentiable.
+
+    Saved for backward: ``x``, ``weight``, ``bias`` and two per-channel vectors (native BatchNorm
+    saves the same but ``bias``). ``compiled`` runs both directions through ``torch.compile``
+    (:func:`compiled_forward`, :func:`compiled_backward`). Double backward
+    (``create_graph=True``) differentiates :func:`formula` instead, so ``gradgradcheck`` holds.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                eps: float, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        y, mean, invstd, sum_sq = (compiled_forward if compiled else train_forward)(
+            x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.eps, ctx.compiled = eps, compiled
+        ctx.mark_non_differentiable(mean, sum_sq)
+        return y, mean, sum_sq
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return (*_formula_gradients(dy, x, weight, bias, ctx.eps, needs), None, None)
+        kernel = compiled_backward if ctx.compiled else train_backward
+        gx, gw, gb = kernel(dy, x, weight, mean, invstd, needs)  # type: ignore[arg-type]
+        return gx, _like(gw, weight), _like(gb, bias), None, None
+
+
+def _formula_gradients(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                       eps: float, needs: tuple[bool, ...]) -> list[Tensor | None]:
+    inputs = [t for t, need in zip((x, weight, bias), needs, strict=True)
+              if need and t is not None]
+    y = formula(x, weight, bias, eps)[0]
+    grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True))
+    return [next(grads) if need else None for need in needs]
+
+
+def eval_forward(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None,
+                 bias: Tensor | None, eps: float) -> Tensor:
+    """Normalize ``x`` with given statistics: ``x * scale + shift``, differentiable."""
+    cdtype = compute_dtype(x.dtype)
+    scale = torch.rsqrt(var.to(cdtype) + eps)
+    if weight is not None:
+        scale = scale * weight.to(cdtype)
+    shift = -mean.to(cdtype) * scale
+    if bias is not None:
+        shift = shift + bias.to(cdtype)
+    view = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    return (x * scale.view(view)).add_(shift.view(view)).to(x.dtype)
+
+
+# --- the compiled path ---------------------------------------------------------------------------
+
+def _forward_math(r: Tensor, weight: Tensor, bias: Tensor,
+                  eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`train_forward` on rows, written for the compiler (no in-place ops; it fuses)."""
+    cdtype = compute_dtype(r.dtype)
+    dims = reduction_dims(r.dim())
+    xc = r.to(cdtype)
+    mean = xc.mean(dim=dims, keepdim=True)
+    d = xc - mean
+    sum_sq = d.square().sum(dim=dims)
+    invstd = torch.rsqrt(sum_sq / (r.numel() // r.shape[1]) + eps)
+    y = d * _per_channel(invstd * weight.to(cdtype), r) + _per_channel(bias.to(cdtype), r)
+    return y.to(r.dtype), mean.flatten(), invstd, sum_sq
+
+
+def _backward_math(g: Tensor, r: Tensor, weight: Tensor, mean: Tensor,
+                   invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`train_backward` on rows, written for the compiler."""
+    cdtype = compute_dtype(r.dtype)
+    dims = reduction_dims(r.dim())
+    n = r.numel() // r.shape[1]
+    g = g.to(cdtype)
+    d = r.to(cdtype) - _per_channel(mean, r)
+    sum_dy = g.sum(dim=dims)
+    grad_weight = (g * d).sum(dim=dims) * invstd
+    k = invstd * weight.to(cdtype)
+    dx = _per_channel(k, r) * (g - _per_channel(sum_dy / n, r)
+                               - d * _per_channel(grad_weight * invstd / n, r))
+    return dx.to(r.dtype), grad_weight, sum_dy
+
+
+def _unaliased(r: Tensor) -> Tensor:
+    """``r`` without its view base (no copy): the compiler would otherwise guard on the base's
+    layout and compile once per layout of the caller's tensor."""
+    return r.detach()
+
+
+def _present(t: Tensor | None, x: Tensor, fill: float) -> Tensor:
+    """``t``, or ``fill`` per channel: one graph serves layers with and without affine."""
+    return t.detach() if t is not None else x.new_full((x.shape[1],), fill,
+                                                       dtype=compute_dtype(x.dtype))
+
+
+#: Each dtype, row rank (2 or 3) and grad/inference mode compiles once (sizes and eps are
+#: dynamic; sizes of 1 are specialized): more graphs than torch's default limit of 8, past which
+#: it would silently run the functions eagerly.
+_RECOMPILE_LIMIT = 64
+_compiled: dict[str, Callable[..., Any]] = {}
+
+
+_eps_tensors: dict[float, Tensor] = {}
+
+
+def _compile(fn: Callable[..., Any], *args: Any) -> Any:
+    from torch._dynamo import config
+
+    if fn.__name__ not in _compiled:
+        _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
+    # Raised for this call only (set and restored directly: config.patch costs ~30 us a call).
+    limit = config.recompile_limit
+    config.recompile_limit = max(limit, _RECOMPILE_LIMIT)
+    try:
+        return _compiled[fn.__name__](*args)
+    finally:
+        config.recompile_limit = limit
+
+
+def _eps_tensor(eps: float) -> Tensor:
+    """``eps`` as a float64 scalar tensor (a float would compile once per value), reused."""
+    if eps not in _eps_tensors:
+        if len(_eps_tensors) >= 64:  # many distinct values (a property run): keep it small
+            _eps_tensors.clear()
+        _eps_tensors[eps] = torch.tensor(eps, dtype=torch.float64)
+    return _eps_tensors[eps]
+
+
+def compiled_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                     eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`train_forward` by ``torch.compile``-generated kernels (compiled on first use)."""
+    channels_last = is_channels_last(x)
+    with torch.no_grad():  # one graph whatever the grad mode (the Function does the backward)
+        y, mean, invstd, sum_sq = _compile(
+            _forward_math, _unaliased(rows(x, channels_last)), _present(weight, x, 1.0),
+            _present(bias, x, 0.0), _eps_tensor(eps))
+    return unrows(y, x.shape, channels_last), mean, invstd, sum_sq
+
+
+def compiled_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
+                      invstd: Tensor, needs: tuple[bool, bool, bool]
+                      ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`train_backward` by ``torch.compile``-generated kernels."""
+    channels_last = is_channels_last(x)
+    dx, grad_weight, grad_bias = _compile(_backward_math, _unaliased(rows(dy, channels_last)),
+                                          _unaliased(rows(x, channels_last)),
+                                          _present(weight, x, 1.0), mean, invstd)
+    return (unrows(dx, x.shape, channels_last) if needs[0] else None,
+            grad_weight if needs[1] else None, grad_bias if needs[2] else None)
