@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +107,31 @@ def write_atomic(files: Mapping[Path, bytes]) -> None:
             except OSError as e:
                 raise OutputError(f"Cannot write {str(path)!r}: "
                                   f"{e.strerror or type(e).__name__}") from None
-        for path, tmp in temps.items():
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                raise OutputError(f"Cannot write {str(path)!r}: "
-                                  f"{e.strerror or type(e).__name__}") from None
+        with _no_ctrl_c():  # all files move into place, or none: Ctrl-C waits until after
+            for path, tmp in temps.items():
+                try:
+                    os.replace(tmp, path)
+                except OSError as e:
+                    raise OutputError(f"Cannot write {str(path)!r}: "
+                                      f"{e.strerror or type(e).__name__}") from None
     finally:
         for tmp in temps.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _no_ctrl_c() -> Iterator[None]:
+    """SIGINT held back for the block (a few renames), delivered when it ends."""
+    sigmask = getattr(signal, "pthread_sigmask", None)
+    if sigmask is None:  # Windows: no signal masks
+        yield
+        return
+    old = sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        sigmask(signal.SIG_SETMASK, old)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

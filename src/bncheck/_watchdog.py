@@ -46,6 +46,8 @@ from bncheck.verify import PropertyResult, Status, _settings, run_property
 __all__ = ["InProcess", "Watched", "Hang", "runner_for"]
 
 _PRELOAD = ("torch", "hypothesis", "bncheck.verify", "bncheck._watchdog")
+#: The label of the worker's own start, when it imports the target by name (user code).
+_SETUP = "importing the target "
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +123,9 @@ class Watched:
         self.facts: Facts | None = None
         self.worker: Worker | None = None
         self.restarts = 0
+        #: bncheck's own work between examples (drawing, shrinking) has no time limit of its
+        #: own; this generous bound only turns a bug of bncheck's into an error, not a hang.
+        self.idle_limit = 10 * timeout + 120
         self.busy = False  # a job is running (stopping it cannot wait for an answer)
 
     # -- the worker ----------------------------------------------------------------------------
@@ -145,19 +150,26 @@ class Watched:
     def _ask(self, message: tuple[Any, ...]) -> tuple[Any, Hang | None]:
         """Send a job; its answer, or the :class:`Hang` that ended it (the worker is gone)."""
         worker = self._start()
-        label, count = "starting the worker", 0
+        label: str | None = None  # what the target's code is running, else bncheck's own
+        count = 0
         self.busy = True
         try:
             worker.send(message)
             while True:
-                got = worker.receive(self.timeout)
+                got = worker.receive(self.timeout if label is not None else self.idle_limit)
                 if got is TIMED_OUT:
+                    if label is None:
+                        raise RuntimeError(f"bncheck's worker did not answer within "
+                                           f"{self.idle_limit:g} s outside the target's code")
                     hang = _hang_from(worker, label, self.timeout, count)
                     self._discard()
                     return None, hang
                 kind, payload = got
                 if kind == "beat":
-                    label, count = payload, count + 1
+                    label, count = payload, count + (not payload.startswith(_SETUP))
+                    continue
+                if kind == "idle":
+                    label = None
                     continue
                 if kind == "raised":
                     self.busy = False
@@ -169,7 +181,8 @@ class Watched:
                 self.busy = False
                 return payload, None
         except WorkerDied as e:
-            hang = _hang_from(worker, label, self.timeout, count, died=str(e))
+            hang = _hang_from(worker, label or "bncheck's own code", self.timeout, count,
+                              died=str(e))
             self._discard()
             return None, hang
 
@@ -230,7 +243,10 @@ def _beat(send: Callable[[str, Any], None], prop: Property) -> Callable[[Any], N
     """A property's heartbeat in the worker: the case about to run, as reports show it."""
 
     def beat(case: Any) -> None:
-        send("beat", prop.describe(case))
+        if case is None:
+            send("idle", None)
+        else:
+            send("beat", prop.describe(case))
 
     return beat
 
@@ -259,8 +275,10 @@ def _serve(conn: Connection, target: Target, spec: str | None, requested: tuple[
 
     failed: BNCheckError | None = None
     try:
-        if spec is not None:
+        if spec is not None:  # the user's module runs: time limited like the target's calls
+            send("beat", f"{_SETUP}{spec}")
             target = dataclasses.replace(target, obj=load_target(spec))
+            send("idle", None)
     except BNCheckError as e:  # reported as the answer to the first job
         failed = e
     config = _settings(*settings)

@@ -30,12 +30,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_method_for",
-           "reimport_spec", "main_thread_frames", "stuck_at", "TIMED_OUT", "DEFAULT_TIMEOUT"]
+           "reimport_spec", "main_thread_frames", "stuck_at", "time_limited", "watch_with",
+           "TIMED_OUT", "DEFAULT_TIMEOUT"]
 
 #: Seconds one example (single-process verify) may take before the target counts as hung: a
 #: tiny case takes milliseconds, but a ``torch.compile``-d target's first call per dtype compiles
@@ -97,6 +98,35 @@ def start_method_for(obj: Any = None) -> str | None:
 
 
 # -- the child's side ------------------------------------------------------------------------
+#: In a worker whose parent limits the time of each call into user code: told when such a call
+#: starts (its description) and ends (``None``). See :func:`time_limited`.
+_watch: Callable[[str | None], None] | None = None
+
+
+@contextlib.contextmanager
+def time_limited(doing: str) -> Iterator[None]:
+    """A block that runs the user's code. In a watched worker the parent stops the worker when
+    the block takes longer than its time limit; elsewhere it does nothing.
+
+    >>> with time_limited("building the model"):
+    ...     pass
+    """
+    if _watch is None:
+        yield
+        return
+    _watch(doing)
+    try:
+        yield
+    finally:
+        _watch(None)
+
+
+def watch_with(report: Callable[[str | None], None] | None) -> None:
+    """In a worker: send the start and end of each :func:`time_limited` block to ``report``."""
+    global _watch
+    _watch = report
+
+
 def _watch_parent(parent_pid: int) -> None:
     """Exit when the process that started the worker is gone (no orphans)."""
     with contextlib.suppress(AttributeError, OSError, ValueError):  # its own stack dumps: main's
@@ -201,15 +231,16 @@ class Worker:
         except OSError as e:
             raise WorkerDied(f"the process {self.exit_text()}") from e
 
-    def receive(self, timeout: float) -> Any:
-        """The next message, or :data:`TIMED_OUT` when none came within ``timeout`` seconds.
+    def receive(self, timeout: float | None) -> Any:
+        """The next message, or :data:`TIMED_OUT` when none came within ``timeout`` seconds
+        (``None``: wait as long as it takes).
 
         Raises:
             WorkerDied: the process exited or closed its pipe.
         """
         assert self.conn is not None and self.proc is not None, "start() the worker first"
-        ready = multiprocessing.connection.wait([self.conn, self.proc.sentinel],
-                                                timeout=max(0.0, timeout))
+        ready = multiprocessing.connection.wait(
+            [self.conn, self.proc.sentinel], timeout=None if timeout is None else max(0.0, timeout))
         if not ready:
             return TIMED_OUT
         return self.read()

@@ -288,7 +288,7 @@ def load_fashion_mnist(root: str | os.PathLike[str], *,
     check_type((str, os.PathLike), root, "root")
     root = Path(root)
     if not root.is_dir():
-        what = "a file, not a directory" if root.exists() else "does not exist"
+        what = "is a file, not a directory" if root.exists() else "does not exist"
         raise DataError(f"Expected the data directory to hold the Fashion-MNIST IDX files, "
                         f"but {root} {what}")
     image_path, label_path = (_find(root, name) for name in IDX_FILES[split])

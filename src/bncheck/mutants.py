@@ -392,14 +392,14 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
     :func:`bncheck.verify.verify`'s."""
     import time
 
-    from bncheck.errors import InvalidArgument
+    from bncheck._validation import unknown_name
     from bncheck.verify import Status, check_timeout, verify
 
     check_timeout(timeout)
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
-        raise InvalidArgument(f"Unknown mutant={unknown[0]!r}; available: {', '.join(MUTANTS)}")
+        raise unknown_name("mutant", unknown[0], MUTANTS)
     results = []
     for name in chosen:
         m = MUTANTS[name]

@@ -37,13 +37,20 @@ from bncheck._validation import (
     check_eps,
     check_finite_float,
     check_momentum,
+    check_names,
     check_type,
     not_set,
 )
 from bncheck._workers import DEFAULT_TIMEOUT
-from bncheck.adapter import FLAG_TYPES, Names, Target
+from bncheck.adapter import FLAG_TYPES, Names, Target, supported_dims
 from bncheck.conventions import Convention
-from bncheck.errors import InvalidArgument, PropertyFailure, TargetHung, VerificationFailed
+from bncheck.errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    PropertyFailure,
+    TargetHung,
+    VerificationFailed,
+)
 from bncheck.profiles import (
     PROFILES,
     machine_independent_draws,
@@ -169,6 +176,10 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
 
     conv = preset(convention) if isinstance(convention, str) else convention
     check_type(Convention, conv, "convention")
+    if isinstance(obj, torch.nn.Module):
+        raise InvalidArgument(f"Expected a Module class or a factory, received an instance "
+                              f"{obj!r}; pass its class, {type(obj).__qualname__}, or a factory "
+                              f"that builds one from num_features")
     if not callable(obj):
         raise InvalidArgument(f"Expected a Module class or a factory, received {obj!r}")
     if momentum is not not_set:
@@ -176,11 +187,19 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
     if eps is not not_set:
         check_eps(eps)
     if dims is not None:
+        if isinstance(dims, str) or not isinstance(dims, Sequence):
+            raise InvalidArgumentType(f"Expected dims to be a list of input ranks like [2, 4], "
+                                      f"received dims={dims!r}")
         dims = tuple(dims)
         bad = [d for d in dims if d not in (2, 3, 4, 5)]
         if not dims or bad:
             raise InvalidArgument(f"Expected dims to be input ranks from 2 to 5, received "
                                   f"dims={dims!r}")
+        known = supported_dims(obj)
+        if known is not None and not set(dims) <= set(known):
+            raise InvalidArgument(
+                f"Expected dims among the input ranks {label or obj.__qualname__} accepts "
+                f"({', '.join(map(str, known))}), received dims={dims!r}")
     axis = conv.channel_axis if channel_axis is None else channel_axis
     if axis not in (1, -1):
         raise InvalidArgument(f"Expected channel_axis to be 1 or -1, received "
@@ -229,6 +248,19 @@ def _once(prop: Property, ctx: Context, case: Any) -> None:
         prop.check(ctx, case)
 
 
+def _watched_once(prop: Property, ctx: Context, case: Any,
+                  on_example: Callable[[Any], None] | None) -> None:
+    """:func:`_once`, told to ``on_example`` before (the case) and after (``None``)."""
+    if on_example is None:
+        _once(prop, ctx, case)
+        return
+    on_example(case)
+    try:
+        _once(prop, ctx, case)
+    finally:
+        on_example(None)
+
+
 def _consequence(prop: Property, ctx: Context, case: Any,
                  on_example: Callable[[Any], None] | None = None) -> str | None:
     """The defect(s) other properties own that explain this failure: the failing case rerun
@@ -252,10 +284,8 @@ def _consequence(prop: Property, ctx: Context, case: Any,
             fixed = fix(fixed)
         if fixed.describe() == case.describe():
             continue
-        if on_example is not None:
-            on_example(fixed)
         try:
-            _once(prop, ctx, fixed)
+            _watched_once(prop, ctx, fixed, on_example)
         except PropertyFailure:
             continue
         return "; ".join(reason for reason, _ in chosen)
@@ -266,8 +296,8 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings,
                  on_example: Callable[[Any], None] | None = None) -> PropertyResult:
     """Run one property with Hypothesis; never raises for a failing target.
 
-    ``on_example(case)`` is called before each run of the target on a case (the watchdog's
-    heartbeat).
+    ``on_example(case)`` is called before each run of the target on a case and
+    ``on_example(None)`` after it (the watchdog's heartbeat).
     """
     reason = prop.skip_reason(ctx)
     if reason is not None:
@@ -277,9 +307,7 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings,
     def test(case: Any) -> None:
         state["count"] += 1
         state["case"] = case
-        if on_example is not None:
-            on_example(case)
-        _once(prop, ctx, case)
+        _watched_once(prop, ctx, case, on_example)
 
     runner = hypothesis_seed(seed)(config(given(prop.cases(ctx))(test)))
     start = time.perf_counter()
@@ -371,7 +399,8 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
     check_type(int, seed, "seed")
     check_timeout(timeout)
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
-    chosen = [get(n) for n in properties] if properties else list(CATALOGUE)
+    wanted = () if properties is None else check_names(properties, "properties")
+    chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
     report = Report(target.label, target.convention.describe(), seed, profile)
 
     def add(res: PropertyResult) -> None:
@@ -414,6 +443,9 @@ def check_timeout(timeout: Any) -> None:
 
 
 def _resolve_dtypes(dtypes: Sequence[str | torch.dtype]) -> tuple[torch.dtype, ...]:
+    if isinstance(dtypes, str) or not isinstance(dtypes, Sequence):
+        raise InvalidArgumentType(f"Expected dtypes to be a list like ['float32', 'float64'], "
+                                  f"received dtypes={dtypes!r}")
     out = []
     for d in dtypes:
         if isinstance(d, str) and d in DTYPES:

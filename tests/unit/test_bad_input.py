@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner
 
 ROOT = Path(__file__).parents[2]
+HANGING = ROOT / "tests" / "data" / "hanging_bn.py"
 
 # (command line after `bncheck`, exit code, a fragment of what the user sees)
 CLI_CASES: list[tuple[str, int, str]] = [
@@ -49,10 +50,15 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("verify torch.nn:Module", 2, "cannot build the target"),
     ("verify not_a_module.py:BN", 2, "is a class but not a torch.nn.Module"),
     ("verify torch:zeros", 2, "returned Tensor, expected a torch.nn.Module"),
-    ("verify torch.nn:BatchNorm2d --dims 2", 2, "--dims"),
+    ("verify torch.nn:BatchNorm2d --dims 2", 2, "Expected dims among the input ranks "
+                                                "torch.nn:BatchNorm2d accepts (4), received "
+                                                "dims=(2,)"),
+    ("verify tests_hang.py:LoopsOnFloat16 --timeout 1 --examples 2 --property "
+     "reduced_precision", 1, "did not return within 1 s (at tests_hang.py:"),
     ("verify a b", 2, "Got unexpected extra argument (b)"),
     # -- verify: options ------------------------------------------------------------------
-    ("verify --seeds 1", 2, "No such option: --seeds Did you mean --seed?"),
+    ("verify --seeds 1", 2, "No such option '--seeds'. (Did you mean one of: '--dims', "
+                            "'--eps', '--seed'?)"),
     ("verify --dims 2,x", 2, "--dims='2,x'"),
     ("verify --dims 7", 2, "dims=(7,)"),
     ("verify --dims ''", 2, "dims=()"),
@@ -61,15 +67,17 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("verify --dtypes int64", 2, "Expected dtypes from"),
     ("verify --dtypes ''", 2, "Expected at least one dtype"),
     ("verify --property nope", 2, "Unknown property='nope'"),
-    ("verify --property train_forwrd", 2, "did you mean train_forward"),
+    ("verify --property train_forwrd", 2, "Unknown property='train_forwrd'; did you mean "
+                                          "train_forward?"),
     ("verify --momentum fast", 2, "--momentum='fast'"),
     ("verify --momentum 1.5", 2, "momentum=1.5"),
     ("verify --momentum -0.1", 2, "momentum=-0.1"),
     ("verify --momentum nan", 2, "momentum=nan"),
     ("verify --momentum inf", 2, "momentum=inf"),
     ("verify --momentum ''", 2, "--momentum=''"),
-    ("verify --eps -1", 2, "Expected eps > 0.0, received eps=-1.0"),
-    ("verify --eps 0", 2, "Expected eps > 0.0, received eps=0.0"),
+    ("verify --eps -1", 2, "Expected eps >= 0.0, received eps=-1.0"),
+    ("verify --eps 0", 2, "Expected eps > 0.0, received eps=0.0 (training normalizes with "
+                          "batch statistics"),
     ("verify --eps nan", 2, "Expected eps to be finite, received eps=nan"),
     ("verify --eps inf", 2, "Expected eps to be finite, received eps=inf"),
     ("verify --eps 1e400", 2, "Expected eps to be finite, received eps=inf"),
@@ -106,8 +114,10 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("verify --json a_file/r.json", 2, "folder 'a_file' is not a directory"),
     # -- mutants --------------------------------------------------------------------------
     ("mutants --mutant nope", 2, "Unknown mutant='nope'; available: seed_bata_typo"),
-    ("mutants --mutant eps_outsde_sqrt", 2, "did you mean eps_outside_sqrt"),
-    ("mutants --mutnt eps_outside_sqrt", 2, "No such option: --mutnt"),
+    ("mutants --mutant eps_outsde_sqrt", 2, "Unknown mutant='eps_outsde_sqrt'; did you mean "
+                                            "eps_outside_sqrt?"),
+    ("mutants --mutnt eps_outside_sqrt", 2, "No such option '--mutnt'. (Did you mean one of: "
+                                            "'--mutant'"),
     ("mutants --examples 0", 2, "Invalid value for '--examples'"),
     ("mutants --seed x", 2, "Invalid value for '--seed'"),
     ("mutants --profile fast", 2, "Invalid value for '--profile'"),
@@ -119,8 +129,9 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("mutants --json /proc/m.json", 2, "is not writable"),
     ("mutants --json a_dir", 2, "which is a directory"),
     # -- train ------------------------------------------------------------------------------
-    ("train --data nodir", 2, "nodir does not exist"),
-    ("train --data a_file", 2, "a_file a file, not a directory"),
+    ("train --data nodir", 2, "Expected the data directory nodir to hold the Fashion-MNIST "
+                              "IDX files, but it does not exist"),
+    ("train --data a_file", 2, "but it is a file, not a directory"),
     ("train --data a_dir", 2, "missing train-images-idx3-ubyte"),
     ("train --data idx_truncated", 2, "truncated data"),
     ("train --data idx_labels_as_images", 2, "expected images with 3 dims"),
@@ -129,10 +140,12 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("train --data idx_not_gzip", 2, "not a readable gzip file"),
     ("train --data idx_label_range", 2, "expected labels in 0..9"),
     ("train --data idx_counts", 2, "holds 3 images but"),
-    ("train --bn nope", 2, "--bn"),
-    ("train --bn raising_bn.py:RaisingBN --limit 32 --epochs 1 --out run", 2,
-     "the layer is broken"),
-    ("train --epochs 0", 2, "Invalid value for '--epochs'"),
+    ("train --bn nope", 2, "Expected bn to be 'scratch' or 'torch' or a TARGET "
+                           "(path/to/file.py:Name or package.module:Name), received bn='nope'"),
+    ("train --bn scrach", 2, "received bn='scrach'; did you mean 'scratch'?"),
+    ("train --bn raising_bn.py:RaisingBN --data idx_ok --out run", 2,
+     "training LeNet-BN with bn=raising_bn.py:RaisingBN: RuntimeError: the layer is broken at "),
+    ("train --epochs 0", 2, "Expected --epochs to be a positive integer, received --epochs=0"),
     ("train --epochs x", 2, "Invalid value for '--epochs'"),
     ("train --lr 0", 2, "lr"),
     ("train --lr -1", 2, "lr"),
@@ -150,40 +163,89 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("train --json a_dir", 2, "which is a directory"),
     # -- export -----------------------------------------------------------------------------
     ("export", 2, "Missing argument 'OUT.onnx'"),
-    ("export out.txt", 2, "out.txt"),
+    ("export out.txt", 2, "Expected OUT to end in .onnx, received OUT='out.txt'"),
     ("export nodir/m.onnx", 2, "folder 'nodir' does not exist"),
-    ("export /proc/m.onnx", 2, "is not writable"),
-    ("export a_dir", 2, "which is a directory"),
-    ("export m.onnx --bn nope", 2, "--bn"),
-    ("export m.onnx --bn nope.py:BN", 2, "does not exist"),
-    ("export m.onnx --bn raising_bn.py:RaisingBN", 2, "the layer is broken"),
-    ("export m.onnx --checkpoint nope.pt", 2, "nope.pt"),
-    ("export m.onnx --checkpoint empty.pt", 2, "empty.pt"),
-    ("export m.onnx --checkpoint random.pt", 2, "random.pt"),
-    ("export m.onnx --checkpoint model.pt", 2, "model.pt"),
-    ("export m.onnx --checkpoint wrong_keys.pt", 2, "wrong_keys.pt"),
-    ("export m.onnx --checkpoint a_dir", 2, "a_dir"),
-    ("export m.onnx --opset 0", 2, "opset"),
-    ("export m.onnx --opset 99", 2, "opset"),
+    ("export /proc/m.onnx", 2, "Cannot write OUT='/proc/m.onnx': folder '/proc' is not "
+                               "writable"),
+    ("export a_dir", 2, "Expected OUT to be a file path, received OUT='a_dir', which is a "
+                        "directory"),
+    ("export m.onnx --bn nope", 2, "received bn='nope'"),
+    ("export m.onnx --bn nope.py:BN", 2, "TARGET='nope.py:BN': file 'nope.py' does not exist"),
+    ("export m.onnx --bn raising_bn.py:RaisingBN", 2,
+     "calibrating LeNet-BN (bn=raising_bn.py:RaisingBN) (training-mode forward 1 of 24): "
+     "RuntimeError: the layer is broken at "),
+    ("export m.onnx --bn hanging_lenet_bn.py:BN --timeout 1", 2,
+     "calibrating LeNet-BN (bn=hanging_lenet_bn.py:BN) (training-mode forward 1 of 24): did "
+     "not return within 1 s (at hanging_lenet_bn.py:"),
+    ("export m.onnx --bn hanging_lenet_bn.py:BN --timeout nan", 2,
+     "Expected timeout to be finite, received timeout=nan"),
+    ("export m.onnx --checkpoint nope.pt", 2, "Expected checkpoint to be an existing "
+                                              "state_dict file, received checkpoint='nope.pt'"),
+    ("export m.onnx --checkpoint empty.pt", 2, "checkpoint='empty.pt' is not a file written by "
+                                               "torch.save"),
+    ("export m.onnx --checkpoint random.pt", 2, "checkpoint='random.pt' is not a file written "
+                                                "by torch.save"),
+    ("export m.onnx --checkpoint model.pt", 2, "holds a pickled torch.nn.modules.linear.Linear "
+                                               "object, not a state_dict (was a whole model "
+                                               "saved with torch.save(model)?)"),
+    ("export m.onnx --checkpoint wrong_keys.pt", 2, "does not fit LeNet-BN (bn=scratch): "
+                                                    "missing keys"),
+    ("export m.onnx --checkpoint a_dir", 2, "Invalid value for '--checkpoint': File 'a_dir' is "
+                                            "a directory"),
+    ("export m.onnx --opset 0", 2, "Expected opset in [18, 23] for the dynamo exporter, "
+                                   "received opset=0"),
+    ("export m.onnx --opset 99", 2, "received opset=99"),
+    ("export m.onnx --calibrate -1", 2, "calibrate"),
+    ("export m.onnx --model nope.py:make --input-shape 1,4", 2, "file 'nope.py' does not "
+                                                                "exist"),
+    ("export m.onnx --model torch.nn:Linear", 2, "Expected --input-shape for "
+                                                 "--model='torch.nn:Linear'"),
+    ("export m.onnx --model torch.nn:Linear --input-shape 2,x", 2,
+     "received --input-shape='2,x'"),
+    ("export m.onnx --model torch.nn:Linear --model-arg in_features --input-shape 2,4", 2,
+     "Expected --model-arg as KEY=VALUE"),
+    ("export m.onnx --bn torch --model torch.nn:Linear --input-shape 2,4", 2,
+     "--bn replaces LeNet-BN's BatchNorm"),
     ("export m.onnx --exporter jit", 2, "Invalid value for '--exporter'"),
     # -- check ------------------------------------------------------------------------------
     ("check", 2, "Missing argument 'MODEL.onnx'"),
-    ("check nope.onnx", 2, "nope.onnx"),
-    ("check empty.onnx", 2, "empty.onnx"),
-    ("check random.onnx", 2, "random.onnx"),
-    ("check text.onnx", 2, "text.onnx"),
-    ("check truncated.onnx", 2, "truncated.onnx"),
-    ("check a_dir", 2, "a_dir"),
-    ("check tiny.onnx", 2, "tiny.onnx"),
-    ("check tiny.onnx --manifest nope.json", 2, "nope.json"),
-    ("check tiny.onnx --manifest bad.json", 2, "bad.json"),
-    ("check tiny.onnx --manifest empty.json", 2, "empty.json"),
-    ("check tiny.onnx --bn raising_bn.py:RaisingBN", 2, "tiny.onnx"),
+    ("check nope.onnx", 2, "'nope.onnx' does not exist"),
+    ("check empty.onnx", 2, "'empty.onnx' is not a valid ONNX model: empty graph"),
+    ("check random.onnx", 2, "'random.onnx' is not an ONNX model (truncated or not a "
+                             "ModelProto"),
+    ("check text.onnx", 2, "'text.onnx' is not an ONNX model"),
+    ("check truncated.onnx", 2, "'truncated.onnx' is not an ONNX model"),
+    ("check a_dir", 2, "'a_dir' is a directory, expected an ONNX file"),
+    ("check tiny.onnx --manifest nope.json", 2, "no manifest 'nope.json'"),
+    ("check tiny.onnx --manifest bad.json", 2, "manifest 'bad.json' is not JSON"),
+    ("check tiny.onnx --manifest empty.json", 2, "manifest 'empty.json' is not JSON"),
+    ("check tiny.onnx --bn torch", 2, "wrong input signature"),
+    ("check lenet_like.onnx --bn raising_bn.py:RaisingBN", 2, "RuntimeError: the layer is "
+                                                              "broken at "),
+    ("check lenet_like.onnx --bn hanging_lenet_bn.py:BN --timeout 1", 2,
+     "did not return within 1 s (at hanging_lenet_bn.py:"),
+    ("check lenet_like.onnx --polygraphy-inputs nope.json", 2,
+     "Give --polygraphy-inputs and --polygraphy-outputs both or neither"),
+    ("check lenet_like.onnx --bn torch --manifest bad.json", 2,
+     "Give --bn/--model or --manifest, not both"),
+    ("check lenet_like.onnx --checkpoint random.pt", 2, "--checkpoint and --model-arg need "
+                                                        "--bn or --model"),
     # -- gate -------------------------------------------------------------------------------
-    ("gate --exports nodir", 2, "nodir"),
-    ("gate --exports a_file", 2, "a_file"),
-    ("gate --exports a_dir", 2, "a_dir"),
-    ("gate --updat", 2, "No such option: --updat"),
+    ("gate --exports nodir", 2, "Expected --exports to be a folder with the goldens, received "
+                                "exports='nodir'"),
+    ("gate --exports a_file", 2, "Invalid value for '--exports': Directory 'a_file' is a file"),
+    ("gate --exports a_dir", 2, "no golden manifest 'a_dir/lenet_scratch.json' for gate "
+                                "variant 'lenet_scratch': run from the repository root, or "
+                                "create the goldens with `bncheck gate --update`"),
+    ("gate --updat", 2, "No such option '--updat'. Did you mean '--update'?"),
+    # -- bench ----------------------------------------------------------------------------
+    ("bench --section nope", 2, "Invalid value for '--section'"),
+    ("bench --shape 4xx", 2, "--shape"),
+    ("bench --shape 4", 2, "--shape"),
+    ("bench --rounds 0", 2, "Invalid value for '--rounds'"),
+    ("bench --threads 0", 2, "Invalid value for '--threads'"),
+    ("bench --json nodir/b.json", 2, "folder 'nodir' does not exist"),
+    ("bench --json /proc/b.json", 2, "is not writable"),
     # -- the command itself -------------------------------------------------------------------
     ("frobnicate", 2, "No such command 'frobnicate'"),
     ("verfy", 2, "No such command 'verfy'"),
@@ -214,8 +276,10 @@ API_CASES: list[tuple[str, str, str]] = [
     ("bncheck.batch_norm(x, None, None, eps=-1.0)", "InvalidArgument", "eps=-1.0"),
     ("bncheck.batch_norm(x, None, None, eps=float('nan'))", "InvalidArgument", "eps=nan"),
     ("bncheck.batch_norm(x, None, None, eps='0.1')", "InvalidArgumentType", "eps='0.1'"),
-    ("bncheck.batch_norm(x[:1], None, None)", "InvalidArgument",
+    ("bncheck.batch_norm(x[:1], None, None, training=True)", "InvalidArgument",
      "Expected more than 1 value per channel when training"),
+    ("bncheck.batch_norm(x, None, None, training=True, eps=0.0)", "InvalidArgument",
+     "Expected eps > 0.0, received eps=0.0 (training normalizes with batch statistics"),
     # -- bncheck.BatchNorm ------------------------------------------------------------------
     ("bncheck.BatchNorm(0)", "InvalidArgument", "num_features=0"),
     ("bncheck.BatchNorm(-3)", "InvalidArgument", "num_features=-3"),
@@ -225,7 +289,6 @@ API_CASES: list[tuple[str, str, str]] = [
     ("bncheck.BatchNorm(3, momentum=2.0)", "InvalidArgument", "momentum=2.0"),
     ("bncheck.BatchNorm(3, eps=-1.0)", "InvalidArgument", "eps=-1.0"),
     ("bncheck.BatchNorm(3, eps=float('inf'))", "InvalidArgument", "eps=inf"),
-    ("bncheck.BatchNorm(3, affine='yes')", "InvalidArgumentType", "affine='yes'"),
     ("bncheck.BatchNorm(3)(torch.randn(4, 5))", "InvalidArgument", "Expected input with 3 "
                                                                   "channels"),
     ("bncheck.BatchNorm(3)(torch.randn(4))", "InvalidArgument", "input"),
@@ -244,7 +307,12 @@ API_CASES: list[tuple[str, str, str]] = [
     ("bncheck.check_batchnorm(BN, properties=['nope'])", "InvalidArgument",
      "Unknown property='nope'"),
     ("bncheck.check_batchnorm(BN, properties='train_forward')", "InvalidArgumentType",
-     "properties='train_forward'"),
+     "received properties='train_forward' (write properties=['train_forward'])"),
+    ("bncheck.check_batchnorm(BN, dtypes='float32')", "InvalidArgumentType",
+     "dtypes='float32'"),
+    ("bncheck.check_batchnorm(BN, dims='2,4')", "InvalidArgumentType", "dims='2,4'"),
+    ("bncheck.check_batchnorm(torch.nn.BatchNorm2d, dims=[2])", "InvalidArgument",
+     "Expected dims among the input ranks BatchNorm2d accepts (4), received dims=(2,)"),
     ("bncheck.check_batchnorm(BN, examples=0)", "InvalidArgument", "examples=0"),
     ("bncheck.check_batchnorm(BN, examples=1.5)", "InvalidArgumentType", "examples=1.5"),
     ("bncheck.check_batchnorm(BN, seed='x')", "InvalidArgumentType", "seed='x'"),
@@ -263,11 +331,12 @@ API_CASES: list[tuple[str, str, str]] = [
     ("bncheck.check_batchnorm(BN, timeout=float('nan'))", "InvalidArgument", "timeout=nan"),
     ("bncheck.check_batchnorm(3)", "InvalidArgument", "Expected a Module class or a factory"),
     ("bncheck.check_batchnorm(torch.nn.Linear)", "TargetError", "out_features"),
-    ("bncheck.check_batchnorm(torch.nn.ReLU(), examples=1)", "TargetError", "ReLU"),
+    ("bncheck.check_batchnorm(BN(3))", "InvalidArgument", "received an instance "
+                                                        "BatchNorm1d(3, eps=1e-05"),
     ("bncheck.verify(BN, properties=['train_forwrd'])", "InvalidArgument",
      "did you mean train_forward"),
-    ("bncheck.verify(BN, seed=-1, examples=1, properties=['eval_forward']).ok and "
-     "bncheck.verify(BN, seed=2**70, examples=1)", "InvalidArgument", "seed="),
+    ("bncheck.verify(BN, seed=True)", "InvalidArgumentType", "seed=True must be a number, "
+                                                             "not a bool"),
     # -- strategies ---------------------------------------------------------------------------
     ("st.shapes(dims=[7])", "InvalidArgument", "dims"),
     ("st.shapes(min_batch=0)", "InvalidArgument", "min_batch=0"),
@@ -304,6 +373,16 @@ def make_bad_files(root: Path) -> None:
     (root / "notpy.txt").write_text("class BN:\n    pass\n")
     (root / "not_a_module.py").write_text("class BN:\n    def __init__(self, n):\n"
                                           "        self.n = n\n")
+    (root / "tests_hang.py").write_text(HANGING.read_text())
+    (root / "hanging_lenet_bn.py").write_text(
+        "import torch\n\n\nclass BN(torch.nn.Module):  # LeNet-BN's: BN(num_features, num_dims)\n"
+        "    def __init__(self, num_features, num_dims=4):\n"
+        "        super().__init__()\n"
+        "        self.weight = torch.nn.Parameter(torch.ones(num_features))\n\n"
+        "    def forward(self, x):\n"
+        "        while True:\n"
+        "            pass\n")
+    (root / "lenet_like.onnx").write_bytes(_lenet_like_onnx())
     (root / "raising_bn.py").write_text(
         "import torch\n\n\nclass RaisingBN(torch.nn.BatchNorm2d):\n"
         "    def forward(self, x):\n"
@@ -323,6 +402,7 @@ def make_bad_files(root: Path) -> None:
     torch.save(torch.nn.Linear(2, 2), root / "model.pt")  # a pickled model, not a state_dict
     torch.save(torch.nn.Linear(2, 2).state_dict(), root / "wrong_keys.pt")
     # IDX folders
+    _idx_folder(root / "idx_ok")
     _idx_folder(root / "idx_truncated", truncate_images=True)
     _idx_folder(root / "idx_labels_as_images", labels_as_images=True)
     _idx_folder(root / "idx_bad_magic", images=os.urandom(64))
@@ -356,13 +436,27 @@ def _idx_folder(folder: Path, *, truncate_images: bool = False, labels_as_images
 
 
 def _tiny_onnx() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return bytes(model.SerializeToString())
+
+
+def _lenet_like_onnx() -> bytes:
+    """LeNet-BN's signature, (N, 1, 28, 28) float32 in, (N, 10) out: Flatten and a Gemm."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((784, 10), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"])], "lenet_like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     return bytes(model.SerializeToString())
 
@@ -458,5 +552,6 @@ def test_the_readme_has_the_table() -> None:
 
 
 def test_gzip_fixture_is_really_not_gzip(bad_files: Path) -> None:
-    with pytest.raises(gzip.BadGzipFile):
-        gzip.open(bad_files / "idx_not_gzip" / "train-images-idx3-ubyte.gz").read()
+    with pytest.raises(gzip.BadGzipFile), \
+            gzip.open(bad_files / "idx_not_gzip" / "train-images-idx3-ubyte.gz") as fh:
+        fh.read()

@@ -46,9 +46,11 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
     from bncheck._io import check_output_path, write_json_atomic
     from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.mutants import MutantResult, run_mutants
+    from bncheck.verify import check_timeout
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
+    check_timeout(timeout)  # click's range lets nan and inf through
     done: list[MutantResult] = []
     try:
         if world_size:

@@ -150,10 +150,11 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     from bncheck.conventions import convention as preset
     from bncheck.properties import get
     from bncheck.target import load_target
-    from bncheck.verify import _resolve_dtypes, build_target, resolve_profile
+    from bncheck.verify import _resolve_dtypes, build_target, check_timeout, resolve_profile
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
+    check_timeout(timeout)  # click's range lets nan and inf through
     profile = resolve_profile(profile)  # named in the replay even when it came from the env
     dims = _ints(dims_text, "--dims")
     dtype_names = _names(dtypes_text)

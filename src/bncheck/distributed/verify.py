@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncheck._validation import NotSet, check_type, not_set
+from bncheck._validation import NotSet, check_names, check_type, not_set
 from bncheck.adapter import Target
 from bncheck.conventions import Convention
 from bncheck.distributed._base import RankAbort, SyncContext, SyncProperty
@@ -140,7 +140,8 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
     if seed is None:
         seed = 0 if profile == "ci" else secrets.randbelow(2**31)
     check_type(int, seed, "seed")
-    chosen = [get(n) for n in properties] if properties else list(CATALOGUE)
+    wanted = () if properties is None else check_names(properties, "properties")
+    chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
     t = prepared or build_target(obj, label=label or spec, convention=convention,
                                  momentum=momentum, eps=eps, dims=dims)
