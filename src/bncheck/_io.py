@@ -54,6 +54,8 @@ def check_output_path(path: str | os.PathLike[str], name: str, *,
     """
     p = Path(path)
     shown = f"{name}={str(p)!r}"
+    if "\x00" in str(p):
+        raise OutputError(f"Expected {name} to be a file path, received {shown} (a NUL byte)")
     if p.is_dir():
         raise OutputError(f"Expected {name} to be a file path, received {shown}, "
                           f"which is a directory")

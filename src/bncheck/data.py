@@ -178,6 +178,9 @@ def read_idx(path: str | os.PathLike[str], *, what: str | None = None,
         dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, "dimension sizes"))
         dtype = _IDX_DTYPES[code]
         nbytes = math.prod(dims) * dtype.itemsize
+        if math.prod(d for d in dims if d) * dtype.itemsize >= 2**62:  # numpy's limit
+            raise DataError(f"{path}: the header's shape {dims} is not a possible array (more "
+                            f"than 2**62 bytes); is this an IDX file?")
         body = _read_exact(f, nbytes, path, f"data (header says shape {dims})")
         try:
             extra = f.read(1)

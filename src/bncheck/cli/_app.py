@@ -42,9 +42,18 @@ def _ctrl_c_exits() -> Iterator[None]:
 
 
 class _LazyGroup(click.Group):
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+    def make_context(self, info_name: str | None, args: list[str], *rest: Any,
+                     **kwargs: Any) -> click.Context:
+        # A shell cannot pass a NUL byte, but a caller of main() can; paths would then fail
+        # deep inside os.stat (found by fuzz/fuzz_cli.py).
+        bad = next((a for a in args if "\x00" in a), None)
+        if bad is not None:
+            from bncheck.cli._common import EXIT_USAGE, err
+
+            err(f"Expected arguments without NUL bytes, received {bad!r}")
+            sys.exit(EXIT_USAGE)
         with _ctrl_c_exits():
-            return super().make_context(*args, **kwargs)
+            return super().make_context(info_name, args, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
         with _ctrl_c_exits():
