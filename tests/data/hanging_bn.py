@@ -47,3 +47,20 @@ class BlocksInCOnFloat16(torch.nn.BatchNorm2d):
             _mark()
             _deadlock()
         return super().forward(input)
+
+
+class LoopsInTraining(torch.nn.Module):
+    """LeNet-BN's kind of BatchNorm (``BN(num_features, num_dims)``) whose training forward
+    never ends (a pure-Python loop): for `bncheck export --bn` and `check --bn`."""
+
+    def __init__(self, num_features, num_dims=4):
+        super().__init__()
+        self.inner = (torch.nn.BatchNorm2d if num_dims == 4 else torch.nn.BatchNorm1d)(
+            num_features)
+
+    def forward(self, input):
+        if self.training:
+            _mark()
+            while True:
+                pass
+        return self.inner(input)

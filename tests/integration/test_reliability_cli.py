@@ -29,15 +29,16 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_hanging(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    """`bncheck verify` on a target that blocks in C on float16; returns once the worker hangs,
-    with the worker's pid."""
+def _start_hanging(tmp_path: Path, *extra: str, command: tuple[str, ...] = ()
+                   ) -> tuple[subprocess.Popen[str], int]:
+    """`bncheck verify` on a target that blocks in C on float16 (or ``command``); returns once
+    the worker hangs, with the worker's pid."""
     mark = tmp_path / "worker.pid"
     env = {**os.environ, "BNCHECK_HANG_MARK": str(mark)}
-    proc = subprocess.Popen([sys.executable, "-m", "bncheck", "verify",
-                             f"{HANGING}:BlocksInCOnFloat16", "--examples", "3",
-                             "--property", "train_forward", "--property", "reduced_precision",
-                             "--timeout", "300", *extra], env=env, text=True,
+    command = command or ("verify", f"{HANGING}:BlocksInCOnFloat16", "--examples", "3",
+                          "--property", "train_forward", "--property", "reduced_precision")
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck", *command, "--timeout", "300",
+                             *extra], env=env, text=True, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (mark.exists() and mark.read_text()) and time.monotonic() < deadline:
@@ -68,6 +69,23 @@ def test_ctrl_c_exits_130_writes_the_finished_properties_and_kills_the_worker(tm
     data = json.loads(out.read_text())
     assert data["interrupted"] is True
     assert [(p["name"], p["status"]) for p in data["properties"]] == [("train_forward", "passed")]
+    assert _gone(worker)
+
+
+def test_ctrl_c_on_export_ends_it_in_its_worker_and_writes_nothing(tmp_path):
+    # The model's forward loops in Python: Ctrl-C reaches the worker, which ends the command
+    # as it would in-process.
+    proc, worker = _start_hanging(tmp_path, command=(
+        "export", "m.onnx", "--bn", f"{HANGING}:LoopsInTraining"))
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.startswith(f"Error: interrupted (Ctrl-C) while building and calibrating "
+                             f"LeNet-BN (bn={HANGING}:LoopsInTraining); nothing written"), stderr
+    assert "Traceback" not in stderr and not (tmp_path / "m.onnx").exists()
     assert _gone(worker)
 
 

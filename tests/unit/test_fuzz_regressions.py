@@ -103,3 +103,16 @@ def test_an_argument_with_a_nul_byte_is_a_usage_error(tmp_path):
     assert r.exit_code == 2 and "Expected arguments without NUL bytes" in r.output
     with pytest.raises(OutputError, match="a NUL byte"):
         check_output_path(tmp_path / "a\x00b.json", "--json")
+
+
+def test_a_constant_channel_of_huge_values_gets_a_bound_not_nan():
+    # fuzz_reference: float64 channel constant at 4.98e291 (a stride-0 batch): the bound's
+    # terms overflowed float64 and 0 * inf made the allowed error NaN, so even an exact 0 failed.
+    x = torch.tensor([[-2.2250738585072014e-308, 4.979855459825399e291]],
+                     dtype=torch.float64).expand(2, 2)
+    y = bncheck.batch_norm(x, None, None, None, None, True, 0.5, 0.5)
+    mean, var = oracle.batch_stats(x)
+    tol = forward_tolerance(x, mean, var, eps=0.5)
+    assert not bool(torch.as_tensor(tol.atol).isnan().any())
+    assert compare(y, oracle.normalize(x, mean, var, eps=0.5), tolerance=tol,
+                   check_dtype=False) is None
