@@ -55,14 +55,20 @@ def _gone(pid: int, within: float = 5.0) -> bool:
     return not _alive(pid)
 
 
-def test_ctrl_c_exits_130_writes_the_finished_properties_and_kills_the_worker(tmp_path):
-    out = tmp_path / "report.json"
-    proc, worker = _start_hanging(tmp_path, "--json", str(out))
+def _ctrl_c(proc: subprocess.Popen[str]) -> str:
+    """Send SIGINT, wait for the process to end; its stderr."""
     try:
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
+    return stderr
+
+
+def test_ctrl_c_exits_130_writes_the_finished_properties_and_kills_the_worker(tmp_path):
+    out = tmp_path / "report.json"
+    proc, worker = _start_hanging(tmp_path, "--json", str(out))
+    stderr = _ctrl_c(proc)
     assert proc.returncode == 130, stderr
     assert stderr == (f"Error: interrupted (Ctrl-C) after 1 properties (finished: "
                       f"train_forward); partial report written to {out}\n")
@@ -77,11 +83,7 @@ def test_ctrl_c_on_export_ends_it_in_its_worker_and_writes_nothing(tmp_path):
     # as it would in-process.
     proc, worker = _start_hanging(tmp_path, command=(
         "export", "m.onnx", "--bn", f"{HANGING}:LoopsInTraining"))
-    try:
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    stderr = _ctrl_c(proc)
     assert proc.returncode == 130, stderr
     assert stderr.startswith(f"Error: interrupted (Ctrl-C) while building and calibrating "
                              f"LeNet-BN (bn={HANGING}:LoopsInTraining); nothing written"), stderr

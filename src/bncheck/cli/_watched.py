@@ -45,8 +45,9 @@ def timeout_option(help_text: str) -> Callable[[F], F]:
 
 def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F], F]:
     """Run the command in a watched worker when ``needs_watch(its keyword arguments)`` (the
-    command runs the user's code). Put it above :func:`~bncheck.cli._common.handles_errors`,
-    which then maps the errors inside the worker."""
+    command runs the user's code), except with ``--debug`` (in-process, for the traceback and a
+    debugger, without the time limit). Put it above
+    :func:`~bncheck.cli._common.handles_errors`, which then maps the errors inside the worker."""
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
@@ -59,7 +60,8 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
             except UsageError as e:
                 err(str(e))
                 sys.exit(EXIT_USAGE)
-            if not needs_watch(kwargs) or "fork" not in multiprocessing.get_all_start_methods():
+            if not needs_watch(kwargs) or kwargs.get("debug") or \
+                    "fork" not in multiprocessing.get_all_start_methods():  # --debug: in-process
                 return fn(*args, **kwargs)
             code = run_watched(lambda: fn(*args, **kwargs), timeout=kwargs["timeout"])
             if code:
