@@ -114,8 +114,8 @@ def _prepare() -> None:
     module.make_bad_files(folder)
     os.chdir(folder)
     os.environ["HYPOTHESIS_PROFILE"] = "dev"
-    for name in ("torch._dynamo", "hypothesis", "onnx", "onnxruntime", "onnxscript", "bncheck.verify",
-                 "bncheck._watchdog", "bncheck.mutants", "bncheck.onnx.export",
+    for name in ("torch._dynamo", "hypothesis", "onnx", "onnxruntime", "onnxscript",
+                 "bncheck.verify", "bncheck._watchdog", "bncheck.mutants", "bncheck.onnx.export",
                  "bncheck.onnx.verify", "bncheck.onnx.standalone", "bncheck.onnx.gate",
                  "bncheck.training", "bncheck.bench", "bncheck.cli._check", "bncheck.cli._gate",
                  "bncheck.cli._bench", "bncheck.cli._mutants", "bncheck.distributed.verify"):

@@ -72,8 +72,11 @@ def reimport_spec(obj: Any) -> str | None:
     module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not module or not name or "<locals>" in name or "." in name or module == "__main__":
         return None
+    loaded = sys.modules.get(module)
+    if getattr(loaded, name, None) is not obj:  # e.g. made by exec() or type(): not there
+        return None
     if module.startswith("_bncheck_target_"):  # loaded from a file by load_target
-        file = getattr(sys.modules.get(module), "__file__", None)
+        file = getattr(loaded, "__file__", None)
         return f"{file}:{name}" if file else None
     return f"{module}:{name}"
 

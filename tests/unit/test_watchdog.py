@@ -34,16 +34,27 @@ def _line(text: str, nth: int = 1) -> int:
 
 
 def children() -> set[int]:
-    """Live (not zombie) child processes of this process."""
-    out = set()
+    """Live (not zombie) descendants of this process, without multiprocessing's own helpers
+    (a fork server and its resource tracker live as long as this process; their workers count)."""
+    parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[1] == str(os.getpid()) and fields[0] != "Z":
-            out.add(int(stat.parent.name))
-    return out
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [os.getpid()]
+    while todo:
+        for pid in parents.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"forkserver" not in cmd and b"resource_tracker" not in cmd:
+                found.add(pid)
+    return found
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc; the C block uses glibc's pthread mutex")
@@ -147,6 +158,7 @@ def test_the_start_method_follows_the_threads_and_what_can_be_imported():
 
     assert reimport_spec(torch.nn.BatchNorm1d) == "torch.nn.modules.batchnorm:BatchNorm1d"
     assert reimport_spec(Local) is None
+    assert reimport_spec(type("Made", (torch.nn.BatchNorm1d,), {})) is None  # not in its module
     assert reimport_spec(load_target(f"{HANGING}:LoopsOnFloat16")) == f"{HANGING}:LoopsOnFloat16"
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
