@@ -30,7 +30,7 @@ from typing import Any
 from bncheck.errors import OutputError
 
 __all__ = ["check_output_path", "write_atomic", "write_text_atomic", "write_json_atomic",
-           "file_mode"]
+           "file_mode", "ctrl_c_deferred"]
 
 
 def file_mode() -> int:
@@ -109,7 +109,7 @@ def write_atomic(files: Mapping[Path, bytes]) -> None:
             except OSError as e:
                 raise OutputError(f"Cannot write {str(path)!r}: "
                                   f"{e.strerror or type(e).__name__}") from None
-        with _no_ctrl_c():  # all files move into place, or none: Ctrl-C waits until after
+        with ctrl_c_deferred():  # all files move into place, or none: Ctrl-C waits until after
             for path, tmp in temps.items():
                 try:
                     os.replace(tmp, path)
@@ -123,8 +123,9 @@ def write_atomic(files: Mapping[Path, bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _no_ctrl_c() -> Iterator[None]:
-    """SIGINT held back for the block (a few renames), delivered when it ends."""
+def ctrl_c_deferred() -> Iterator[None]:
+    """SIGINT held back for the block (files that must change together, and what reports
+    them), delivered when it ends; the block must be short."""
     sigmask = getattr(signal, "pthread_sigmask", None)
     if sigmask is None:  # Windows: no signal masks
         yield

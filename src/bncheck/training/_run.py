@@ -31,7 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bncheck._io import check_output_path, write_atomic, write_json_atomic, write_text_atomic
+from bncheck._io import (
+    check_output_path,
+    ctrl_c_deferred,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from bncheck._validation import check_finite_float, check_positive_int, check_type
 from bncheck.errors import OutputError, TargetError
 from bncheck.models import BUILTIN_BN, BNFactory, lenet_bn
@@ -193,11 +199,13 @@ def run_training(settings: RunSettings, source: DataSource, outputs: RunOutputs,
     note = f"LeNet-BN (bn={settings.bn}) trained on {source.label}"
 
     def finished(stats: EpochStats) -> None:
-        outputs.directory.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, outputs.checkpoint, note=note)
-        _write_metrics(result, settings, source, command)
-        if on_epoch is not None:
-            on_epoch(stats)
+        # The files and the caller's report of the epoch agree even when Ctrl-C comes now.
+        with ctrl_c_deferred():
+            outputs.directory.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(model, outputs.checkpoint, note=note)
+            _write_metrics(result, settings, source, command)
+            if on_epoch is not None:
+                on_epoch(stats)
 
     try:
         with theirs():
