@@ -42,6 +42,9 @@ _REDUCED = (torch.float16, torch.bfloat16)
 #: batched matrix product (no temporary) instead of a multiply and a sum (2-4x faster below).
 _NO_TEMPORARY_FROM = 1 << 23
 
+#: glibc's default threshold (128 KiB) from which a block may be a fresh mmap (page faults).
+_SMALL_BYTES = 128 << 10
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype BatchNorm arithmetic runs in: float32 for float16/bfloat16, else ``dtype``."""
@@ -82,19 +85,17 @@ def unrows(r: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
 
 def _per_channel(v: Tensor, r: Tensor) -> Tensor:
     """``(C,)`` values shaped to broadcast against rows ``r``."""
-    return v.view(1, -1) if r.dim() == 2 else v.view(1, -1, 1)
+    return v if r.dim() == 2 else v.view(1, -1, 1)
+
+
+def _in(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, without a call when it already is (a no-op ``.to`` costs ~1 us)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _channel_sum(r: Tensor, dtype: torch.dtype) -> Tensor:
     """Per-channel sum of rows ``r``, accumulated in ``dtype``."""
     return r.sum(0, dtype=dtype) if r.dim() == 2 else r.sum(2, dtype=dtype).sum(0)
-
-
-def _channel_mean(r: Tensor, dtype: torch.dtype) -> Tensor:
-    """Per-channel mean of rows ``r``, accumulated in ``dtype``."""
-    if r.dim() == 2:
-        return r.mean(0, dtype=dtype)
-    return _channel_sum(r, dtype).div_(r.shape[0] * r.shape[2])
 
 
 def _channel_sum_of_squares(d: Tensor) -> Tensor:
@@ -106,14 +107,21 @@ def _channel_sum_of_squares(d: Tensor) -> Tensor:
     return torch.linalg.vector_norm(d, dim=0).square_()
 
 
-def _channel_dot(d: Tensor, g: Tensor) -> Tensor:
-    """Per-channel sum of ``d * g`` (rows of the same shape and dtype)."""
-    if d.dim() == 2:
-        return torch.linalg.vecdot(d, g, dim=0)
-    if d.numel() < _NO_TEMPORARY_FROM:
-        return (d * g).sum(2).sum(0)
-    a, c, b = d.shape
-    return torch.bmm(d.view(a * c, 1, b), g.reshape(a * c, b, 1)).view(a, c).sum(0)
+def _centered_dot(r: Tensor, m: Tensor, g: Tensor, dtype: torch.dtype,
+                  keep: bool) -> tuple[Tensor, Tensor]:
+    """Per-channel sum of ``(r - m) * g`` and a new buffer that holds ``r - m`` if ``keep``.
+
+    Small 2-dim rows take one product-sum (its temporary is small); others multiply the
+    centred values by ``g`` in place, sum, and centre again: no full-size temporary, whose
+    fresh pages can cost more than the whole op (README "Performance", allocator).
+    """
+    d = r - m
+    if d.dim() == 2 and d.numel() * d.element_size() < _SMALL_BYTES:
+        return d, torch.linalg.vecdot(d, g, dim=0)
+    dot = _channel_sum(d.mul_(g), dtype)
+    if keep:
+        torch.sub(r, m, out=d)
+    return d, dot
 
 
 def train_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -126,19 +134,30 @@ def train_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
         (in the compute dtype), from which the caller derives the unbiased variance.
     """
     cdtype = compute_dtype(x.dtype)
-    channels_last = is_channels_last(x)
+    channels_last = x.dim() > 2 and is_channels_last(x)
     r = rows(x, channels_last)
-    n = r.numel() // r.shape[1]
-    mean = _channel_mean(r, cdtype)
-    d = r - _per_channel(mean, r)  # a new buffer in the compute dtype: becomes the output
-    sum_sq = _channel_sum_of_squares(d)
-    invstd = (sum_sq / n).add_(eps).rsqrt_()
-    scale = invstd if weight is None else invstd * weight.to(cdtype)
-    if bias is None:
-        d.mul_(_per_channel(scale, d))
+    c = r.shape[1]
+    n = r.numel() // c
+    if r.dim() == 2:
+        mean = r.mean(0, dtype=cdtype)
+        d = r - mean  # a new buffer in the compute dtype: becomes the output
     else:
-        torch.addcmul(_per_channel(bias.to(cdtype), d), d, _per_channel(scale, d), out=d)
-    return unrows(d, x.shape, channels_last).to(x.dtype), mean, invstd, sum_sq
+        mean = r.sum(2, dtype=cdtype).sum(0).div_(n)
+        d = r - mean.view(1, c, 1)
+    sum_sq = _channel_sum_of_squares(d)
+    invstd = torch.rsqrt(sum_sq.div(n).add_(eps))
+    scale = invstd if weight is None else invstd * _in(weight, cdtype)
+    if r.dim() == 2:  # channels innermost: one fused pass
+        if bias is None:
+            d.mul_(scale)
+        else:
+            torch.addcmul(_in(bias, cdtype), d, scale, out=d)
+    else:  # (N, C, L): two passes are faster than a broadcasting addcmul here (4x at L=64)
+        d.mul_(scale.view(1, c, 1))
+        if bias is not None:
+            d.add_(_in(bias, cdtype).view(1, c, 1))
+    y = unrows(d, x.shape, channels_last) if x.dim() > 2 else d
+    return _in(y, x.dtype), mean, invstd, sum_sq
 
 
 def train_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
@@ -152,35 +171,62 @@ def train_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, i
     """
     need_input, need_weight, need_bias = needs
     cdtype = compute_dtype(x.dtype)
-    channels_last = is_channels_last(x)
+    channels_last = x.dim() > 2 and is_channels_last(x)
     r = rows(x, channels_last)
-    g = rows(dy, channels_last).to(cdtype)  # dy in another layout is copied into x's
-    n = r.numel() // r.shape[1]
+    g = _in(rows(dy, channels_last), cdtype)  # dy in another layout is copied into x's
+    c = r.shape[1]
+    n = r.numel() // c
     sum_dy = _channel_sum(g, cdtype)
     grad_input = grad_weight = None
     if need_input or need_weight:
-        d = r - _per_channel(mean, r)  # a new buffer: becomes grad_input
-        dot = _channel_dot(d, g)
+        # d = x - mean, a new buffer that becomes grad_input
+        d, dot = _centered_dot(r, _per_channel(mean, r), g, cdtype, keep=need_input)
         grad_weight = dot.mul_(invstd)  # sum(dy * xhat)
         if need_input:
-            k = invstd if weight is None else invstd * weight.to(cdtype)
-            # dx = k * dy - k * sum(dy) / n - (k * invstd * sum(dy * xhat) / n) * d
-            coef = _per_channel(grad_weight * invstd * k / -n, d)
-            shift = _per_channel(k * sum_dy / -n, d)
+            k = invstd if weight is None else invstd * _in(weight, cdtype)
+            # dx = k * dy + coef * d + shift, with coef = -k * invstd * sum(dy * xhat) / n
+            # and shift = -k * sum(dy) / n
+            k_n = k * (-1.0 / n)
+            shift = k_n * sum_dy
+            coef = k_n.mul_(invstd).mul_(grad_weight)
             if d.dim() == 2:  # channels innermost: one fused pass (slower for (N, C, L) rows)
-                torch.addcmul(shift, d, coef, out=d)
+                torch.addcmul(shift, d, coef, out=d).addcmul_(g, k)
             else:
-                d.mul_(coef).add_(shift)
-            grad_input = unrows(d.addcmul_(g, _per_channel(k, d)), x.shape,
-                                channels_last).to(x.dtype)
+                d.mul_(coef.view(1, c, 1)).add_(shift.view(1, c, 1)).addcmul_(g, k.view(1, c, 1))
+            grad_input = _in(unrows(d, x.shape, channels_last) if x.dim() > 2 else d, x.dtype)
         if not need_weight:
             grad_weight = None
     grad_bias = sum_dy if need_bias else None
     return grad_input, grad_weight, grad_bias
 
 
+def blend(running: Tensor, batch: Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch`` in place, in ``batch``'s
+    (compute) dtype: a float16 batch variance may overflow where the blend does not."""
+    if running.dtype == batch.dtype:
+        running.lerp_(batch, momentum)
+    else:
+        running.copy_(running.to(batch.dtype).lerp_(batch, momentum))
+
+
+#: What a training call updates: ``(running_mean, running_var, momentum)``, either may be None.
+RunningStats = tuple[Tensor | None, Tensor | None, float]
+
+
+def _update(stats: RunningStats | None, mean: Tensor, sum_sq: Tensor, count: int) -> None:
+    """Move the running statistics toward the batch's (the variance unbiased, as PyTorch
+    stores it). Called where autograd does not record (no graph reaches the buffers)."""
+    if stats is None:
+        return
+    running_mean, running_var, momentum = stats
+    if running_mean is not None:
+        blend(running_mean, mean, momentum)
+    if running_var is not None:
+        blend(running_var, sum_sq.div(count - 1), momentum)
+
+
 def _like(grad: Tensor | None, param: Tensor | None) -> Tensor | None:
-    return grad if grad is None or param is None else grad.to(param.dtype)
+    return grad if grad is None or param is None else _in(grad, param.dtype)
 
 
 def formula(x: Tensor, weight: Tensor | None, bias: Tensor | None,
@@ -202,34 +248,52 @@ def formula(x: Tensor, weight: Tensor | None, bias: Tensor | None,
 
 
 class BatchNormFunction(torch.autograd.Function):
-    """Training BatchNorm with an analytic backward: ``apply(x, weight, bias, eps, compiled)``
-    returns ``(y, mean, sum_of_squares)``; only ``y`` is differentiable.
+    """Training BatchNorm with an analytic backward:
+    ``apply(x, weight, bias, eps, compiled, stats)`` returns ``y`` and updates ``stats``
+    (:data:`RunningStats`, or None) in place.
 
     Saved for backward: ``x``, ``weight``, ``bias`` and two per-channel vectors (native BatchNorm
     saves the same but ``bias``). ``compiled`` runs both directions through ``torch.compile``
     (:func:`compiled_forward`, :func:`compiled_backward`). Double backward
     (``create_graph=True``) differentiates :func:`formula` instead, so ``gradgradcheck`` holds.
+    The statistics are updated inside ``forward``, where autograd records nothing: no
+    ``no_grad`` block and no extra outputs per call.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                eps: float, compiled: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                eps: float, compiled: bool = False, stats: RunningStats | None = None
+                ) -> Tensor:
         y, mean, invstd, sum_sq = (compiled_forward if compiled else train_forward)(
             x, weight, bias, eps)
+        _update(stats, mean, sum_sq, x.numel() // x.shape[1])
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.eps, ctx.compiled = eps, compiled
-        ctx.mark_non_differentiable(mean, sum_sq)
-        return y, mean, sum_sq
+        return y
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, mean, invstd = ctx.saved_tensors
-        needs = tuple(ctx.needs_input_grad[:3])
+        needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            return (*_formula_gradients(dy, x, weight, bias, ctx.eps, needs), None, None)
+            return (*_formula_gradients(dy, x, weight, bias, ctx.eps, needs), None, None, None)
         kernel = compiled_backward if ctx.compiled else train_backward
-        gx, gw, gb = kernel(dy, x, weight, mean, invstd, needs)  # type: ignore[arg-type]
-        return gx, _like(gw, weight), _like(gb, bias), None, None
+        gx, gw, gb = kernel(dy, x, weight, mean, invstd, needs)
+        return gx, _like(gw, weight), _like(gb, bias), None, None, None
+
+
+def train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+          stats: RunningStats | None = None, *, compiled: bool = False) -> Tensor:
+    """Training BatchNorm of a non-empty ``x`` (arguments already checked): through
+    :class:`BatchNormFunction` where a gradient is wanted, else straight to the kernels.
+    Updates ``stats`` in place."""
+    if torch.is_grad_enabled() and (x.requires_grad
+                                    or (weight is not None and weight.requires_grad)
+                                    or (bias is not None and bias.requires_grad)):
+        return BatchNormFunction.apply(x, weight, bias, eps, compiled, stats)  # type: ignore[no-any-return]
+    y, mean, _, sum_sq = (compiled_forward if compiled else train_forward)(x, weight, bias, eps)
+    _update(stats, mean, sum_sq, x.numel() // x.shape[1])
+    return y
 
 
 def _formula_gradients(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
