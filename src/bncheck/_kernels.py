@@ -374,7 +374,7 @@ def _present(t: Tensor | None, x: Tensor, fill: float) -> Tensor:
 
 #: Inductor options, chosen by measurement: a scalar tail loop instead of a masked vector one
 #: makes the dynamic-shape kernels about 2x faster at (256, 16, 8, 8) (bncheck bench).
-_OPTIONS = {"cpp.enable_loop_tail_vec": False}
+_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"cpp.enable_loop_tail_vec": False}
 _compiled: dict[tuple[str, torch.dtype, int], Callable[..., Any]] = {}
 _eps_tensors: dict[tuple[float, torch.dtype], Tensor] = {}
 
