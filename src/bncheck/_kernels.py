@@ -70,7 +70,8 @@ def is_channels_last(t: Tensor) -> bool:
 
 def rows(t: Tensor, channels_last: bool) -> Tensor:
     """``t`` (N, C, *) with dim 1 the channels and every other dim reduced over: ``(M, C)`` where
-    channels are innermost (2-dim input, or ``channels_last``), else ``(N, C, L)``.
+    channels are innermost (2-dim input, ``channels_last``, or spatial size 1), else
+    ``(N, C, L)``.
 
     A view for 2-dim, contiguous and (with ``channels_last``) channels-last tensors, a contiguous
     copy for any other layout.
@@ -80,6 +81,8 @@ def rows(t: Tensor, channels_last: bool) -> Tensor:
         return t
     if channels_last:
         return t.movedim(1, -1).reshape(-1, c)
+    if t.numel() == t.shape[0] * c:  # (N, C, 1, ...): (N, C) rows, the 2-dim code path
+        return t.reshape(t.shape[0], c)
     return t.reshape(t.shape[0], c, -1)
 
 
@@ -298,6 +301,8 @@ def train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                                     or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
         return BatchNormFunction.apply(x, weight, bias, eps, compiled, stats)  # type: ignore[no-any-return]
+    # Inference tensors would need graphs of their own: the eager kernels serve them.
+    compiled = compiled and not (torch.is_inference_mode_enabled() or x.is_inference())
     y, mean, _, sum_sq = (compiled_forward if compiled else train_forward)(x, weight, bias, eps)
     _update(stats, mean, sum_sq, x.numel() // x.shape[1])
     return y
@@ -360,10 +365,12 @@ def _backward_math(g: Tensor, r: Tensor, weight: Tensor, mean: Tensor,
     return dx.to(r.dtype), grad_weight, sum_dy
 
 
-def _unaliased(r: Tensor) -> Tensor:
-    """``r`` without its view base (no copy): the compiler would otherwise guard on the base's
-    layout and compile once per layout of the caller's tensor."""
-    return r.detach()
+def _rows_for_compiler(t: Tensor, channels_last: bool) -> Tensor:
+    """:func:`rows` of ``t``, contiguous and without its view base: the compiler guards on
+    strides and on the base's layout, and would compile once per layout of the caller's tensor
+    (a copy only for layouts :func:`rows` does not view: strided or expanded 2-dim input, an
+    expanded gradient)."""
+    return rows(t, channels_last).detach().contiguous()
 
 
 def _present(t: Tensor | None, x: Tensor, fill: float) -> Tensor:
@@ -384,8 +391,9 @@ def _compiled_for(fn: Callable[..., Any], r: Tensor) -> Callable[..., Any]:
 
     Each (dtype, rank) gets its own copy of ``fn``'s code object: the compiler keeps its graphs,
     and counts them against its recompile limit (8), per code object. One graph per dtype and
-    rank (grad/inference mode and sizes of 1 add a few) stays within the limit without raising
-    the global setting (past the limit it would silently run ``fn`` eagerly).
+    rank (contiguous rows, always under ``no_grad``; sizes of 1 add at most three more) stays
+    within the limit without raising the global setting (past the limit it would silently run
+    ``fn`` eagerly, with a warning).
     """
     key = (fn.__name__, r.dtype, r.dim())
     compiled = _compiled.get(key)
@@ -415,7 +423,7 @@ def compiled_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     """:func:`train_forward` by ``torch.compile``-generated kernels (compiled on first use)."""
     channels_last = is_channels_last(x)
     with torch.no_grad():  # one graph whatever the grad mode (the Function does the backward)
-        r = _unaliased(rows(x, channels_last))
+        r = _rows_for_compiler(x, channels_last)
         y, mean, invstd, sum_sq = _compiled_for(_forward_math, r)(
             r, _present(weight, x, 1.0), _present(bias, x, 0.0), _eps_tensor(eps))
     return unrows(y, x.shape, channels_last), mean, invstd, sum_sq
@@ -426,8 +434,8 @@ def compiled_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor
                       ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """:func:`train_backward` by ``torch.compile``-generated kernels."""
     channels_last = is_channels_last(x)
-    r = _unaliased(rows(x, channels_last))
+    r = _rows_for_compiler(x, channels_last)
     dx, grad_weight, grad_bias = _compiled_for(_backward_math, r)(
-        _unaliased(rows(dy, channels_last)), r, _present(weight, x, 1.0), mean, invstd)
+        _rows_for_compiler(dy, channels_last), r, _present(weight, x, 1.0), mean, invstd)
     return (unrows(dx, x.shape, channels_last) if needs[0] else None,
             grad_weight if needs[1] else None, grad_bias if needs[2] else None)
