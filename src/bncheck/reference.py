@@ -106,7 +106,7 @@ def batch_norm(
         eps: added to the variance inside the square root; ``>= 0``, and ``> 0`` in training.
         compiled: compute training mode with ``torch.compile``-generated kernels (faster on
             large inputs once compiled; the first call per dtype and rank compiles for seconds).
-            Eval mode is the same either way.
+            Eval mode, and training under ``torch.inference_mode``, run the eager kernels.
 
     Returns:
         A tensor of the input's shape, dtype and memory layout.
