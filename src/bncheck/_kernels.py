@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["compute_dtype", "reduction_dims", "rows", "unrows", "is_channels_last",
-           "BatchNormFunction", "train_forward", "train_backward", "eval_forward", "formula",
-           "compiled_forward", "compiled_backward"]
+           "BatchNormFunction", "RunningStats", "train", "train_forward", "train_backward",
+           "blend", "eval_forward", "formula", "compiled_forward", "compiled_backward"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
