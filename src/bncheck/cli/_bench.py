@@ -78,6 +78,7 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
     if threads is not None:
         torch.set_num_threads(threads)
     out = console()
+    b.warm_allocator()  # before the header, which reports it
     env = b.environment()
     out.print(f"bncheck bench: torch {env['torch']}, {env['threads']} thread(s), "
               f"allocator: {env['allocator']}, timer: {timer}, {rounds} rounds, medians")
