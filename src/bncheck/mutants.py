@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bncheck._workers import DEFAULT_TIMEOUT
 from bncheck.conventions import ONNX, TORCH, Convention
 
 __all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "Clean", "SeedStyle"]
@@ -385,23 +386,27 @@ class MutantResult:
 
 def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
                 examples: int | None = None, seed: int = 0,
-                on_result: Callable[[MutantResult], None] | None = None) -> list[MutantResult]:
-    """Run the whole catalogue (without shrinking) against each mutant."""
+                on_result: Callable[[MutantResult], None] | None = None,
+                timeout: float | None = DEFAULT_TIMEOUT) -> list[MutantResult]:
+    """Run the whole catalogue (without shrinking) against each mutant; ``timeout`` is
+    :func:`bncheck.verify.verify`'s."""
     import time
 
-    from bncheck.errors import InvalidArgument
-    from bncheck.verify import Status, verify
+    from bncheck._validation import unknown_name
+    from bncheck.verify import Status, check_timeout, verify
 
+    check_timeout(timeout)
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
-        raise InvalidArgument(f"Unknown mutant={unknown[0]!r}; available: {', '.join(MUTANTS)}")
+        raise unknown_name("mutant", unknown[0], MUTANTS)
     results = []
     for name in chosen:
         m = MUTANTS[name]
         start = time.perf_counter()
         report = verify(m.factory, label=name, convention=m.convention, dims=m.dims,
                         profile=profile, examples=examples, seed=seed, shrink=False,
+                        timeout=timeout,
                         **dict(m.declarations))
         failed = [r for r in report.results if r.status is Status.FAILED]
         res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from bncheck.cli._common import console, debug_option, handles_errors
+from bncheck.cli._common import console, debug_option, handles_errors, interrupted
 
 SECTIONS = ("kernels", "memory", "lenet", "onnx", "properties")
 
@@ -85,11 +85,32 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
     record: dict[str, Any] = {"settings": {"threads": env["threads"], "timer": timer,
                                            "rounds": rounds}}
     results: list[b.Result] = []
+    try:
+        _sections(out, chosen, parsed, compiled, rounds, timer, results, record)
+    except KeyboardInterrupt:
+        done = [c for c in chosen if c in record or (c == "kernels" and results)]
+        if json_path is not None:
+            _io.write_json_atomic(json_path, {**b.results_document(results, **record),
+                                              "interrupted": True})
+        interrupted(f"after {len(done)} of {len(chosen)} sections"
+                    + (f" (finished: {', '.join(done)})" if done else "")
+                    + (f"; partial results written to {json_path}" if json_path else ""))
+    _render(out, results, record)
+    if json_path is not None:
+        _io.write_json_atomic(json_path, b.results_document(results, **record))
+        out.print(f"wrote {json_path}")
+
+
+def _sections(out: Any, chosen: Any, parsed: Any, compiled: bool, rounds: int, timer: str,
+              results: list[Any], record: dict[str, Any]) -> None:
+    """Run the ``chosen`` sections, filling ``results`` and ``record`` as each finishes."""
+    from bncheck import bench as b
+
     with _progress(out) as step:
         if "kernels" in chosen:
             impls = [i for i in b.IMPLS if compiled or i != "compiled"]
-            results = b.measure(b.kernel_cases(shapes=parsed, impls=impls), rounds=rounds,
-                                timer=timer, on_step=step)
+            results += b.measure(b.kernel_cases(shapes=parsed, impls=impls), rounds=rounds,
+                                 timer=timer, on_step=step)
         if "memory" in chosen:
             step("memory kept for backward")
             record["memory"] = b.memory_ratios(
@@ -104,10 +125,6 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
         if "properties" in chosen:
             step("property catalogue")
             record["properties"] = b.property_rates()
-    _render(out, results, record)
-    if json_path is not None:
-        _io.write_json_atomic(json_path, b.results_document(results, **record))
-        out.print(f"wrote {json_path}")
 
 
 def _render(out: Any, results: list[Any], record: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -28,6 +28,13 @@ def err(message: str) -> None:
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+
+
+def interrupted(what: str) -> NoReturn:
+    """Ctrl-C: ``Error: interrupted (Ctrl-C) WHAT`` (what was finished, what was written), then
+    exit 130."""
+    err(f"interrupted (Ctrl-C) {what}")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def handles_errors(fn: F) -> F:

@@ -34,7 +34,7 @@ from bncheck.cli._distributed import distributed_options
 @debug_option
 @handles_errors
 def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: int,
-            json_path: Path | None, world_size: int | None, timeout: float,
+            json_path: Path | None, world_size: int | None, timeout: float | None,
             debug: bool) -> None:
     """Run the property catalogue against each bundled mutant and print the mutation score.
 
@@ -44,10 +44,13 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
     its property, 1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are reported).
     """
     from bncheck._io import check_output_path, write_json_atomic
+    from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.mutants import MutantResult, run_mutants
+    from bncheck.verify import check_timeout
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
+    check_timeout(timeout)  # click's range lets nan and inf through
     done: list[MutantResult] = []
     try:
         if world_size:
@@ -58,7 +61,8 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
                             on_result=done.append)
         else:
             run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
-                        on_result=done.append)
+                        on_result=done.append,
+                        timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     except KeyboardInterrupt:
         err(f"interrupted (Ctrl-C) after {len(done)} mutants"
             + (f" (finished: {', '.join(r.mutant.name for r in done)})" if done else "")
