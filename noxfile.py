@@ -50,3 +50,19 @@ def gate(session: nox.Session) -> None:
     """The ONNX regression gate: re-create the exports and compare with exports/."""
     _install(session)
     session.run("bncheck", "gate", *session.posargs)
+
+
+#: The coverage-guided harnesses (atheris), run one after another.
+FUZZ_HARNESSES = ("fuzz/fuzz_reference.py", "fuzz/fuzz_idx.py", "fuzz/fuzz_onnx_check.py",
+                  "fuzz/fuzz_cli.py")
+
+
+@nox.session(python="3.11")
+def fuzz(session: nox.Session) -> None:
+    """Each fuzz harness for a bounded time from fuzz/corpus/: nox -s fuzz -- --seconds N
+    (default 60 each). Crashes land in fuzz/findings/; not part of the tests."""
+    session.install(*CONSTRAINTS, "-e", ".[fuzz,train]", "pytest")  # pytest: the CLI harness
+    # builds its bad files with tests/unit/test_bad_input.py
+    args = list(session.posargs) or ["--seconds", "60"]
+    for harness in FUZZ_HARNESSES:
+        session.run("python", harness, *args)

@@ -39,8 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-threads", type=int, default=1, help="torch threads (1).")
     group.addoption("--bench-timer", choices=sorted(bench.TIMERS), default="cpu",
                     help="cpu (default): process CPU time; wall: elapsed time.")
-    group.addoption("--bench-compiled", action="store_true",
-                    help="Also time the compiled path (compiles for a minute or so).")
+    group.addoption("--no-bench-compiled", dest="bench_compiled", action="store_false",
+                    default=True, help="Skip the compiled path (it compiles for ~20 s first).")
 
 
 def pytest_configure(config: pytest.Config) -> None:

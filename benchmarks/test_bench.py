@@ -1,9 +1,10 @@
 """The benchmarks behind ``nox -s bench`` and ``bncheck bench`` (same cases: ``bncheck.bench``).
 
 Each kernel test times one group (a mode at a shape) in interleaved rounds: a same-size copy (the
-bandwidth limit), ``F.batch_norm``, the reference (eager; compiled with ``--bench-compiled``) and
-the seed notebook's formula, and hands the gate each reference ratio to native. pytest-benchmark
-times the reference alone as well (its table; ``--benchmark-json`` to keep it).
+bandwidth limit), ``F.batch_norm``, the reference (eager, and compiled unless
+``--no-bench-compiled``) and the seed notebook's formula, and hands the gate each reference ratio
+to native. pytest-benchmark times the reference alone as well (its table; ``--benchmark-json`` to
+keep it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _confirmed(run: Any, baseline: dict[str, float] | None) -> list[bench.Result
 def test_kernels(benchmark: Any, mode: str, shape: tuple[int, ...], settings: dict[str, Any],
                  reference: Any, ratios: dict[str, float], baseline: dict[str, float] | None,
                  pytestconfig: pytest.Config) -> None:
-    compiled = pytestconfig.getoption("--bench-compiled")
+    compiled = pytestconfig.getoption("bench_compiled")
     impls = [i for i in bench.IMPLS if compiled or i != "compiled"]
     cases = bench.kernel_cases(shapes=[shape], modes=[mode], impls=impls, reference=reference)
     results = _confirmed(lambda: bench.measure(cases, rounds=settings["rounds"],
@@ -52,7 +53,7 @@ def test_kernels(benchmark: Any, mode: str, shape: tuple[int, ...], settings: di
 def test_memory_kept_for_backward(ratios: dict[str, float], pytestconfig: pytest.Config,
                                   info: dict[str, float]) -> None:
     impls = ["native", "reference", "seed"]
-    if pytestconfig.getoption("--bench-compiled"):
+    if pytestconfig.getoption("bench_compiled"):
         impls.append("compiled")
     memory = bench.memory_ratios(impls=impls)
     ratios.update(bench.gate_ratios([], memory=memory))

@@ -5,6 +5,8 @@
 True
 """
 
+from typing import TYPE_CHECKING
+
 from bncheck._version import __version__
 from bncheck.errors import (
     BNCheckError,
@@ -16,7 +18,6 @@ from bncheck.errors import (
     UsageError,
     VerificationFailed,
 )
-from bncheck.reference import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
 
 __all__ = [
     "__version__",
@@ -39,11 +40,22 @@ __all__ = [
 ]
 
 
+_REFERENCE = ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm")
+
+if TYPE_CHECKING:
+    from bncheck.reference import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
+
+
 def __getattr__(name: str) -> object:
-    # verify and check_batchnorm pull in Hypothesis: imported on first use so that
-    # `import bncheck` stays light. `bncheck.verify` is the module bncheck.verify, which is
-    # callable as its function verify() (so that importing the submodule, which binds the
+    # Everything that imports torch or Hypothesis is imported on first use, so that
+    # `import bncheck` (and the `bncheck` command before it parses its arguments, where Ctrl-C
+    # must already exit 130) stays light. `bncheck.verify` is the module bncheck.verify, which
+    # is callable as its function verify() (so that importing the submodule, which binds the
     # package attribute to the module, changes nothing for the caller).
+    if name in _REFERENCE:
+        import bncheck.reference as reference
+
+        return getattr(reference, name)
     if name == "verify":
         import bncheck.verify as module
 

@@ -21,15 +21,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from bncheck.errors import OutputError
 
 __all__ = ["check_output_path", "write_atomic", "write_text_atomic", "write_json_atomic",
-           "file_mode"]
+           "file_mode", "ctrl_c_deferred"]
 
 
 def file_mode() -> int:
@@ -53,6 +54,8 @@ def check_output_path(path: str | os.PathLike[str], name: str, *,
     """
     p = Path(path)
     shown = f"{name}={str(p)!r}"
+    if "\x00" in str(p):
+        raise OutputError(f"Expected {name} to be a file path, received {shown} (a NUL byte)")
     if p.is_dir():
         raise OutputError(f"Expected {name} to be a file path, received {shown}, "
                           f"which is a directory")
@@ -106,16 +109,32 @@ def write_atomic(files: Mapping[Path, bytes]) -> None:
             except OSError as e:
                 raise OutputError(f"Cannot write {str(path)!r}: "
                                   f"{e.strerror or type(e).__name__}") from None
-        for path, tmp in temps.items():
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                raise OutputError(f"Cannot write {str(path)!r}: "
-                                  f"{e.strerror or type(e).__name__}") from None
+        with ctrl_c_deferred():  # all files move into place, or none: Ctrl-C waits until after
+            for path, tmp in temps.items():
+                try:
+                    os.replace(tmp, path)
+                except OSError as e:
+                    raise OutputError(f"Cannot write {str(path)!r}: "
+                                      f"{e.strerror or type(e).__name__}") from None
     finally:
         for tmp in temps.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """SIGINT held back for the block (files that must change together, and what reports
+    them), delivered when it ends; the block must be short."""
+    sigmask = getattr(signal, "pthread_sigmask", None)
+    if sigmask is None:  # Windows: no signal masks
+        yield
+        return
+    old = sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        sigmask(signal.SIG_SETMASK, old)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -5,16 +5,27 @@ only see as a consequence."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from bncheck.adapter import Target
-from bncheck.errors import PropertyFailure, TargetError, TargetRaised
+from bncheck.errors import PropertyFailure, TargetError, TargetHung, TargetRaised
 from bncheck.properties import Facts
 
-__all__ = ["preflight", "Finding"]
+__all__ = ["preflight", "Finding", "Guard", "CORE_FORWARD"]
+
+#: Called with a step's description before each step that runs the target's code; the watchdog
+#: uses it to know what is running and to replay a step that hung as :class:`TargetHung`.
+Guard = Callable[[str], None]
+#: The description of the training forward every property needs (a hang there ends the run).
+CORE_FORWARD = "the first training forward"
+
+
+def _no_guard(step: str) -> None:
+    return None
 
 #: The flag values bncheck draws besides the defaults, and the default each falls back to.
 _FLAGS: tuple[tuple[str, Any, Any], ...] = (
@@ -44,13 +55,16 @@ def _call_text(t: Target, channels: int, **kwargs: Any) -> str:
     return f"{t.label}({', '.join(args)})"
 
 
-def preflight(t: Target, *, channels: int = 3) -> tuple[Target, list[Finding], Facts]:
+def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
+              ) -> tuple[Target, list[Finding], Facts]:
     """Check ``t`` can be built and run as a BatchNorm.
 
     Returns the target with crashing flags fixed, one finding per such flag, and the facts
-    properties use to name a consequence.
+    properties use to name a consequence. ``guard(step)`` runs before each step that calls the
+    target (a step that hangs is then a finding like a step that raises).
 
     Raises:
+        TargetHung: the first training forward did not return (every property would hang).
         TargetError: it is not a BatchNorm bncheck can build: not a Module class or factory, a
             constructor needing other arguments, a build that raises, or an output whose shape
             differs from the input's (exit code 2 in the CLI).
@@ -65,12 +79,17 @@ def preflight(t: Target, *, channels: int = 3) -> tuple[Target, list[Finding], F
             f"{', '.join(t.constructor.required)}; wrap it in a factory, e.g. "
             f"def make(num_features): return {t.label.split(':')[-1]}(num_features, ...)")
     try:
+        guard(f"building the target as {_call_text(t, channels)}")
         bn = t.build(channels, ndim=t.dims[0])
     except TargetRaised as e:
         raise TargetError(f"cannot build the target {_call_text(t, channels)}: {e}") from None
     x = _probe_input(t, channels)
     try:
+        guard(f"{CORE_FORWARD} of {_call_text(t, channels)} on an input of shape "
+              f"{tuple(x.shape)}")
         y = bn.train(True).call(x, what="a training forward")
+    except TargetHung:
+        raise
     except TargetRaised:
         y = None  # a defect: the properties report it, each where it shows
     if y is not None and tuple(y.shape) != tuple(x.shape):
@@ -88,7 +107,7 @@ def preflight(t: Target, *, channels: int = 3) -> tuple[Target, list[Finding], F
             continue
         if flag == "momentum" and not t.cumulative:
             continue
-        message = _try_flag(t, channels, flag, value, x)
+        message = _try_flag(t, channels, flag, value, x, guard)
         if message is None:
             continue
         call = _call_text(t, channels, **{flag: value})
@@ -107,15 +126,16 @@ def preflight(t: Target, *, channels: int = 3) -> tuple[Target, list[Finding], F
         except PropertyFailure as e:
             no_stats = str(e)
         findings.append(Finding("running_statistics", None, str(no_stats), t.label))
-    return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels),
-                              mode_from_grad=_mode_from_grad(t, channels, x),
+    return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels, guard),
+                              mode_from_grad=_mode_from_grad(t, channels, x, guard),
                               no_stats=no_stats)
 
 
-def _mode_from_grad(t: Target, channels: int, x: torch.Tensor) -> str | None:
+def _mode_from_grad(t: Target, channels: int, x: torch.Tensor, guard: Guard) -> str | None:
     """Whether an eval forward with grad enabled differs from one under no_grad (the layer
     then picks its mode from autograd's state)."""
     try:
+        guard("eval forwards with and without grad (preflight)")
         outs = []
         for grad in (False, True):
             bn = t.build(channels, ndim=t.dims[0]).train(True)
@@ -132,8 +152,16 @@ def _mode_from_grad(t: Target, channels: int, x: torch.Tensor) -> str | None:
             "forward with grad enabled differs from one under no_grad (grad_mode_independence)")
 
 
-def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor) -> str | None:
+def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor,
+              guard: Guard) -> str | None:
     kwargs: dict[str, Any] = {flag: value}
+    try:
+        guard(f"{_call_text(t, channels, **kwargs)} and a training forward")
+    except TargetHung as e:
+        return (f"{_call_text(t, channels, **kwargs)} and a training forward: {e}; "
+                + (f"declare fixed={{{flag!r}: {not value!r}}} (--fixed "
+                   f"{flag}={str(not value).lower()}) if the layer does not support it"
+                   if flag != "momentum" else "momentum=None is not drawn for it"))
     try:
         bn = t.build(channels, ndim=t.dims[0], **kwargs)
     except TargetRaised as e:
@@ -152,8 +180,9 @@ def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor) 
     return None
 
 
-def _stats_not_cast(t: Target, channels: int) -> str | None:
+def _stats_not_cast(t: Target, channels: int, guard: Guard) -> str | None:
     try:
+        guard("module.to(torch.float64) (preflight)")
         bn = t.build(channels, ndim=t.dims[0])
         if not bn.has_stats:
             return None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
+from collections.abc import Iterable
 from typing import Any, Final, Literal
 
 from bncheck.errors import InvalidArgument, InvalidArgumentType
@@ -91,3 +93,31 @@ def check_eps(eps: Any, name: str = "eps", *, training: bool = True) -> None:
         raise InvalidArgument(
             f"Expected {name} > 0.0, received {name}={eps!r} (training normalizes with batch "
             f"statistics, and a constant channel has variance 0)")
+
+
+def close_matches(name: str, choices: Iterable[str], *, cutoff: float = 0.75) -> list[str]:
+    """Up to three of ``choices`` close to ``name`` (difflib; a case-insensitive match first)."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=cutoff)
+    same = [c for c in choices if c.lower() == name.lower() and c not in close]
+    return (same + close)[:3]
+
+
+def unknown_name(kind: str, name: str, available: Iterable[str]) -> InvalidArgument:
+    """``Unknown kind='name'; did you mean ...? available: ...`` as an error to raise."""
+    available = list(available)
+    close = close_matches(name, available)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return InvalidArgument(f"Unknown {kind}={name!r}; {hint}available: {', '.join(available)}")
+
+
+def check_names(value: Any, name: str) -> tuple[str, ...]:
+    """``value`` is a list or tuple of strings (not one string, whose letters would be taken
+    one by one); returns it as a tuple."""
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple) or \
+            not all(isinstance(v, str) for v in value):
+        raise InvalidArgumentType(f"Expected {name} to be a list of names, received "
+                                  f"{name}={describe(value)}"
+                                  + (f" (write {name}=[{value!r}])" if isinstance(value, str)
+                                     else ""))
+    return tuple(value)

@@ -40,7 +40,7 @@ from bncheck.errors import InvalidArgument, PropertyFailure, TargetError, Target
 from bncheck.target import CONFIG_KWARGS, Constructor, bn_factory, inspect_constructor
 
 __all__ = ["Target", "Adapted", "Names", "TargetRaised", "PropertyFailure", "CONFIG_KWARGS",
-           "user_location"]
+           "user_location", "is_user_file", "supported_dims"]
 
 WEIGHT_NAMES = (("weight", "bias"), ("gamma", "beta"))
 STAT_NAMES = (("running_mean", "running_var"), ("moving_mean", "moving_var"), ("mean", "var"))
@@ -86,7 +86,7 @@ class Names:
                 if getattr(self, f.name) is not None}
 
 
-def _supported_dims(obj: Any) -> tuple[int, ...] | None:
+def supported_dims(obj: Any) -> tuple[int, ...] | None:
     """Input ranks a known class accepts (torch.nn.BatchNormNd, bncheck's reference)."""
     allowed = getattr(obj, "_allowed_dims", None)
     if isinstance(allowed, tuple):
@@ -107,7 +107,9 @@ _BNCHECK_DIR = str(Path(__file__).resolve().parent)
 _USER_INSIDE_BNCHECK = ("mutants.py", "reference.py")
 
 
-def _is_user_file(filename: str) -> bool:
+def is_user_file(filename: str) -> bool:
+    """Whether ``filename`` is the user's code (not the standard library, site-packages, torch
+    or bncheck itself, except bncheck's bundled targets)."""
     path = str(Path(filename).resolve()) if not filename.startswith("<") else filename
     if path.startswith(_BNCHECK_DIR):
         return Path(path).name in _USER_INSIDE_BNCHECK
@@ -124,7 +126,7 @@ def _shown(filename: str) -> str:
 def user_location(e: BaseException, *, full: bool = False) -> str:
     """Where ``e`` was raised in the user's code: ``file:line in function`` (innermost user
     frame), or the user-side traceback when ``full``; empty when no frame is the user's."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if _is_user_file(f.filename)]
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if is_user_file(f.filename)]
     if not frames:
         return ""
     if full:
@@ -196,7 +198,7 @@ class Target:
         """Describe ``obj``; ``momentum``/``eps`` not given mean the convention's defaults and
         ``dims=None`` means ``(2, 4)`` restricted to the ranks a known class supports."""
         if dims is None:
-            known = _supported_dims(obj)
+            known = supported_dims(obj)
             dims = (2, 4) if known is None else (tuple(d for d in (2, 4) if d in known)
                                                  or known)
         info = inspect_constructor(obj)

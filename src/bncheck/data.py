@@ -178,6 +178,9 @@ def read_idx(path: str | os.PathLike[str], *, what: str | None = None,
         dims = struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path, "dimension sizes"))
         dtype = _IDX_DTYPES[code]
         nbytes = math.prod(dims) * dtype.itemsize
+        if math.prod(d for d in dims if d) * dtype.itemsize >= 2**62:  # numpy's limit
+            raise DataError(f"{path}: the header's shape {dims} is not a possible array (more "
+                            f"than 2**62 bytes); is this an IDX file?")
         body = _read_exact(f, nbytes, path, f"data (header says shape {dims})")
         try:
             extra = f.read(1)
@@ -288,7 +291,7 @@ def load_fashion_mnist(root: str | os.PathLike[str], *,
     check_type((str, os.PathLike), root, "root")
     root = Path(root)
     if not root.is_dir():
-        what = "a file, not a directory" if root.exists() else "does not exist"
+        what = "is a file, not a directory" if root.exists() else "does not exist"
         raise DataError(f"Expected the data directory to hold the Fashion-MNIST IDX files, "
                         f"but {root} {what}")
     image_path, label_path = (_find(root, name) for name in IDX_FILES[split])

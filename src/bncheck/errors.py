@@ -17,6 +17,7 @@ __all__ = [
     "VerificationFailed",
     "PropertyFailure",
     "TargetRaised",
+    "TargetHung",
 ]
 
 
@@ -59,3 +60,8 @@ class PropertyFailure(BNCheckError, AssertionError):
 
 class TargetRaised(PropertyFailure):
     """The target's own code raised while a property exercised it (message: where, and what)."""
+
+
+class TargetHung(TargetRaised):
+    """The target's code did not return within the time limit (bncheck stopped the process it
+    ran in); the message says how long, what was running, and where in the user's code."""

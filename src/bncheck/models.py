@@ -51,11 +51,20 @@ def resolve_bn(bn: str) -> str | BNFactory:
     """``"scratch"``/``"torch"`` as is; anything else is a TARGET turned into a factory.
 
     Raises:
+        InvalidArgument: neither a built-in name nor a TARGET (no ``:``).
         TargetError: the TARGET cannot be imported or found (see :mod:`bncheck.target`).
     """
     check_type(str, bn, "bn")
     if bn in _BUILTIN:
         return bn
+    if ":" not in bn:
+        from bncheck._validation import close_matches
+
+        close = close_matches(bn, _BUILTIN)
+        raise InvalidArgument(
+            f"Expected bn to be {' or '.join(map(repr, _BUILTIN))} or a TARGET "
+            f"(path/to/file.py:Name or package.module:Name), received bn={bn!r}"
+            + (f"; did you mean {close[0]!r}?" if close else ""))
     from bncheck.target import bn_factory, load_target
 
     return bn_factory(load_target(bn))

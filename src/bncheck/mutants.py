@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bncheck._workers import DEFAULT_TIMEOUT
 from bncheck.conventions import ONNX, TORCH, Convention
 
 __all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "meant_first", "Clean",
@@ -410,20 +411,23 @@ def meant_first(verify_some: Callable[[list[str] | None], Sequence[Any]], killer
 
 def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
                 examples: int | None = None, seed: int = 0, every_property: bool = False,
-                on_result: Callable[[MutantResult], None] | None = None) -> list[MutantResult]:
+                on_result: Callable[[MutantResult], None] | None = None,
+                timeout: float | None = DEFAULT_TIMEOUT) -> list[MutantResult]:
     """Run each mutant (without shrinking) against the property meant to kill it; a mutant that
     survives it meets the rest of the catalogue (:func:`meant_first`). ``every_property``: the
-    whole catalogue against every mutant, to see everything that catches each (slower)."""
+    whole catalogue against every mutant, to see everything that catches each (slower).
+    ``timeout`` is :func:`bncheck.verify.verify`'s."""
     import time
 
-    from bncheck.errors import InvalidArgument
+    from bncheck._validation import unknown_name
     from bncheck.properties import names as catalogue
-    from bncheck.verify import verify
+    from bncheck.verify import check_timeout, verify
 
+    check_timeout(timeout)
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
-        raise InvalidArgument(f"Unknown mutant={unknown[0]!r}; available: {', '.join(MUTANTS)}")
+        raise unknown_name("mutant", unknown[0], MUTANTS)
     results = []
     for name in chosen:
         m = MUTANTS[name]
@@ -432,7 +436,7 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
         def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
             return verify(m.factory, label=m.name, convention=m.convention, dims=m.dims,
                           properties=properties, profile=profile, examples=examples, seed=seed,
-                          shrink=False, **dict(m.declarations)).results
+                          shrink=False, timeout=timeout, **dict(m.declarations)).results
 
         failed = meant_first(verify_some, m.killer, catalogue(), every_property=every_property)
         res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},

@@ -106,7 +106,7 @@ def batch_norm(
         eps: added to the variance inside the square root; ``>= 0``, and ``> 0`` in training.
         compiled: compute training mode with ``torch.compile``-generated kernels (faster on
             large inputs once compiled; the first call per dtype and rank compiles for seconds).
-            Eval mode is the same either way.
+            Eval mode, and training under ``torch.inference_mode``, run the eager kernels.
 
     Returns:
         A tensor of the input's shape, dtype and memory layout.
@@ -139,27 +139,9 @@ def batch_norm(
         )
     if input.numel() == 0:
         return _empty_batch(input, weight, bias)
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (input, weight, bias)):
-        y, mean, sum_sq = _kernels.BatchNormFunction.apply(input, weight, bias, eps, compiled)
-    else:
-        forward = _kernels.compiled_forward if compiled else _kernels.train_forward
-        y, mean, _, sum_sq = forward(input, weight, bias, eps)
-    with torch.no_grad():
-        if running_mean is not None:
-            _blend(running_mean, mean, momentum)
-        if running_var is not None:
-            _blend(running_var, sum_sq / (count - 1), momentum)  # the unbiased variance
-    return y
-
-
-def _blend(running: Tensor, batch: Tensor, momentum: float) -> None:
-    """``running = (1 - momentum) * running + momentum * batch`` in place, in ``batch``'s
-    (compute) dtype: a float16 batch variance may overflow where the blend does not."""
-    if running.dtype == batch.dtype:
-        running.lerp_(batch, momentum)
-    else:
-        running.copy_(running.to(batch.dtype).lerp_(batch, momentum))
+    stats = None if running_mean is None and running_var is None else (
+        running_mean, running_var, momentum)
+    return _kernels.train(input, weight, bias, eps, stats, compiled=compiled)
 
 
 def _empty_batch(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -289,8 +271,7 @@ class BatchNorm(nn.Module):
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             assert self.num_batches_tracked is not None
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
+            self.num_batches_tracked.add_(1)  # a buffer: autograd records nothing here
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
         use_batch_stats = self.training or self.running_mean is None

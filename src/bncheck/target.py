@@ -13,7 +13,6 @@ factory. It is built as ``Name(num_features)`` (nn.BatchNorm style) or, when its
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -94,8 +93,14 @@ def _split(spec: str) -> tuple[str, str]:
 
 
 def _import_file(path: Path, spec: str) -> Any:
+    if path.is_dir():
+        raise TargetError(f"TARGET={spec!r}: {str(path)!r} is a directory, expected a Python "
+                          f"file (path/to/file.py:Name)")
     if not path.is_file():
         raise TargetError(f"TARGET={spec!r}: file {str(path)!r} does not exist")
+    if path.suffix != ".py":
+        raise TargetError(f"TARGET={spec!r}: {str(path)!r} is a file but not a .py file; "
+                          f"expected path/to/file.py:Name or package.module:Name")
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     modname = f"_bncheck_target_{path.stem}_{digest}"
     loader_spec = importlib.util.spec_from_file_location(modname, path)
@@ -125,7 +130,7 @@ def load_target(spec: str) -> Any:
             or a missing name (the message lists the names that are there).
     """
     where, name = _split(spec)
-    if where.endswith(".py") or "/" in where or "\\" in where:
+    if where.endswith(".py") or "/" in where or "\\" in where or Path(where).is_file():
         module = _import_file(Path(where), spec)
     else:
         try:
@@ -148,11 +153,10 @@ def load_target(spec: str) -> Any:
 def _suggest(module: Any, name: str) -> str:
     """Close matches to ``name`` among the module's public callables (difflib), else what the
     module itself defines."""
+    from bncheck._validation import close_matches
+
     public = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v))
-    by_case = {n.lower(): n for n in public}
-    close = difflib.get_close_matches(name, public, n=3, cutoff=0.75)
-    if name.lower() in by_case and by_case[name.lower()] not in close:
-        close.insert(0, by_case[name.lower()])
+    close = close_matches(name, public)
     if close:
         return f"did you mean {', '.join(close)}?"
     own = [n for n in public if getattr(vars(module)[n], "__module__", None) == module.__name__
@@ -226,9 +230,14 @@ def user_code(doing: str) -> Iterator[None]:
 
     bncheck's own errors and Ctrl-C pass through; anything else becomes a
     :class:`TargetError` (``--debug`` shows the original traceback, kept as ``__cause__``).
+    In a command that watches the user's code (``--timeout``), the block is time limited
+    (:func:`bncheck._workers.time_limited`).
     """
+    from bncheck._workers import time_limited
+
     try:
-        yield
+        with time_limited(doing):
+            yield
     except (BNCheckError, KeyboardInterrupt):
         raise
     except Exception as e:

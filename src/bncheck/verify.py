@@ -31,10 +31,26 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import Flaky
 from hypothesis.reporting import with_reporter
 
-from bncheck._validation import NotSet, check_eps, check_momentum, check_type, not_set
-from bncheck.adapter import FLAG_TYPES, Names, Target
+from bncheck._preflight import CORE_FORWARD
+from bncheck._validation import (
+    NotSet,
+    check_eps,
+    check_finite_float,
+    check_momentum,
+    check_names,
+    check_type,
+    not_set,
+)
+from bncheck._workers import DEFAULT_TIMEOUT
+from bncheck.adapter import FLAG_TYPES, Names, Target, supported_dims
 from bncheck.conventions import Convention
-from bncheck.errors import InvalidArgument, PropertyFailure, VerificationFailed
+from bncheck.errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    PropertyFailure,
+    TargetHung,
+    VerificationFailed,
+)
 from bncheck.profiles import (
     PROFILES,
     machine_independent_draws,
@@ -160,6 +176,10 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
 
     conv = preset(convention) if isinstance(convention, str) else convention
     check_type(Convention, conv, "convention")
+    if isinstance(obj, torch.nn.Module):
+        raise InvalidArgument(f"Expected a Module class or a factory, received an instance "
+                              f"{obj!r}; pass its class, {type(obj).__qualname__}, or a factory "
+                              f"that builds one from num_features")
     if not callable(obj):
         raise InvalidArgument(f"Expected a Module class or a factory, received {obj!r}")
     if momentum is not not_set:
@@ -167,11 +187,19 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
     if eps is not not_set:
         check_eps(eps)
     if dims is not None:
+        if isinstance(dims, str) or not isinstance(dims, Sequence):
+            raise InvalidArgumentType(f"Expected dims to be a list of input ranks like [2, 4], "
+                                      f"received dims={dims!r}")
         dims = tuple(dims)
         bad = [d for d in dims if d not in (2, 3, 4, 5)]
         if not dims or bad:
             raise InvalidArgument(f"Expected dims to be input ranks from 2 to 5, received "
                                   f"dims={dims!r}")
+        known = supported_dims(obj)
+        if known is not None and not set(dims) <= set(known):
+            raise InvalidArgument(
+                f"Expected dims among the input ranks {label or obj.__qualname__} accepts "
+                f"({', '.join(map(str, known))}), received dims={dims!r}")
     axis = conv.channel_axis if channel_axis is None else channel_axis
     if axis not in (1, -1):
         raise InvalidArgument(f"Expected channel_axis to be 1 or -1, received "
@@ -220,7 +248,21 @@ def _once(prop: Property, ctx: Context, case: Any) -> None:
         prop.check(ctx, case)
 
 
-def _consequence(prop: Property, ctx: Context, case: Any) -> str | None:
+def _watched_once(prop: Property, ctx: Context, case: Any,
+                  on_example: Callable[[Any], None] | None) -> None:
+    """:func:`_once`, told to ``on_example`` before (the case) and after (``None``)."""
+    if on_example is None:
+        _once(prop, ctx, case)
+        return
+    on_example(case)
+    try:
+        _once(prop, ctx, case)
+    finally:
+        on_example(None)
+
+
+def _consequence(prop: Property, ctx: Context, case: Any,
+                 on_example: Callable[[Any], None] | None = None) -> str | None:
     """The defect(s) other properties own that explain this failure: the failing case rerun
     without them (in float32, where statistics that ``.to()`` does not cast have the right
     dtype; with grad enabled in training and disabled in eval, where a layer that picks its
@@ -243,16 +285,20 @@ def _consequence(prop: Property, ctx: Context, case: Any) -> str | None:
         if fixed.describe() == case.describe():
             continue
         try:
-            _once(prop, ctx, fixed)
+            _watched_once(prop, ctx, fixed, on_example)
         except PropertyFailure:
             continue
         return "; ".join(reason for reason, _ in chosen)
     return None
 
 
-def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
-                 ) -> PropertyResult:
-    """Run one property with Hypothesis; never raises for a failing target."""
+def run_property(prop: Property, ctx: Context, *, seed: int, config: settings,
+                 on_example: Callable[[Any], None] | None = None) -> PropertyResult:
+    """Run one property with Hypothesis; never raises for a failing target.
+
+    ``on_example(case)`` is called before each run of the target on a case and
+    ``on_example(None)`` after it (the watchdog's heartbeat).
+    """
     reason = prop.skip_reason(ctx)
     if reason is not None:
         return PropertyResult(prop.name, Status.SKIPPED, reason)
@@ -261,7 +307,7 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
     def test(case: Any) -> None:
         state["count"] += 1
         state["case"] = case
-        _once(prop, ctx, case)
+        _watched_once(prop, ctx, case, on_example)
 
     runner = hypothesis_seed(seed)(config(given(prop.cases(ctx))(test)))
     start = time.perf_counter()
@@ -277,7 +323,7 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings
             runner()
     except PropertyFailure as e:
         res = result(Status.FAILED, str(e))
-        owner = _consequence(prop, ctx, state["case"])
+        owner = _consequence(prop, ctx, state["case"], on_example)
         if owner is not None:
             res.consequence_of = owner
             res.message = (f"consequence of: {owner} (the same case passes without it)\n"
@@ -311,8 +357,8 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
            dtypes: Sequence[str | torch.dtype] | None = None, profile: str | None = None,
            examples: int | None = None, seed: int | None = None, shrink: bool = True,
            replay: Callable[[str, int], str] | None = None,
-           on_result: Callable[[PropertyResult], None] | None = None, **target_kwargs: Any
-           ) -> Report:
+           on_result: Callable[[PropertyResult], None] | None = None,
+           timeout: float | None = DEFAULT_TIMEOUT, **target_kwargs: Any) -> Report:
     """Run the catalogue (or ``properties``) against ``obj`` and return a :class:`Report`.
 
     Args:
@@ -327,13 +373,20 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
         replay: ``replay(property, seed)`` gives the command that reproduces a failure.
         on_result: called with each result as it completes (a ``constructor`` result first
             when a drawn flag crashes the target).
+        timeout: seconds one example may take. The target runs in a worker process that is
+            stopped when an example takes longer (also for code that holds the GIL); the
+            property then fails with the case and where the target was, and the run goes on.
+            The worker is forked from this process, so any object works, even a class defined
+            inside a test function (from a fresh interpreter when this process runs other
+            threads or has initialised CUDA: the object must then be importable by name).
+            ``None``: run in this process, without a limit (for a debugger).
         target_kwargs: declarations for :func:`build_target`.
 
     Raises:
         InvalidArgument: a bad argument.
         TargetError: ``obj`` is not a BatchNorm bncheck can build and run.
     """
-    from bncheck._preflight import preflight
+    from bncheck._watchdog import runner_for
 
     target = obj if isinstance(obj, Target) else build_target(obj, **target_kwargs)
     profile = resolve_profile(profile)
@@ -344,36 +397,55 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
     if seed is None:
         seed = 0 if profile == "ci" else secrets.randbelow(2**31)
     check_type(int, seed, "seed")
+    check_timeout(timeout)
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
-    chosen = [get(n) for n in properties] if properties else list(CATALOGUE)
+    wanted = () if properties is None else check_names(properties, "properties")
+    chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
     report = Report(target.label, target.convention.describe(), seed, profile)
+
+    def add(res: PropertyResult) -> None:
+        if res.status in (Status.FAILED, Status.ERROR) and replay is not None and \
+                res.name in {p.name for p in chosen}:
+            res.replay = replay(res.name, seed)
+        report.results.append(res)
+        if on_result is not None:
+            on_result(res)
+
     # Tiny tensors: intra-op threads only add contention (200x slower on a loaded 2-core box).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    runner = runner_for(target, requested, profile, examples, shrink, timeout)
     try:
-        target, findings, facts = preflight(target)
+        try:
+            target, findings, facts = runner.preflight()
+        except TargetHung as e:  # every property would hang the same way
+            add(PropertyResult("preflight", Status.FAILED, str(e), CORE_FORWARD))
+            for prop in chosen:
+                add(PropertyResult(prop.name, Status.SKIPPED, "not run: the target's first "
+                                   "training forward did not return (preflight)"))
+            return report
         for f in findings:
-            res = PropertyResult("constructor" if f.value is not None or f.flag != \
-                                 "running_statistics" else f.flag, Status.FAILED, f.message,
-                                 f.call)
-            report.results.append(res)
-            if on_result is not None:
-                on_result(res)
-        ctx = Context(target, requested, facts)
-        config = _settings(profile, examples, shrink)
+            add(PropertyResult("constructor" if f.value is not None or f.flag != \
+                               "running_statistics" else f.flag, Status.FAILED, f.message,
+                               f.call))
         for prop in chosen:
-            res = run_property(prop, ctx, seed=seed, config=config)
-            if res.status in (Status.FAILED, Status.ERROR) and replay is not None:
-                res.replay = replay(prop.name, seed)
-            report.results.append(res)
-            if on_result is not None:
-                on_result(res)
+            add(runner.run(prop, seed))
     finally:
+        runner.close()
         torch.set_num_threads(threads)
     return report
 
 
+def check_timeout(timeout: Any) -> None:
+    """``timeout`` is a positive number of seconds or ``None`` (one rule for the API and CLI)."""
+    if timeout is not None:
+        check_finite_float(timeout, "timeout", min_value=0.0, exclude_min=True)
+
+
 def _resolve_dtypes(dtypes: Sequence[str | torch.dtype]) -> tuple[torch.dtype, ...]:
+    if isinstance(dtypes, str) or not isinstance(dtypes, Sequence):
+        raise InvalidArgumentType(f"Expected dtypes to be a list like ['float32', 'float64'], "
+                                  f"received dtypes={dtypes!r}")
     out = []
     for d in dtypes:
         if isinstance(d, str) and d in DTYPES:
@@ -395,7 +467,8 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
                     examples: int | None = None, seed: int | None = None,
                     names: Mapping[str, str] | None = None, channel_axis: int | None = None,
                     mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
-                    empty_batches: bool | None = None) -> Report:
+                    empty_batches: bool | None = None,
+                    timeout: float | None = DEFAULT_TIMEOUT) -> Report:
     """Run the property catalogue against ``obj``; raise with the report if any property fails.
 
     >>> import torch
@@ -406,6 +479,7 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
     (``ci``/``bncheck-ci``, ``dev``, ``thorough``) unless ``profile`` is given. The declarations
     (``momentum``, ``eps``, ``names``, ``channel_axis``, ``mode_argument``, ``fixed``,
     ``empty_batches``) are :func:`build_target`'s; ``momentum=None`` declares a cumulative average.
+    ``timeout`` (seconds per example; ``None``: no worker process, no limit) is :func:`verify`'s.
 
     Raises:
         VerificationFailed: (an ``AssertionError``) some property failed; the message is the
@@ -425,7 +499,7 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
                     examples=examples, seed=seed, replay=replay, convention=convention,
                     momentum=momentum, eps=eps, dims=dims, names=names,
                     channel_axis=channel_axis, mode_argument=mode_argument, fixed=fixed,
-                    empty_batches=empty_batches)
+                    empty_batches=empty_batches, timeout=timeout)
     if not report.ok:
         raise VerificationFailed(report.render())
     return report

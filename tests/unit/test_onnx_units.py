@@ -91,3 +91,45 @@ def test_build_model_is_deterministic_and_calibrated() -> None:
         assert va.equal(vb), k
     assert not a.training
     assert float(a[10].running_var.mean()) < 0.5  # far from a fresh layer's 1
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
+                    reason="the alternate signal stack is read through glibc")
+def test_openvino_leaves_the_signal_stack_as_it_was_and_ctrl_c_works():
+    # OpenVINO's CPU plugin installs an alternate signal stack and frees it with the compiled
+    # model: the next Ctrl-C after `bncheck check` crashed with SIGSEGV instead of exiting 130.
+    import ctypes
+    import signal
+    import time
+
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from bncheck.onnx.runtimes.openvino import OpenVino
+
+    plugin = OpenVino("f32")
+    if plugin.unavailable():
+        pytest.skip(plugin.unavailable())
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                    ("ss_size", ctypes.c_size_t)]
+
+    def stack() -> tuple[int | None, int, int]:
+        st = Stack()
+        ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st))
+        return st.ss_sp, st.ss_flags, st.ss_size
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    before = stack()
+    run = plugin.load(model.SerializeToString(), model)
+    run({"x": np.ones((2, 3), np.float32)})
+    del run
+    assert stack() == before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)

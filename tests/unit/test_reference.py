@@ -383,6 +383,31 @@ def test_gradcheck_and_gradgradcheck(shape, channels_last, affine):
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
+@pytest.mark.parametrize("shape,channels_last", [((4096, 8), False), ((64, 8, 8, 8), True),
+                                                 ((8, 3, 5, 5), False)], ids=str)
+@pytest.mark.parametrize("wants", ["all", "weight only"])
+def test_backward_without_temporaries_matches_torch(shape, channels_last, wants):
+    """The backward's per-channel dot multiplies the centred input by dy in place and centres it
+    again (no full-size temporary) for (N, C, L) rows and for 2-dim rows of >= 128 KiB (the first
+    two cases, float64: 256 KiB); with only the weight wanted, the second centring is skipped.
+    float64 against F.batch_norm to 1e-10 (see tol)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 5
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5
+    b = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    grads = []
+    for fn in (bncheck.batch_norm, F.batch_norm):
+        xs = x.clone().requires_grad_(wants == "all")
+        ws, bs = w.clone().requires_grad_(), b.clone().requires_grad_()
+        y = fn(xs, None, None, ws, bs, True)
+        grads.append(torch.autograd.grad(y, [t for t in (xs, ws, bs) if t.requires_grad], g))
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs, **tol(torch.float64))
+
+
 def test_memory_kept_for_backward_is_the_input():
     from bncheck.bench import saved_bytes
 
@@ -417,3 +442,12 @@ def test_compiled_path_matches_torch():
     torch.testing.assert_close(x_ours.grad, x_theirs.grad)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
     assert "compiled=True" in repr(ours)
+    # One graph per dtype and rank: another size of the same rank compiles nothing new, and the
+    # global recompile limit is left alone (each dtype and rank has its own code object).
+    from torch._dynamo import config
+    from torch._dynamo.utils import counters
+
+    graphs, limit = counters["stats"]["unique_graphs"], config.recompile_limit
+    x2 = torch.randn(5, 3, 7, 2, generator=gen, requires_grad=True)
+    ours(x2).backward(torch.randn(x2.shape, generator=gen))
+    assert counters["stats"]["unique_graphs"] == graphs and config.recompile_limit == limit

@@ -6,6 +6,7 @@ Third-party layers live in tests/data/third_party; each docstring there names it
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -257,12 +258,14 @@ def test_json_write_failure_keeps_the_results_and_exits_2(tmp_path):
 
 
 def test_ctrl_c_exits_130_and_writes_the_partial_report(tmp_path):
+    # A real SIGINT to this process (bncheck's), sent while the target runs in its worker.
     target = tmp_path / "interrupting.py"
-    target.write_text("import torch\nfrom torch import nn\n"
+    target.write_text("import os, signal, time, torch\nfrom torch import nn\n"
                       "class BN(nn.BatchNorm1d):\n"
                       "    def forward(self, x):\n"
                       "        if x.dtype == torch.float16:\n"
-                      "            raise KeyboardInterrupt\n"
+                      f"            os.kill({os.getpid()}, signal.SIGINT)\n"
+                      "            time.sleep(60)\n"
                       "        return super().forward(x)\n")
     out = tmp_path / "r.json"
     r = CliRunner().invoke(main, ["verify", f"{target}:BN", "--examples", "2",

@@ -3,8 +3,11 @@ so ``bncheck --help`` stays fast and a subcommand's heavy imports happen only wh
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -23,7 +26,39 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+@contextlib.contextmanager
+def _ctrl_c_exits() -> Iterator[None]:
+    """Ctrl-C outside a command's own handling (parsing, importing the command): exit 130 with
+    one line, not click's "Aborted!" and exit 1."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if "--debug" in sys.argv[1:]:  # a command's --debug: the traceback it asked for
+            raise
+        from bncheck.cli._common import EXIT_INTERRUPTED, err
+
+        err("interrupted (Ctrl-C) before the command started; nothing was done")
+        sys.exit(EXIT_INTERRUPTED)
+
+
 class _LazyGroup(click.Group):
+    def make_context(self, info_name: str | None, args: list[str], *rest: Any,
+                     **kwargs: Any) -> click.Context:
+        # A shell cannot pass a NUL byte, but a caller of main() can; paths would then fail
+        # deep inside os.stat (found by fuzz/fuzz_cli.py).
+        bad = next((a for a in args if "\x00" in a), None)
+        if bad is not None:
+            from bncheck.cli._common import EXIT_USAGE, err
+
+            err(f"Expected arguments without NUL bytes, received {bad!r}")
+            sys.exit(EXIT_USAGE)
+        with _ctrl_c_exits():
+            return super().make_context(info_name, args, *rest, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _ctrl_c_exits():
+            return super().invoke(ctx)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in _COMMANDS if self._available(name)]
 

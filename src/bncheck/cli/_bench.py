@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from bncheck.cli._common import console, debug_option, handles_errors, status_line
+from bncheck.cli._common import console, debug_option, handles_errors, interrupted, status_line
 
 SECTIONS = ("kernels", "memory", "lenet", "onnx", "properties")
 
@@ -62,17 +62,39 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
     if threads is not None:
         torch.set_num_threads(threads)
     out = console()
+    b.warm_allocator()  # before the header, which reports it
     env = b.environment()
     out.print(f"bncheck bench: torch {env['torch']}, {env['threads']} thread(s), "
               f"allocator: {env['allocator']}, timer: {timer}, {rounds} rounds, medians")
     record: dict[str, Any] = {"settings": {"threads": env["threads"], "timer": timer,
                                            "rounds": rounds}}
     results: list[b.Result] = []
+    try:
+        _sections(out, chosen, parsed, compiled, rounds, timer, results, record)
+    except KeyboardInterrupt:
+        done = [c for c in chosen if c in record or (c == "kernels" and results)]
+        if json_path is not None:
+            _io.write_json_atomic(json_path, {**b.results_document(results, **record),
+                                              "interrupted": True})
+        interrupted(f"after {len(done)} of {len(chosen)} sections"
+                    + (f" (finished: {', '.join(done)})" if done else "")
+                    + (f"; partial results written to {json_path}" if json_path else ""))
+    _render(out, results, record)
+    if json_path is not None:
+        _io.write_json_atomic(json_path, b.results_document(results, **record))
+        out.print(f"wrote {json_path}")
+
+
+def _sections(out: Any, chosen: Any, parsed: Any, compiled: bool, rounds: int, timer: str,
+              results: list[Any], record: dict[str, Any]) -> None:
+    """Run the ``chosen`` sections, filling ``results`` and ``record`` as each finishes."""
+    from bncheck import bench as b
+
     with status_line(out) as step:
         if "kernels" in chosen:
             impls = [i for i in b.IMPLS if compiled or i != "compiled"]
-            results = b.measure(b.kernel_cases(shapes=parsed, impls=impls), rounds=rounds,
-                                timer=timer, on_step=step)
+            results += b.measure(b.kernel_cases(shapes=parsed, impls=impls), rounds=rounds,
+                                 timer=timer, on_step=step)
         if "memory" in chosen:
             step("memory kept for backward")
             record["memory"] = b.memory_ratios(
@@ -87,10 +109,6 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
         if "properties" in chosen:
             step("property catalogue")
             record["properties"] = b.property_rates()
-    _render(out, results, record)
-    if json_path is not None:
-        _io.write_json_atomic(json_path, b.results_document(results, **record))
-        out.print(f"wrote {json_path}")
 
 
 def _render(out: Any, results: list[Any], record: dict[str, Any]) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from bncheck.cli._common import console, debug_option, handles_errors
-from bncheck.cli._export import make_source, source_options
+from bncheck.cli._common import console, debug_option, handles_errors, interrupted
+from bncheck.cli._export import make_source, runs_user_code, source_options
+from bncheck.cli._watched import runs_watched, timeout_option
 from bncheck.errors import InvalidArgument, VerificationFailed
 
 
@@ -25,13 +26,17 @@ from bncheck.errors import InvalidArgument, VerificationFailed
                                  "(with --polygraphy-inputs).")
 @click.option("--polygraphy-runner", "pg_runner", default=None, metavar="NAME",
               help="The runner in --polygraphy-outputs to compare with (default: the first).")
+@timeout_option("Seconds each call into the model's code may take (building it, a "
+                "calibration forward, the export's trace, an eager forward) before it counts as "
+                "hung and is stopped; with --bn FILE.py:Name or --model.")
 @debug_option
+@runs_watched(runs_user_code)
 @handles_errors
 def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
           input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
           calibrate: int | None, checkpoint: Path | None, seed: int, manifest: Path | None,
           pg_inputs: Path | None, pg_outputs: Path | None, pg_runner: str | None,
-          debug: bool) -> None:
+          timeout: float, debug: bool) -> None:
     """Verify MODEL.onnx on every runtime, with the same table and exit codes as export.
 
     With --bn or --model (and --checkpoint or --seed): against that PyTorch source, built
@@ -47,10 +52,22 @@ def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
     A file that is not ONNX, is truncated, fails onnx.checker or has another input signature
     than the source's gets a one-line error and exit code 2.
 
-    Exit codes: 0 verified, 1 verification failed, 2 usage error.
+    Exit codes: 0 verified, 1 verification failed, 2 usage error, 130 interrupted.
 
     Example: bncheck check resnet.onnx --input-shape 1,3,224,224
     """
+
+    try:
+        _check(model_path, model_spec, model_args, input_shapes, static_batch, bn, calibrate,
+               checkpoint, seed, manifest, pg_inputs, pg_outputs, pg_runner)
+    except KeyboardInterrupt:
+        interrupted("before the verification finished; check writes no files")
+
+
+def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
+           input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
+           calibrate: int | None, checkpoint: Path | None, seed: int, manifest: Path | None,
+           pg_inputs: Path | None, pg_outputs: Path | None, pg_runner: str | None) -> None:
     from bncheck.cli._onnx_render import render_report
     from bncheck.onnx.manifest import layers_from_manifest, read_golden, read_manifest, sha256
     from bncheck.onnx.source import parse_shape

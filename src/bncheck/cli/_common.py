@@ -6,7 +6,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -61,6 +61,13 @@ def err(message: str) -> None:
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+
+
+def interrupted(what: str) -> NoReturn:
+    """Ctrl-C: ``Error: interrupted (Ctrl-C) WHAT`` (what was finished, what was written), then
+    exit 130."""
+    err(f"interrupted (Ctrl-C) {what}")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def handles_errors(fn: F) -> F:

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from bncheck._workers import DEFAULT_TIMEOUT as WORKER_TIMEOUT
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: What ``bncheck verify --world-size N`` checks without a TARGET.
@@ -15,6 +17,8 @@ SYNC_REFERENCE = "bncheck:SyncBatchNorm"
 #: Seconds a case may take on a rank (as :data:`bncheck.distributed.launcher.DEFAULT_TIMEOUT`,
 #: repeated here so that ``--help`` does not import the launcher; a test keeps them equal).
 DEFAULT_TIMEOUT = 10.0
+#: Seconds an example may take in single-process verification.
+SINGLE_TIMEOUT = WORKER_TIMEOUT
 
 
 def distributed_options(*, device: bool = True) -> Callable[[F], F]:
@@ -27,9 +31,11 @@ def distributed_options(*, device: bool = True) -> Callable[[F], F]:
                 show_default=True, help="With --world-size: where the ranks run (cpu: gloo; "
                 "cuda: NCCL with a GPU per rank, else gloo with CUDA tensors).")(fn)
         fn = click.option(
-            "--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT,
-            show_default=True, metavar="S", help="With --world-size: seconds one case may take "
-            "on a rank before the rank counts as hung.")(fn)
+            "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
+            help=f"Seconds one example may take before the target counts as hung: it is "
+            f"stopped, the property fails with the case and where it was, and the run goes on "
+            f"(default {SINGLE_TIMEOUT:g}; with --world-size, {DEFAULT_TIMEOUT:g} per case on "
+            f"a rank).")(fn)
         fn = click.option(
             "--world-size", type=click.IntRange(min=2), metavar="N",
             help="Verify a synchronised BatchNorm on N local processes (torch.distributed, gloo "
@@ -40,18 +46,6 @@ def distributed_options(*, device: bool = True) -> Callable[[F], F]:
     return deco
 
 
-def replay_flags(world_size: int | None, timeout: float, device: str = "cpu") -> list[str]:
-    """The distributed options to repeat in a replay command."""
-    if world_size is None:
-        return []
-    flags = ["--world-size", str(world_size)]
-    if timeout != DEFAULT_TIMEOUT:
-        flags += ["--timeout", f"{timeout:g}"]
-    if device != "cpu":
-        flags += ["--device", device]
-    return flags
-
-
 def check_property_names(names: Sequence[str]) -> None:
     """Unknown distributed property names are a usage error listing the known ones."""
     from bncheck.distributed.properties import get
@@ -60,16 +54,18 @@ def check_property_names(names: Sequence[str]) -> None:
         get(name)
 
 
-def run_verify(spec: str, target: Any, *, world_size: int, timeout: float, device: str,
+def run_verify(spec: str, target: Any, *, world_size: int, timeout: float | None, device: str,
                **kwargs: Any) -> Any:
     """:func:`bncheck.distributed.verify.verify_distributed` for the built ``target``."""
     from bncheck.distributed.verify import verify_distributed
 
-    return verify_distributed(spec, world_size=world_size, timeout=timeout, device=device,
+    return verify_distributed(spec, world_size=world_size,
+                              timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                              device=device,
                               prepared=target, **kwargs)
 
 
-def run_mutants(names: Sequence[str] | None, *, world_size: int, timeout: float,
+def run_mutants(names: Sequence[str] | None, *, world_size: int, timeout: float | None,
                 **kwargs: Any) -> Any:
     """:func:`bncheck.distributed.mutants.run_mutants`."""
     from bncheck.distributed.mutants import run_mutants as run

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from bncheck.cli._common import console, debug_option, handles_errors
+from bncheck.cli._common import console, debug_option, handles_errors, interrupted
+from bncheck.cli._watched import runs_watched, timeout_option
 from bncheck.errors import VerificationFailed
 
 
@@ -44,6 +45,12 @@ def source_options(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
+def runs_user_code(options: dict[str, Any]) -> bool:
+    """Whether the source options name the user's code (a TARGET for --bn, or --model)."""
+    return options.get("model_spec") is not None or options.get("bn") not in (None, "scratch",
+                                                                              "torch")
+
+
 def make_source(model_spec: str | None, model_args: tuple[str, ...],
                 input_shapes: tuple[str, ...], bn: str | None, static_batch: bool) -> Any:
     """The :class:`~bncheck.onnx.source.ModelSource` the source options name."""
@@ -70,13 +77,17 @@ def make_source(model_spec: str | None, model_args: tuple[str, ...],
               help="Also write the goldens in Polygraphy's format: OUT.polygraphy-inputs.json "
                    "and OUT.polygraphy-outputs.json (for polygraphy run --load-inputs "
                    "--load-outputs).")
+@timeout_option("Seconds each call into the model's code may take (building it, a "
+                "calibration forward, the export's trace, an eager forward) before it counts as "
+                "hung and is stopped; with --bn FILE.py:Name or --model.")
 @debug_option
+@runs_watched(runs_user_code)
 @handles_errors
 def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
            input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
            calibrate: int | None, checkpoint: Path | None, seed: int, opset: int | None,
            exporter: str, keep_bn: bool, keep_failed: bool, polygraphy: bool,
-           debug: bool) -> None:
+           timeout: float, debug: bool) -> None:
     """Export a model to OUT.onnx and verify it on every runtime.
 
     Builds LeNet-BN (--bn, default scratch) or --model FILE.py:factory /
@@ -119,13 +130,20 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
     check_opset(opset, exporter)
     source = make_source(model_spec, model_args, input_shapes, bn, static_batch)
     con = console()
-    with con.status(f"building and calibrating {source.label} ..."):
-        model = source.build(seed=seed, checkpoint=checkpoint, calibrate=calibrate)
-    with con.status(f"exporting with the {exporter} exporter ..."):
-        data = export_onnx(model, source=source, exporter=exporter, opset=opset,
-                           keep_bn=keep_bn)
-    with con.status("verifying on every runtime ..."):
-        report = verify_against_torch(data, model, source=source, seed=seed)
+    stage = f"building and calibrating {source.label}"
+    try:
+        with con.status(f"{stage} ..."):
+            model = source.build(seed=seed, checkpoint=checkpoint, calibrate=calibrate)
+        stage = f"exporting with the {exporter} exporter"
+        with con.status(f"{stage} ..."):
+            data = export_onnx(model, source=source, exporter=exporter, opset=opset,
+                               keep_bn=keep_bn)
+        stage = "verifying on every runtime"
+        with con.status(f"{stage} ..."):
+            report = verify_against_torch(data, model, source=source, seed=seed)
+    except KeyboardInterrupt:
+        interrupted(f"while {stage}; nothing written (the files are written together, after "
+                    f"every check)")
     render_report(con, report, title=f"{out.name}: {source.label}, exporter={exporter}, "
                                      f"{'--keep-bn' if keep_bn else 'optimized'}")
     info = {**source.to_json(), "seed": seed,

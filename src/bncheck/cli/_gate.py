@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bncheck.cli._common import console, debug_option, handles_errors
+from bncheck.cli._common import console, debug_option, handles_errors, interrupted
 from bncheck.errors import VerificationFailed
 
 
@@ -31,7 +31,7 @@ def gate(exports: Path, only: tuple[str, ...], update: bool, debug: bool) -> Non
     fails with a report naming the output, the error and the tolerance. --update rewrites
     exports/ instead (only from exports that verify).
 
-    Exit codes: 0 no drift (or goldens updated), 1 drift, 2 usage error.
+    Exit codes: 0 no drift (or goldens updated), 1 drift, 2 usage error, 130 interrupted.
 
     Example: bncheck gate            # from the repository root
     """
@@ -41,8 +41,20 @@ def gate(exports: Path, only: tuple[str, ...], update: bool, debug: bool) -> Non
     from bncheck.onnx.gate import run_gate
 
     con = console()
-    result = run_gate(exports, update=update, only=only,
-                      progress=lambda name: con.print(f"gate: {name} ...", highlight=False))
+    started: list[str] = []
+
+    def progress(name: str) -> None:
+        started.append(name)
+        con.print(f"gate: {name} ...", highlight=False)
+
+    try:
+        result = run_gate(exports, update=update, only=only, progress=progress)
+    except KeyboardInterrupt:
+        done = ", ".join(started[:-1]) or "none"
+        interrupted((f"during {started[-1]}; finished: {done}" if started else "before the "
+                     "first variant")
+                    + (f"; goldens rewritten for: {done}, the others are as they were"
+                       if update else "; gate writes no files"))
     groups: dict[str, dict[tuple[str, str, str], list]] = {}
     for variant, row in result.rows:
         groups.setdefault(variant, {}).setdefault((row.check, row.runtime, row.level),

@@ -40,7 +40,7 @@ from bncheck.cli._distributed import distributed_options
 @handles_errors
 def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: int,
             every_property: bool, json_path: Path | None, world_size: int | None,
-            timeout: float, debug: bool) -> None:
+            timeout: float | None, debug: bool) -> None:
     """Run each bundled mutant against the property meant to kill it; print the mutation score.
 
     A mutant is killed when some property fails on it; each should be killed by the property
@@ -52,10 +52,13 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
     reported).
     """
     from bncheck._io import check_output_path, write_json_atomic
+    from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.mutants import MUTANTS, MutantResult, run_mutants
+    from bncheck.verify import check_timeout
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
+    check_timeout(timeout)  # click's range lets nan and inf through
     done: list[MutantResult] = []
     out = console()
     try:
@@ -79,7 +82,8 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
                                 every_property=every_property, on_result=finished)
             else:
                 run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
-                            every_property=every_property, on_result=finished)
+                            every_property=every_property, on_result=finished,
+                            timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     except KeyboardInterrupt:
         err(f"interrupted (Ctrl-C) after {len(done)} mutants"
             + (f" (finished: {', '.join(r.mutant.name for r in done)})" if done else "")

@@ -160,6 +160,7 @@ class _Screen:
 
 
 def _train(screen: _Screen, settings: Any, source: Any, outputs: Any, command: str) -> None:
+    from bncheck.errors import TargetError
     from bncheck.training import (
         BatchProgress,
         EpochStats,
@@ -206,6 +207,10 @@ def _train(screen: _Screen, settings: Any, source: Any, outputs: Any, command: s
     except TrainingDiverged as e:
         screen.stop()
         screen.error(f"{e}. {_kept(finished, outputs)} (status: diverged)")
+        sys.exit(EXIT_USAGE)
+    except TargetError as e:  # the user's BatchNorm raised
+        screen.stop()
+        screen.error(f"{e}. {_kept(finished, outputs)} (status: failed)")
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         screen.stop()

@@ -133,7 +133,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
            channel_axis: int | None, mode_argument: str | None, fixed_text: str | None,
            empty_batches: bool | None, dtypes_text: str | None, properties: tuple[str, ...],
            profile: str | None, examples: int | None, seed: int | None,
-           json_path: Path | None, world_size: int | None, timeout: float, device: str,
+           json_path: Path | None, world_size: int | None, timeout: float | None, device: str,
            debug: bool) -> None:
     """Check a BatchNorm implementation against the property catalogue.
 
@@ -141,6 +141,8 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     Name(num_features) or, when its signature has num_dims, Name(num_features, num_dims).
     Without TARGET, bncheck's reference BatchNorm is checked. With --world-size N, the
     distributed properties run on N local processes (TARGET defaults to bncheck.SyncBatchNorm).
+    The target runs in a worker process: one that does not return within --timeout seconds
+    fails that property and the run goes on.
 
     Exit status: 0 all properties pass, 1 some property fails, 2 usage error, 130 Ctrl-C.
     """
@@ -148,10 +150,11 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     from bncheck.conventions import convention as preset
     from bncheck.properties import get
     from bncheck.target import load_target
-    from bncheck.verify import _resolve_dtypes, build_target, resolve_profile
+    from bncheck.verify import _resolve_dtypes, build_target, check_timeout, resolve_profile
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
+    check_timeout(timeout)  # click's range lets nan and inf through
     profile = resolve_profile(profile)  # named in the replay even when it came from the env
     dims = _ints(dims_text, "--dims")
     dtype_names = _names(dtypes_text)
@@ -181,7 +184,14 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     distributed = None if not world_size else {"spec": spec, "world_size": world_size,
                                                 "timeout": timeout, "device": device}
     _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,
-         replay=_replay_command(profile), distributed=distributed)
+         replay=_replay_command(profile), distributed=distributed, timeout=timeout)
+
+
+def _shown(value: Any) -> str:
+    """An option's value as the user would type it (``1`` for 1.0; every float round-trips)."""
+    if isinstance(value, float) and float(f"{value:g}") == value:
+        return f"{value:g}"
+    return str(value)
 
 
 def _replay_command(profile: str) -> Any:
@@ -198,7 +208,7 @@ def _replay_command(profile: str) -> Any:
         elif isinstance(param, click.Option) and param.is_flag:
             args.append(param.opts[0])
         elif isinstance(param, click.Option):
-            args += [param.opts[0], str(value)]
+            args += [param.opts[0], _shown(value)]
     prof = [] if profile == "ci" else ["--profile", profile]
 
     def replay(name: str, seed: int) -> str:
@@ -208,8 +218,9 @@ def _replay_command(profile: str) -> Any:
 
 def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
          examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
-         distributed: dict[str, Any] | None = None) -> None:
+         distributed: dict[str, Any] | None = None, timeout: float | None = None) -> None:
     from bncheck._io import write_json_atomic
+    from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.verify import PropertyResult, Report, describe_target
     from bncheck.verify import verify as run
 
@@ -235,7 +246,8 @@ def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
                                 examples=examples, seed=seed, replay=replay, on_result=finished)
         else:
             report = run(t, properties=properties, dtypes=dtypes, profile=profile,
-                         examples=examples, seed=seed, replay=replay, on_result=finished)
+                         examples=examples, seed=seed, replay=replay, on_result=finished,
+                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     except KeyboardInterrupt:
         partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
                          profile, done)

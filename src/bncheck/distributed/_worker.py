@@ -13,9 +13,6 @@ import datetime
 import inspect
 import os
 import pickle
-import signal
-import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -161,21 +158,10 @@ class _Rank:
         return out
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the process that started the pool is gone (no orphaned ranks)."""
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(parent_pid, 0)
-        except ProcessLookupError:
-            os._exit(3)
-        except PermissionError:  # pid reused by another user's process: the parent is gone
-            os._exit(3)
-
-
-def worker_main(rank: int, world_size: int, port: int, conn: Connection, device: str,
-                groups: tuple[tuple[int, ...], ...], timeout: float, parent_pid: int) -> None:
-    """A rank's life: join the process group, create ``groups``, answer tasks until told to stop.
+def worker_main(conn: Connection, rank: int, world_size: int, port: int, device: str,
+                groups: tuple[tuple[int, ...], ...], timeout: float) -> None:
+    """A rank's life (in a :class:`~bncheck._workers.Worker`): join the process group, create
+    ``groups``, answer tasks until told to stop.
 
     Every message is ``pickle``d: a :class:`RankTask`, ``None`` (sit this case out) or
     ``"stop"``; an answer is ``("ok", result)`` or ``("crash", traceback)``
@@ -184,9 +170,6 @@ def worker_main(rank: int, world_size: int, port: int, conn: Connection, device:
     """
     import torch.distributed as dist
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    torch.set_num_threads(1)  # tiny tensors, many ranks on few cores
     try:
         delta = datetime.timedelta(seconds=timeout)
         store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=delta)

@@ -9,25 +9,25 @@ no free-port race); the ranks join it with the gloo backend (NCCL for CUDA with 
 and create the process groups the properties need, once. Each case is one message per rank
 over a pipe and one answer back. A watchdog bounds every case: a rank that dies, hangs (a
 collective waiting for a peer that never comes) or whose target raises fails the case with the
-rank and the reason, and the pool is restarted before the next case. Ranks exit when the parent
-goes away; :meth:`WorkerPool.close` kills what is left.
+rank and the reason (a hung rank with where it was stuck), and the pool is restarted before the
+next case. Each rank is a :class:`~bncheck._workers.Worker` (bncheck's one process manager):
+ranks exit when the parent goes away, and :meth:`WorkerPool.close` asks, terminates, then kills.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import pickle
-import signal
 import time
 from collections.abc import Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from types import TracebackType
 from typing import Any
 
 import torch.distributed as dist
 
 from bncheck._validation import check_finite_float, check_positive_int
+from bncheck._workers import Worker, WorkerDied, stop_workers, stuck_at
 from bncheck.errors import BNCheckError, InvalidArgument
 
 __all__ = ["WorkerPool", "RankFailure", "partitions", "DEFAULT_TIMEOUT"]
@@ -67,17 +67,6 @@ def _groups(world_size: int) -> tuple[tuple[int, ...], ...]:
     return tuple(made)
 
 
-def _signal_name(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "was still running"
-    if exitcode < 0:
-        try:
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
-
-
 class WorkerPool:
     """``world_size`` worker processes joined in one process group, reused for many cases.
 
@@ -115,64 +104,42 @@ class WorkerPool:
         self.partitions = partitions(world_size)
         self.backend = ""
         self.starts = 0
-        self._procs: list[Any] = []
-        self._conns: list[Connection] = []
+        self._workers: list[Worker] = []
         self._store: Any = None
 
     # -- life cycle ------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return bool(self._procs)
+        return bool(self._workers)
+
+    @property
+    def pids(self) -> list[int]:
+        """The ranks' process ids (empty when stopped)."""
+        return [int(w.pid) for w in self._workers if w.pid is not None]
 
     def start(self) -> None:
         """Start the ranks and wait until every one has joined the group (idempotent)."""
         if self.running:
             return
-        import os
-
-        import torch.multiprocessing as mp
-
         from bncheck.distributed._worker import worker_main
 
-        ctx: Any = mp.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(["torch", "bncheck.adapter", "bncheck.target"])
         self._store = dist.TCPStore("127.0.0.1", 0, self.world_size + 1, is_master=True,
                                     wait_for_workers=False)
         groups = _groups(self.world_size)
         self.starts += 1
         for rank in range(self.world_size):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, daemon=True, name=f"bncheck-rank-{rank}",
-                               args=(rank, self.world_size, self._store.port, child,
-                                     self.device, groups, max(30.0, 2 * self.timeout),
-                                     os.getpid()))
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._conns.append(parent)
+            worker = Worker(worker_main, (rank, self.world_size, self._store.port, self.device,
+                                          groups, max(30.0, 2 * self.timeout)),
+                            start_method=self.start_method, name=f"bncheck-rank-{rank}")
+            worker.start()
+            self._workers.append(worker)
         answers = self._collect(START_TIMEOUT, "start")
         self.backend = str(answers[0])
 
     def close(self) -> None:
         """Stop every rank: ask, then terminate, then kill; leaves no process behind."""
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                conn.send_bytes(pickle.dumps("stop"))
-        deadline = time.monotonic() + 1.0
-        for proc in self._procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in self._procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self._procs:
-            proc.join(1.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-        self._procs, self._conns, self._store = [], [], None
+        stop_workers(self._workers)
+        self._workers, self._store = [], None
 
     def __enter__(self) -> WorkerPool:
         self.start()
@@ -194,45 +161,35 @@ class WorkerPool:
             raise InvalidArgument(f"Expected one task per rank ({self.world_size}), received "
                                   f"{len(tasks)}")
         self.start()
-        for conn, task in zip(self._conns, tasks, strict=True):
-            conn.send_bytes(pickle.dumps(task))
+        for worker, task in zip(self._workers, tasks, strict=True):
+            with contextlib.suppress(WorkerDied):  # reported by _collect with how it ended
+                worker.send(task)
         return self._collect(self.timeout, "case")
 
     def _collect(self, timeout: float, what: str) -> list[Any]:
         """One answer per rank within ``timeout`` seconds, or :class:`RankFailure` (the ranks
         that died first, then those whose target raised, then those that hung)."""
+        from bncheck.adapter import is_user_file
+
         answers: dict[int, Any] = {}
         failures: dict[int, str] = {}
-        pending = dict(enumerate(self._conns))
+        pending = dict(enumerate(self._workers))
         deadline = time.monotonic() + timeout
-
-        def died(rank: int) -> None:
-            self._procs[rank].join(1.0)
-            failures[rank] = (f"the process {_signal_name(self._procs[rank].exitcode)} "
-                              f"during the {what}")
-            del pending[rank]
-
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            sentinels = {self._procs[r].sentinel: r for r in pending}
-            for obj in wait([*pending.values(), *sentinels], timeout=left):
-                rank = sentinels.get(obj)  # type: ignore[call-overload]
-                if rank is None:
-                    rank = next((r for r, c in pending.items() if c is obj), None)
-                if rank is None or rank not in pending:
+            handles: dict[Any, int] = {w.conn: r for r, w in pending.items()}
+            handles |= {w.proc.sentinel: r for r, w in pending.items()}
+            for obj in wait(list(handles), timeout=left):
+                rank = handles[obj]
+                if rank not in pending:
                     continue  # answered through the other handle already
-                conn = pending[rank]
-                if not conn.poll():
-                    died(rank)
-                    continue
                 try:
-                    status, payload = pickle.loads(conn.recv_bytes())
-                except (EOFError, OSError):
-                    died(rank)
+                    status, payload = pending.pop(rank).read()
+                except WorkerDied as e:
+                    failures[rank] = f"{e} during the {what}"
                     continue
-                del pending[rank]
                 if status == "crash":
                     failures[rank] = f"bncheck's worker failed:\n{payload}"
                 elif getattr(payload, "error", None) is not None:
@@ -241,10 +198,12 @@ class WorkerPool:
                     answers[rank] = payload
         deaths = {r: why for r, why in failures.items() if why.startswith("the process")}
         failures = dict(sorted(deaths.items())) | dict(sorted(failures.items()))
-        for rank in sorted(pending):
+        for rank, worker in sorted(pending.items()):
             done = sorted(answers)
-            failures[rank] = (f"no answer within {timeout:g} s (hung: a collective waiting for "
-                              f"a peer that never joins it?"
+            where, _ = stuck_at(worker.where(), is_user_file)
+            failures[rank] = (f"no answer within {timeout:g} s"
+                              + (f", stuck at {where}" if where else "")
+                              + " (hung: a collective waiting for a peer that never joins it?"
                               + (f" ranks {done} had finished)" if done else ")"))
         if failures:
             self.close()  # a collective may be half done: start afresh

@@ -251,16 +251,15 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
     ``every_property``: all of it), on one set of ``world_size`` ranks started once."""
     import time
 
+    from bncheck._validation import unknown_name
     from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
     from bncheck.distributed.properties import names as catalogue
     from bncheck.distributed.verify import target_spec, verify_distributed
-    from bncheck.errors import InvalidArgument
 
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
-        raise InvalidArgument(f"Unknown distributed mutant={unknown[0]!r}; available: "
-                              f"{', '.join(MUTANTS)}")
+        raise unknown_name("distributed mutant", unknown[0], MUTANTS)
     results = []
     with WorkerPool(world_size, timeout=timeout or DEFAULT_TIMEOUT) as pool:
         for name in chosen:

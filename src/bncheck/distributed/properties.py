@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from bncheck import oracle
+from bncheck._validation import unknown_name
 from bncheck.adapter import PropertyFailure
 from bncheck.distributed._base import (
     REGISTRY,
@@ -36,7 +37,6 @@ from bncheck.distributed._base import (
 )
 from bncheck.distributed._worker import Step
 from bncheck.distributed.cases import SyncCase, splits, splits_with_empty
-from bncheck.errors import InvalidArgument
 from bncheck.properties._base import check_output, expect_close, stat_values
 from bncheck.properties._tolerance import forward_tolerance
 from bncheck.strategies import dtype_name
@@ -308,7 +308,6 @@ def names() -> list[str]:
 def get(name: str) -> SyncProperty:
     """The distributed property ``name``; :class:`~bncheck.errors.InvalidArgument` lists them."""
     if name not in REGISTRY:
-        raise InvalidArgument(f"Unknown distributed property={name!r}; available: "
-                              f"{', '.join(names())}")
+        raise unknown_name("distributed property", name, names())
     return REGISTRY[name]
 

@@ -30,10 +30,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bncheck.errors import InvalidArgument
+from bncheck._validation import check_type
+from bncheck.errors import InvalidArgument, InvalidArgumentType
 from bncheck.reference import BatchNorm, compute_dtype, reduction_dims
 
 __all__ = ["SyncBatchNorm"]
+
+
+def _check_process_group(group: Any) -> None:
+    """``None`` (the default group) or a ``torch.distributed`` process group."""
+    kind = getattr(dist, "ProcessGroup", object)  # absent where torch has no distributed
+    if group is not None and not isinstance(group, kind):
+        raise InvalidArgumentType(f"Expected process_group to be None or a torch.distributed "
+                                  f"process group (dist.new_group(...)), received "
+                                  f"process_group={group!r}")
 
 
 def _view(v: Tensor, ndim: int) -> Tensor:
@@ -156,6 +166,7 @@ class SyncBatchNorm(BatchNorm):
                          device=device, dtype=dtype)
         if affine and not bias:
             self.register_parameter("bias", None)
+        _check_process_group(process_group)
         self.process_group = process_group
 
     def reset_parameters(self) -> None:
@@ -202,7 +213,13 @@ class SyncBatchNorm(BatchNorm):
         Returns:
             ``module`` with its BatchNorms replaced, or a new :class:`SyncBatchNorm` when
             ``module`` itself is one.
+
+        Raises:
+            InvalidArgumentType: ``module`` is not a ``torch.nn.Module``, or ``process_group``
+                not a process group.
         """
+        check_type(nn.Module, module, "module")
+        _check_process_group(process_group)
         out = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm | BatchNorm):
             out = cls(module.num_features, module.eps, module.momentum, module.affine,

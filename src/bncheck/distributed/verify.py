@@ -15,7 +15,6 @@ its property at once with the rank and the reason (every rerun would need fresh 
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncheck._validation import NotSet, check_type, not_set
+from bncheck._validation import NotSet, check_names, check_type, not_set
 from bncheck.adapter import Target
 from bncheck.conventions import Convention
 from bncheck.distributed._base import RankAbort, SyncContext, SyncProperty
@@ -56,16 +55,16 @@ def target_spec(target: str | Callable[..., Any]) -> str:
     """
     if isinstance(target, str):
         return target
-    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
-    if not module or not name or "<locals>" in name or "." in name or module == "__main__":
+    from bncheck._workers import reimport_spec
+
+    spec = reimport_spec(target)
+    if spec is None:
         raise InvalidArgument(
             f"Expected target to be importable by the worker processes (a module-level class "
             f"or factory, or a 'file.py:Name' string), received target={target!r} "
-            f"(module {module!r}, name {name!r})")
-    file = getattr(sys.modules.get(module), "__file__", None)
-    if module.startswith("_bncheck_target_") and file:  # loaded from a file by load_target
-        return f"{file}:{name}"
-    return f"{module}:{name}"
+            f"(module {getattr(target, '__module__', None)!r}, name "
+            f"{getattr(target, '__qualname__', None)!r})")
+    return spec
 
 
 def refuse_on_device(obj: Any, device: str) -> None:
@@ -141,7 +140,8 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
     if seed is None:
         seed = 0 if profile == "ci" else secrets.randbelow(2**31)
     check_type(int, seed, "seed")
-    chosen = [get(n) for n in properties] if properties else list(CATALOGUE)
+    wanted = () if properties is None else check_names(properties, "properties")
+    chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
     t = prepared or build_target(obj, label=label or spec, convention=convention,
                                  momentum=momentum, eps=eps, dims=dims)

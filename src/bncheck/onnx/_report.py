@@ -111,13 +111,15 @@ def structure_problems(model: Any) -> list[str]:
     if not model.graph.node and not model.graph.input:
         return ["empty graph (no nodes, no inputs): not an ONNX model"]
     problems = []
+    # A corrupt file also makes onnx's C++ checker raise ValueError ("Invalid tensor data type
+    # 39", found by fuzz/fuzz_onnx_check.py): a problem of the model, not of bncheck.
     try:
         onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
         problems.append(f"onnx.checker: {one_line(e)}")
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as e:
         problems.append(f"shape inference: {one_line(e)}")
     return problems
 

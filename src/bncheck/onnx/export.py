@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from bncheck._io import write_atomic
 from bncheck._validation import check_type
+from bncheck._workers import time_limited
 from bncheck.errors import InvalidArgument, UsageError
 
 if TYPE_CHECKING:
@@ -124,7 +125,8 @@ def export_onnx(model: nn.Module, *, source: ModelSource | None = None,
     in_names = [s.name for s in source.inputs]
     out_names = _output_names(model, source, example)
     try:
-        with _quiet():
+        with _quiet(), time_limited(f"exporting {source.label} with the {exporter} exporter "
+                                    f"(it runs the model's forward)"):
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch")
                 program = torch.onnx.export(

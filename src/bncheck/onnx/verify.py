@@ -70,6 +70,8 @@ def load_onnx(path: str | Path) -> tuple[bytes, Any]:
     from google.protobuf.message import DecodeError
 
     p = Path(path)
+    if p.is_dir():
+        raise ModelFileError(f"{str(p)!r} is a directory, expected an ONNX file")
     if not p.is_file():
         raise ModelFileError(f"{str(p)!r} does not exist")
     data = p.read_bytes()

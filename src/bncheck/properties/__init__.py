@@ -35,8 +35,8 @@ def names() -> list[str]:
 
 def get(name: str) -> Property:
     """The property ``name``; :class:`~bncheck.errors.InvalidArgument` lists the names."""
-    from bncheck.errors import InvalidArgument
+    from bncheck._validation import unknown_name
 
     if name not in REGISTRY:
-        raise InvalidArgument(f"Unknown property={name!r}; available: {', '.join(names())}")
+        raise unknown_name("property", name, names())
     return REGISTRY[name]

@@ -79,8 +79,18 @@ def forward_tolerance(x: Tensor, mean: Tensor, var: Tensor, *, eps: float, n: in
     # Floors: the output's subnormal spacing, and underflow of intermediates in the
     # accumulation dtype (products below its smallest normal number lose all relative accuracy).
     tiny = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    underflow = SAFETY * torch.finfo(accumulation_dtype(dtype)).tiny * (1 + g)
-    atol = SAFETY * (g * dxhat + max(u, u_out) * (g * dev + b)) + 2 * tiny + underflow
+    acc = torch.finfo(accumulation_dtype(dtype))
+    underflow = SAFETY * acc.tiny * (1 + g)
+    # A folded scale weight / sqrt(var + eps) (y = x * scale + shift, as torch's eval kernel
+    # computes) below the smallest normal number keeps only its subnormal spacing, and that
+    # error is multiplied by x and by the mean (found by fuzz/fuzz_reference.py).
+    big = x64.abs().amax(dim=reduce_dims(x64.dim())) if x64.numel() else torch.zeros_like(mean)
+    folded = SAFETY * acc.tiny * acc.eps * (big + mean.abs())
+    atol = (SAFETY * (g * dxhat + max(u, u_out) * (g * dev + b)) + 2 * tiny + underflow
+            + folded)
+    # A bound past float64's range is infinite, never NaN (0 * inf where a constant channel of
+    # values near 1e300 meets an overflowing term; found by fuzz/fuzz_reference.py).
+    atol = torch.nan_to_num(atol, nan=torch.inf)
     return Tolerance(
         2 * u_out + SAFETY * u, channel_view(atol, x64.dim()),
         f"{str(dtype).removeprefix('torch.')} output (u={u_out:.2g}), statistics accumulated "

@@ -20,6 +20,7 @@ Files get the user's umask (``bncheck._io``). A stand-in run says so in every fi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import os
@@ -30,10 +31,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bncheck._io import check_output_path, write_atomic, write_json_atomic, write_text_atomic
+from bncheck._io import (
+    check_output_path,
+    ctrl_c_deferred,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from bncheck._validation import check_finite_float, check_positive_int, check_type
-from bncheck.errors import OutputError
-from bncheck.models import BNFactory, lenet_bn
+from bncheck.errors import OutputError, TargetError
+from bncheck.models import BUILTIN_BN, BNFactory, lenet_bn
 from bncheck.training._checkpoint import save_checkpoint
 from bncheck.training._loop import (
     BatchProgress,
@@ -167,32 +174,50 @@ def run_training(settings: RunSettings, source: DataSource, outputs: RunOutputs,
 
     Raises:
         TrainingDiverged: after writing the metrics (``status: diverged``) and the plot.
+        TargetError: ``bn`` is a TARGET whose code raised, after writing the metrics
+            (``status: failed``).
         KeyboardInterrupt: after writing the metrics of the finished epochs
             (``status: interrupted``) and the plot.
         OutputError: a file cannot be written.
     """
+    from bncheck.target import user_code
+
     settings.check()
     train_data = source.train if settings.limit is None else source.train.head(settings.limit)
-    model = lenet_bn(settings.factory if settings.factory is not None else settings.bn,
-                     seed=settings.seed)
+    # A user's BatchNorm (a TARGET): what it raises is reported as its error, with its line.
+    def theirs() -> contextlib.AbstractContextManager[None]:
+        if settings.bn in BUILTIN_BN:
+            return contextlib.nullcontext()
+        return user_code(f"training LeNet-BN with bn={settings.bn}")
+
+    with theirs():
+        model = lenet_bn(settings.factory if settings.factory is not None else settings.bn,
+                         seed=settings.seed)
     history = TrainingHistory(settings.epochs, float(settings.lr), settings.batch_size,
                               settings.seed, len(train_data), len(source.test))
     result = RunResult("running", history, outputs)
     note = f"LeNet-BN (bn={settings.bn}) trained on {source.label}"
 
     def finished(stats: EpochStats) -> None:
-        outputs.directory.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, outputs.checkpoint, note=note)
-        _write_metrics(result, settings, source, command)
-        if on_epoch is not None:
-            on_epoch(stats)
+        # The files and the caller's report of the epoch agree even when Ctrl-C comes now.
+        with ctrl_c_deferred():
+            outputs.directory.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(model, outputs.checkpoint, note=note)
+            _write_metrics(result, settings, source, command)
+            if on_epoch is not None:
+                on_epoch(stats)
 
     try:
-        train(model, train_data, source.test, epochs=settings.epochs, lr=settings.lr,
-              batch_size=settings.batch_size, seed=settings.seed, on_batch=on_batch,
-              on_epoch=finished, history=history)
+        with theirs():
+            train(model, train_data, source.test, epochs=settings.epochs, lr=settings.lr,
+                  batch_size=settings.batch_size, seed=settings.seed, on_batch=on_batch,
+                  on_epoch=finished, history=history)
     except TrainingDiverged as e:
         result.status, result.message = "diverged", str(e)
+        _write_all(result, settings, source, command)
+        raise
+    except TargetError as e:  # the user's BatchNorm raised
+        result.status, result.message = "failed", str(e)
         _write_all(result, settings, source, command)
         raise
     except KeyboardInterrupt:

@@ -184,7 +184,7 @@ def _explicit(root: Path, prefix: str = "") -> Path:
     """``root`` or its torchvision subdirectory, whichever holds the files (``root`` if none,
     so that the loader's error lists what ``root`` holds)."""
     if not root.is_dir():
-        what = "a file, not a directory" if root.exists() else "does not exist"
+        what = "is a file, not a directory" if root.exists() else "does not exist"
         raise DataError(f"Expected {prefix or 'the data directory '}{root} to hold the "
                         f"Fashion-MNIST IDX files, but it {what}")
     if not _holds_files(root) and _holds_files(root / _TORCHVISION_SUBDIR):

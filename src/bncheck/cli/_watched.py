@@ -1,0 +1,200 @@
+"""Run a command's body in a worker process whose calls into the user's model are time limited.
+
+``bncheck export`` and ``bncheck check`` with ``--bn FILE.py:Name`` or ``--model`` run the
+user's code throughout: building the model, each calibration forward, the exporter's trace, the
+eager forwards. With :func:`runs_watched` the command's body runs in a forked
+:class:`~bncheck._workers.Worker` and its output comes back over the pipe. Each block of user
+code (:func:`bncheck.target.user_code`, :func:`bncheck._workers.time_limited`) may take
+``--timeout`` seconds; then the parent reads where the worker is (also when its code holds the
+GIL), kills it, and exits 2 with one paragraph naming the step and the user's file and line.
+Ctrl-C is passed on to the worker, which ends the command as it would in-process (exit 130);
+one that cannot (stuck in C code) is killed after a few seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+import click
+
+from bncheck.cli._common import EXIT_INTERRUPTED, EXIT_USAGE, err
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Seconds a worker gets to end the command itself after Ctrl-C.
+_CTRL_C_GRACE = 3.0
+
+
+def timeout_option(help_text: str) -> Callable[[F], F]:
+    """``--timeout S``, default :data:`bncheck._workers.DEFAULT_TIMEOUT`."""
+    from bncheck._workers import DEFAULT_TIMEOUT
+
+    return click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+                        default=DEFAULT_TIMEOUT, show_default=True, metavar="S",
+                        help=help_text)
+
+
+def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F], F]:
+    """Run the command in a watched worker when ``needs_watch(its keyword arguments)`` (the
+    command runs the user's code), except with ``--debug`` (in-process, for the traceback and a
+    debugger, without the time limit). Put it above
+    :func:`~bncheck.cli._common.handles_errors`, which then maps the errors inside the worker."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from bncheck.errors import UsageError
+            from bncheck.verify import check_timeout
+
+            try:
+                check_timeout(kwargs["timeout"])  # click's range lets nan and inf through
+            except UsageError as e:
+                err(str(e))
+                sys.exit(EXIT_USAGE)
+            if not needs_watch(kwargs) or kwargs.get("debug") or \
+                    "fork" not in multiprocessing.get_all_start_methods():  # --debug: in-process
+                return fn(*args, **kwargs)
+            code = run_watched(lambda: fn(*args, **kwargs), timeout=kwargs["timeout"])
+            if code:
+                sys.exit(code)
+            return None
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
+
+
+def run_watched(body: Callable[[], Any], *, timeout: float) -> int:
+    """Run ``body`` (a command, under ``handles_errors``) in a forked worker; its exit code."""
+    from bncheck._workers import TIMED_OUT, Worker, WorkerDied, stuck_at
+    from bncheck.adapter import is_user_file
+
+    worker = Worker(_serve, (body, sys.stdout.isatty(), sys.stderr.isatty()),
+                    start_method="fork", name="bncheck-command")
+    worker.start()
+    doing: list[str] = []
+    code: int | None = None
+    try:
+        try:
+            while code is None:
+                got = worker.receive(timeout if doing else None)
+                if got is TIMED_OUT:
+                    where, _ = stuck_at(worker.where(), is_user_file)
+                    err(f"{doing[-1]}: did not return within {timeout:g} s"
+                        + (f" (at {where})" if where else "")
+                        + "; bncheck stopped it (raise --timeout if it is only slow)")
+                    return EXIT_USAGE
+                code = _handle(got, doing)
+        except WorkerDied as e:
+            err(f"{doing[-1] if doing else 'running the command'}: {e}; nothing more was "
+                f"written")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return _interrupted(worker, doing)
+    finally:
+        worker.stop(hung=code is None)
+    return code
+
+
+def _handle(got: tuple[str, Any], doing: list[str]) -> int | None:
+    """Act on one message from the worker; its exit code when it ended."""
+    kind, payload = got
+    if kind in ("out", "err"):
+        stream = sys.stdout if kind == "out" else sys.stderr
+        stream.write(payload)
+        stream.flush()
+    elif kind == "enter":
+        doing.append(payload)
+    elif kind == "leave":
+        doing.pop()
+    elif kind == "exit":
+        return int(payload)
+    return None
+
+
+def _interrupted(worker: Any, doing: list[str]) -> int:
+    """Ctrl-C: ask the worker to end the command as it would in-process; kill it if it cannot."""
+    from bncheck._workers import TIMED_OUT, WorkerDied
+
+    try:
+        os.kill(worker.pid, signal.SIGINT)
+        import time
+
+        deadline = time.monotonic() + _CTRL_C_GRACE
+        while time.monotonic() < deadline:
+            got = worker.receive(deadline - time.monotonic())
+            if got is TIMED_OUT:
+                break
+            code = _handle(got, doing)
+            if code is not None:
+                return code
+    except (OSError, WorkerDied, KeyboardInterrupt):
+        pass
+    err("interrupted (Ctrl-C)" + (f" while {doing[-1]}" if doing else "")
+        + "; nothing more was written")
+    return EXIT_INTERRUPTED
+
+
+# -- the worker's side -----------------------------------------------------------------------
+class _Forward:
+    """A text stream that sends what is written to the parent."""
+
+    def __init__(self, kind: str, send: Callable[[str, Any], None], tty: bool) -> None:
+        self.kind, self.send, self.tty = kind, send, tty
+        self.encoding, self.errors = "utf-8", "replace"
+
+    def write(self, text: str | bytes) -> int:
+        if text:  # click.echo may hand over bytes
+            self.send(self.kind, text if isinstance(text, str) else text.decode("utf-8",
+                                                                                 "replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def writable(self) -> bool:
+        return True
+
+
+def _serve(conn: Connection, body: Callable[[], Any], out_tty: bool, err_tty: bool) -> None:
+    """Run the command; send its output, its user-code blocks and its exit code."""
+    import pickle
+
+    from bncheck._workers import watch_with
+
+    lock = threading.Lock()  # a progress display writes from its own thread
+
+    def send(kind: str, payload: Any) -> None:
+        with lock:
+            conn.send_bytes(pickle.dumps((kind, payload)))
+
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which passes it on once
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    watch_with(lambda doing: send("leave", None) if doing is None else send("enter", doing))
+    sys.stdout = _Forward("out", send, out_tty)  # type: ignore[assignment]
+    sys.stderr = _Forward("err", send, err_tty)  # type: ignore[assignment]
+    code: Any = 0
+    try:
+        body()
+    except SystemExit as e:
+        code = e.code
+    except BaseException:  # noqa: BLE001 - a bug: shown as in-process, as a traceback
+        traceback.print_exc()
+        code = 1
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    send("exit", code)
