@@ -12,12 +12,20 @@ def _install(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "-e", ".[dev]")
 
 
+#: pytest-xdist: two worker processes (CI and this project's reference machine have 2 cores);
+#: tests that share an expensive module fixture (a running pool of ranks, one export) carry
+#: the same ``xdist_group`` and run on one worker, which builds it once.
+XDIST = ("-n", "2", "--dist", "loadgroup")
+
+
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """Run the test suite under the deterministic Hypothesis "ci" profile."""
+    """Run the test suite under the deterministic Hypothesis "ci" profile, on two workers
+    (`nox -s tests -- -n 0 tests/unit` runs in one process)."""
     _install(session)
     session.env["HYPOTHESIS_PROFILE"] = "ci"
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.env["OMP_NUM_THREADS"] = "1"  # one intra-op thread per worker and subprocess
+    session.run("pytest", *XDIST, *(session.posargs or ["-q"]))
 
 
 @nox.session(python="3.11")

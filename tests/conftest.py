@@ -1,20 +1,118 @@
-"""Test-wide setup: the Hypothesis profile comes from HYPOTHESIS_PROFILE (nox sets "ci")."""
+"""Test-wide setup.
 
-from collections.abc import Iterator
+- The Hypothesis profile comes from HYPOTHESIS_PROFILE (nox sets "ci": deterministic).
+- One intra-op thread per test process, and OMP_NUM_THREADS=1 for every subprocess a test
+  starts: the tensors here are small, and `nox -s tests` runs two pytest-xdist workers on two
+  cores, where more threads only spin against each other (4-20x slower when loaded).
+- Every test must leave the process as it found it (torch threads, default dtype, grad mode,
+  the Hypothesis profile, the working directory): checked after each test, since under xdist a
+  leak would make another test's result depend on which worker ran it, and in what order.
+- ``cli`` runs the ``bncheck`` command in this process (click's runner: the same code path,
+  without a new interpreter's 2-3 s of imports); ``cli_subprocess`` runs it as a user does. The
+  standards ask for a few real subprocess runs of each command, the rest in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings
 
 from bncheck.profiles import load_profile, profile_from_env
 
+os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every subprocess the tests start
+torch.set_num_threads(1)
 load_profile(profile_from_env("dev"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first, the order otherwise kept: under xdist the two workers then
+    finish together, instead of one still running a long test collected last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _global_state() -> dict[str, Any]:
+    return {"torch threads": torch.get_num_threads(),
+            "torch default dtype": torch.get_default_dtype(),
+            "torch grad mode": torch.is_grad_enabled(),
+            "torch deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+            "Hypothesis profile": settings._current_profile,
+            "working directory": os.getcwd(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE")}
+
+
+@pytest.fixture(autouse=True)
+def _leaves_global_state_as_it_found_it() -> Iterator[None]:
+    before = _global_state()
+    yield
+    after = _global_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the test changed process-wide state (before, after): {changed}"
 
 
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread for a module's tests: their forwards are small, and on a loaded
-    2-core machine OpenMP spinning makes them 4-20x slower."""
+    """One intra-op thread for a module's tests (the session default; kept for modules that
+    declare it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass
+class Ran:
+    """A finished ``bncheck`` run: exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(*args: str | Path, env: dict[str, str | None] | None = None) -> Ran:
+    """``bncheck ARGS`` through click's runner. An exception that escapes the command (a bug,
+    or ``--debug``) propagates to the test instead of passing as exit status 1."""
+    from click.testing import CliRunner
+
+    from bncheck.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="bncheck", env=env,
+                                catch_exceptions=False)
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def run_subprocess(*args: str | Path, cwd: Path | None = None,
+                   env: dict[str, str] | None = None, timeout: float = 300) -> Ran:
+    """``python -m bncheck ARGS`` in a new interpreter, as a user runs it."""
+    r = subprocess.run([sys.executable, "-m", "bncheck", *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, cwd=cwd, env=env)
+    return Ran(r.returncode, r.stdout, r.stderr)
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., Ran]:
+    """Run ``bncheck ARGS`` in this process: ``cli("verify", "--json", path)``."""
+    return run_in_process
+
+
+@pytest.fixture(scope="session")
+def cli_subprocess() -> Callable[..., Ran]:
+    """Run ``bncheck ARGS`` in a new interpreter: ``cli_subprocess("verify")``."""
+    return run_subprocess
+
+
+@pytest.fixture(scope="session")
+def lenet_torch_onnx() -> bytes:
+    """LeNet-BN (bn=torch, seed 0) exported with the TorchScript exporter, once per process."""
+    from bncheck.onnx import build_model, export_onnx
+
+    return export_onnx(build_model("torch"), exporter="torchscript")

@@ -7,7 +7,8 @@
 Each mutant is a small module that is correct except for its one defect; ``killer`` names the
 property meant to catch it. The seed notebook's four defects come first, in the seed's own
 style (``num_dims``, ``gamma``/``beta``, ``moving_mean``/``moving_var`` in broadcast shapes,
-ONNX momentum convention). :func:`run_mutants` runs the catalogue against every mutant.
+ONNX momentum convention). :func:`run_mutants` runs each mutant against its property (and the
+rest of the catalogue when that property lets it survive).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 from bncheck._workers import DEFAULT_TIMEOUT
 from bncheck.conventions import ONNX, TORCH, Convention
 
-__all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "Clean", "SeedStyle"]
+__all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "meant_first", "Clean",
+           "SeedStyle"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -384,16 +386,42 @@ class MutantResult:
         return self.mutant.killer in self.killed_by
 
 
+def meant_first(verify_some: Callable[[list[str] | None], Sequence[Any]], killer: str,
+                catalogue: Sequence[str], *, every_property: bool = False) -> list[Any]:
+    """A mutant's failed results, its killer's first: ``verify_some([killer])``, and the rest
+    of ``catalogue`` only when the killer lets it survive (to name what else catches it), or
+    the whole catalogue at once with ``every_property``.
+
+    ``verify_some(properties)`` runs those properties (``None``: all) against the mutant and
+    returns their results (objects with ``name``, ``status`` and ``message``). A result met
+    twice (the preflight's findings are reported by each run) is kept once.
+    """
+    if every_property:
+        results = list(verify_some(None))
+    else:
+        results = list(verify_some([killer]))
+        if not any(r.name == killer and r.status == "failed" for r in results):
+            results += verify_some([n for n in catalogue if n != killer])
+    failed: dict[str, Any] = {}
+    for r in results:
+        if r.status == "failed":
+            failed.setdefault(r.name, r)
+    return list(failed.values())
+
+
 def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
-                examples: int | None = None, seed: int = 0,
+                examples: int | None = None, seed: int = 0, every_property: bool = False,
                 on_result: Callable[[MutantResult], None] | None = None,
                 timeout: float | None = DEFAULT_TIMEOUT) -> list[MutantResult]:
-    """Run the whole catalogue (without shrinking) against each mutant; ``timeout`` is
-    :func:`bncheck.verify.verify`'s."""
+    """Run each mutant (without shrinking) against the property meant to kill it; a mutant that
+    survives it meets the rest of the catalogue (:func:`meant_first`). ``every_property``: the
+    whole catalogue against every mutant, to see everything that catches each (slower).
+    ``timeout`` is :func:`bncheck.verify.verify`'s."""
     import time
 
     from bncheck._validation import unknown_name
-    from bncheck.verify import Status, check_timeout, verify
+    from bncheck.properties import names as catalogue
+    from bncheck.verify import check_timeout, verify
 
     check_timeout(timeout)
     chosen = list(MUTANTS) if not names else list(names)
@@ -404,11 +432,13 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
     for name in chosen:
         m = MUTANTS[name]
         start = time.perf_counter()
-        report = verify(m.factory, label=name, convention=m.convention, dims=m.dims,
-                        profile=profile, examples=examples, seed=seed, shrink=False,
-                        timeout=timeout,
-                        **dict(m.declarations))
-        failed = [r for r in report.results if r.status is Status.FAILED]
+
+        def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
+            return verify(m.factory, label=m.name, convention=m.convention, dims=m.dims,
+                          properties=properties, profile=profile, examples=examples, seed=seed,
+                          shrink=False, timeout=timeout, **dict(m.declarations)).results
+
+        failed = meant_first(verify_some, m.killer, catalogue(), every_property=every_property)
         res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},
                            time.perf_counter() - start)
         results.append(res)

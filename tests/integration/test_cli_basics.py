@@ -1,32 +1,32 @@
-"""The installed CLI, run as a user runs it: real subprocesses."""
+"""The installed CLI: ``--version`` and ``import bncheck`` in real subprocesses (a fresh
+interpreter is the point), ``--help`` and an unknown command through click's runner."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import bncheck
 
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bncheck", *args], capture_output=True,
-                          text=True, timeout=300)
+CLI = Callable[..., Any]  # conftest's cli / cli_subprocess
 
 
-def test_version():
-    r = run("--version")
+def test_version(cli_subprocess: CLI) -> None:
+    r = cli_subprocess("--version")
     assert r.returncode == 0
     assert r.stdout.strip() == f"bncheck, version {bncheck.__version__}"
 
 
-def test_help_lists_commands():
-    r = run("--help")
+def test_help_lists_commands(cli: CLI) -> None:
+    r = cli("--help")
     assert r.returncode == 0
     assert "property-based verification for batch normalization" in r.stdout
 
 
-def test_unknown_command_is_a_usage_error():
-    r = run("frobnicate")
+def test_unknown_command_is_a_usage_error(cli: CLI) -> None:
+    r = cli("frobnicate")
     assert r.returncode == 2
     assert "No such command 'frobnicate'" in r.stderr
     assert "Traceback" not in r.stderr

@@ -40,6 +40,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                synthetic_dataset(32, seed=1), gz=True)
 
 
+@pytest.mark.slow
 def test_fresh_machine_trains_on_the_labelled_stand_in(tmp_path: Path) -> None:
     """`bncheck train --epochs 1` with no data anywhere: checkpoint, metrics, plot; every line
     and every file says stand-in; `export --checkpoint` takes the checkpoint."""
@@ -69,6 +70,7 @@ def test_fresh_machine_trains_on_the_labelled_stand_in(tmp_path: Path) -> None:
     build_model("torch", checkpoint=out / "checkpoint.pt")  # as `bncheck export --checkpoint`
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_the_finished_epochs_and_exits_130(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "bncheck", "train", "--data", str(data_dir),

@@ -1,11 +1,18 @@
-"""`bncheck verify` and `bncheck mutants`, run as a user runs them: real subprocesses."""
+"""`bncheck verify` and `bncheck mutants` end to end: a few real subprocesses (the reference
+passing, a replay in a fresh interpreter, a usage error, a subset of mutants), the rest in-process
+with click's runner (the same code path without 2-3 s of interpreter start-up each)."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,14 +24,10 @@ SEED = f"{DATA / 'seed_bn.py'}:BatchNorm"
 SEED_FIXED = f"{DATA / 'seed_bn_fixed.py'}:BatchNorm"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bncheck", *args], capture_output=True,
-                          text=True, timeout=600)
-
-
-def test_verify_reference_passes_and_says_what_it_checked(tmp_path):
+@pytest.mark.slow
+def test_verify_reference_passes_and_says_what_it_checked(tmp_path, cli_subprocess):
     out = tmp_path / "report.json"
-    r = run("verify", "--json", str(out))
+    r = cli_subprocess("verify", "--json", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bncheck reference BatchNorm" in r.stdout
     assert "convention: torch" in r.stdout
@@ -38,8 +41,9 @@ def test_verify_reference_passes_and_says_what_it_checked(tmp_path):
         assert p["status"] == "passed" and p["examples"] >= 1 and p["seconds"] > 0
 
 
-def test_verify_verbatim_seed_fails_with_name_error():
-    r = run("verify", SEED, "--convention", "onnx")
+@pytest.mark.slow
+def test_verify_verbatim_seed_fails_with_name_error(cli):
+    r = cli("verify", SEED, "--convention", "onnx")
     assert r.returncode == 1
     assert "NameError" in r.stdout and "'beta' is not defined" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
@@ -63,9 +67,10 @@ SEED_FIXED_PASSES = {"gradients", "initial_state"}
 SEED_FIXED_FAILS = set(names()) - SEED_FIXED_PASSES - {"empty_batch"}
 
 
-def test_verify_fixed_seed_fails_exactly_the_expected_properties(tmp_path):
+@pytest.mark.slow
+def test_verify_fixed_seed_fails_exactly_the_expected_properties(tmp_path, cli):
     out = tmp_path / "seed.json"
-    r = run("verify", SEED_FIXED, "--convention", "onnx", "--json", str(out))
+    r = cli("verify", SEED_FIXED, "--convention", "onnx", "--json", str(out))
     assert r.returncode == 1
     data = json.loads(out.read_text())
     status = {p["name"]: p["status"] for p in data["properties"]}
@@ -80,9 +85,10 @@ def test_verify_fixed_seed_fails_exactly_the_expected_properties(tmp_path):
     assert "Reproduce: bncheck verify" in r.stdout
 
 
-def test_failure_report_and_replay(tmp_path):
+def test_failure_report_and_replay(tmp_path, cli, cli_subprocess):
+    """The failure in this process, its replay in a fresh interpreter: the same case."""
     target = "bncheck.mutants:BiasedRunningVar"
-    r = run("verify", target, "--property", "running_stats_update", "--seed", "11",
+    r = cli("verify", target, "--property", "running_stats_update", "--seed", "11",
             "--json", str(tmp_path / "a.json"))
     assert r.returncode == 1
     assert "property running_stats_update failed (bncheck.mutants:BiasedRunningVar, shape=" in \
@@ -91,7 +97,7 @@ def test_failure_report_and_replay(tmp_path):
     replay = next(line for line in r.stdout.splitlines() if line.startswith("Reproduce: "))
     args = shlex.split(replay.removeprefix("Reproduce: "))
     assert args[:3] == ["bncheck", "verify", target]
-    again = run(*args[1:], "--json", str(tmp_path / "b.json"))
+    again = cli_subprocess(*args[1:], "--json", str(tmp_path / "b.json"))
     assert again.returncode == 1
     first = json.loads((tmp_path / "a.json").read_text())["properties"][0]
     second = json.loads((tmp_path / "b.json").read_text())["properties"][0]
@@ -99,48 +105,84 @@ def test_failure_report_and_replay(tmp_path):
                                                            second["message"])
 
 
-def test_torch_target_and_skips():
-    r = run("verify", "torch.nn:BatchNorm1d", "--dtypes", "float16", "--examples", "3",
+def test_torch_target_and_skips(cli):
+    r = cli("verify", "torch.nn:BatchNorm1d", "--dtypes", "float16", "--examples", "3",
             "--property", "train_forward", "--property", "reduced_precision")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "skipped" in r.stdout and "requested dtypes: float16" in r.stdout
 
 
-@pytest.mark.parametrize("args,match", [
-    (["nope.py:BN"], "does not exist"),
-    (["torch.nn:BatchNorm2D"], "has no attribute 'BatchNorm2D'; did you mean BatchNorm2d"),
-    (["--dims", "2,x"], "--dims='2,x'"),
-    (["--convention", "flax"], "Invalid value for '--convention'"),
-])
-def test_usage_errors_exit_2_without_traceback(args, match):
-    # The whole table runs in-process in tests/unit/test_cli_verify_options.py.
-    r = run("verify", *args)
+def test_usage_error_exits_2_without_traceback(cli_subprocess):
+    # The whole table (this case included) runs in-process in
+    # tests/unit/test_cli_verify_options.py.
+    r = cli_subprocess("verify", "nope.py:BN")
     assert r.returncode == 2, r.stdout + r.stderr
-    assert match in r.stderr
+    assert "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
 
 
-def test_import_error_in_target_is_a_usage_error(tmp_path):
+def test_import_error_in_target_is_a_usage_error(tmp_path, cli):
     f = tmp_path / "broken.py"
     f.write_text("import torch\nraise ImportError('no such thing')\n")
-    r = run("verify", f"{f}:BN")
+    r = cli("verify", f"{f}:BN")
     assert r.returncode == 2
     assert "ImportError: no such thing" in r.stderr and "Traceback" not in r.stderr
-    r = run("verify", f"{f}:BN", "--debug")
-    assert r.returncode != 0 and "Traceback" in r.stderr
+    with pytest.raises(Exception) as info:  # --debug: the exception escapes, with its traceback
+        cli("verify", f"{f}:BN", "--debug")
+    assert "no such thing" in repr(info.value) + repr(info.value.__cause__)
 
 
-def test_mutants_subset():
-    r = run("mutants", "--mutant", "seed_grad_mode", "--mutant", "eps_outside_sqrt")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Mutation score: 2/2 (100%) killed; 2/2 by the property meant for them" in r.stdout
-    assert "grad_mode_independence" in r.stdout
+def run_on_a_terminal(*args: str, timeout: float = 300) -> tuple[int, str]:
+    """``python -m bncheck ARGS`` with a pseudo-terminal as stdout and stderr; its exit status
+    and what it showed, without terminal escape sequences."""
+    main, child = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck", *args], stdin=child,
+                            stdout=child, stderr=child, env=env, close_fds=True)
+    os.close(child)
+    shown, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([main], [], [], 1.0)[0]:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                shown += data
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        proc.kill()
+        os.close(main)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
 
 
-@pytest.mark.slow
-def test_mutants_all_killed_by_their_property(tmp_path):
+def test_mutants_subset_shows_progress_on_a_terminal():
+    code, shown = run_on_a_terminal("mutants", "--mutant", "seed_grad_mode", "--mutant",
+                                    "eps_outside_sqrt")
+    assert code == 0, shown
+    assert "mutants: 1 of 2" in shown  # the status line (transient: erased when done)
+    assert "Mutation score: 2/2 (100%) killed; 2/2 by the property meant for them" in shown
+    assert "grad_mode_independence" in shown
+
+
+def test_mutants_all_killed_by_their_property_quietly_when_piped(tmp_path, cli):
     out = tmp_path / "mutants.json"
-    r = run("mutants", "--json", str(out))
+    r = cli("mutants", "--json", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads(out.read_text())
     assert data["score"] == 1.0 and data["killed_as_meant"] == data["total"] >= 12
+    # Each killed by its own property, so nothing else ran against it.
+    assert all(m["killed_by"] == [m["meant"]] for m in data["mutants"])
+    assert r.stderr == "" and "mutants: " not in r.stdout  # no progress when piped
+    assert r.stdout.splitlines()[-1].startswith("Mutation score: ")
+
+
+def test_mutants_every_property_names_everything_that_catches_it(tmp_path, cli):
+    out = tmp_path / "mutants.json"
+    r = cli("mutants", "--mutant", "gamma_beta_swapped", "--every-property", "--json", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m,) = json.loads(out.read_text())["mutants"]
+    assert m["killed_by"][0] == "train_forward" and len(m["killed_by"]) > 1
+    assert "train_forward (+" in r.stdout and "more)" in r.stdout

@@ -1,16 +1,17 @@
 """Distributed verification on real gloo ranks on 127.0.0.1: one pool of 3 ranks for the module.
 
-Every test here talks to the same running processes (start-up is paid once); the two CLI runs
-start their own 2 ranks as a user's run does.
+Every test here talks to the same running processes (start-up is paid once, on one xdist
+worker); the two CLI runs start their own 2 ranks as a user's run does (one as a real
+subprocess, one through click's runner).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +25,9 @@ from bncheck.distributed.verify import target_spec, verify_distributed
 DATA = Path(__file__).parents[1] / "data"
 BAD = DATA / "distributed_bad.py"
 SYNC = "bncheck:SyncBatchNorm"
+CLI = Callable[..., Any]  # conftest's cli / cli_subprocess
+#: The tests that share the module's pool run on one xdist worker, which starts it once.
+POOL = pytest.mark.xdist_group("distributed_pool")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +43,7 @@ def _task(x, grad, weight, bias, *, group=None, steps=1, momentum=0.1):
                     (Step(True, x, grad), Step(True, second, None))[:steps])
 
 
+@POOL
 @pytest.mark.parametrize("sizes,dtype", [
     ((2, 0, 5), torch.float64),   # uneven, one rank empty
     ((1, 1, 1), torch.float64),   # one row each: only the global count is > 1
@@ -80,6 +85,7 @@ def test_sync_batchnorm_equals_batchnorm_on_the_global_batch(pool, sizes, dtype)
             torch.testing.assert_close(got_var.to(dtype), var, **tol)
 
 
+@POOL
 def test_process_group_subset_and_world_size_one(pool):
     x = torch.randn(5, 2, dtype=torch.float64)
     w, b = torch.ones(2), torch.zeros(2)
@@ -95,6 +101,7 @@ def test_process_group_subset_and_world_size_one(pool):
     torch.testing.assert_close(res[1].steps[0].y, bncheck.BatchNorm(2).double()(x[2:]))
 
 
+@POOL
 def test_verify_passes_on_sync_batchnorm(pool):
     report = verify_distributed(SYNC, world_size=3, pool=pool, examples=4)
     assert report.ok, report.render()
@@ -102,6 +109,7 @@ def test_verify_passes_on_sync_batchnorm(pool):
     assert all(r.examples == 4 for r in report.results)
 
 
+@POOL
 @pytest.mark.parametrize("name", list(MUTANTS))
 def test_each_mutant_is_killed_by_its_property(pool, name):
     m = MUTANTS[name]
@@ -112,6 +120,7 @@ def test_each_mutant_is_killed_by_its_property(pool, name):
     assert "rank" in result.message and "split per rank=" in result.counterexample
 
 
+@POOL
 def test_a_rank_that_dies_is_reported_with_its_exit_code_and_the_pool_restarts(pool):
     x, w, b = torch.randn(6, 2), torch.ones(2), torch.zeros(2)
     tasks = [dataclasses.replace(_task(xr, None, w, b), target=f"{BAD}:DiesOnRank1")
@@ -125,6 +134,7 @@ def test_a_rank_that_dies_is_reported_with_its_exit_code_and_the_pool_restarts(p
     assert pool.run([None, None, None]) == [None, None, None]  # restarted for the next case
 
 
+@POOL
 def test_a_rank_that_raises_names_the_rank_and_the_waiting_ranks_hang(pool):
     report = verify_distributed(f"{BAD}:RaisesOnRank0", world_size=3, pool=pool,
                                 properties=["sync_forward"])
@@ -135,6 +145,7 @@ def test_a_rank_that_raises_names_the_rank_and_the_waiting_ranks_hang(pool):
     assert "distributed_bad.py:" in r.message.split("stuck at ")[1]  # the rank's user frame
 
 
+@POOL
 def test_a_rank_with_the_wrong_output_shape_is_named(pool):
     report = verify_distributed(f"{BAD}:WrongShapeOnRank1", world_size=3, pool=pool,
                                 properties=["sync_forward"], shrink=False)
@@ -143,6 +154,7 @@ def test_a_rank_with_the_wrong_output_shape_is_named(pool):
     assert r.message.startswith("rank 1 training output: output shape")
 
 
+@POOL
 def test_close_leaves_no_process(pool):
     pool.start()
     pids = pool.pids
@@ -152,21 +164,16 @@ def test_close_leaves_no_process(pool):
         assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bncheck", *args], capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_cli_verify_world_size_passes_on_the_reference():
-    r = _cli("verify", "--world-size", "2", "--examples", "3", "--property", "sync_forward",
-             "--property", "sync_uneven")
+def test_cli_verify_world_size_passes_on_the_reference(cli_subprocess: CLI) -> None:
+    r = cli_subprocess("verify", "--world-size", "2", "--examples", "3", "--property",
+                       "sync_forward", "--property", "sync_uneven")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bncheck verify bncheck:SyncBatchNorm" in r.stdout
     assert "2 passed, 0 failed, 0 skipped" in r.stdout
 
 
-def test_cli_verify_world_size_fails_a_mutant_with_the_split_and_a_replay():
-    r = _cli("verify", "bncheck.distributed.mutants:UnweightedMean", "--world-size", "2",
+def test_cli_verify_world_size_fails_a_mutant_with_the_split_and_a_replay(cli: CLI) -> None:
+    r = cli("verify", "bncheck.distributed.mutants:UnweightedMean", "--world-size", "2",
              "--property", "sync_forward")
     assert r.returncode == 1, r.stdout + r.stderr
     out = " ".join(r.stdout.split())

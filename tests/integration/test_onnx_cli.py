@@ -1,13 +1,14 @@
-"""``bncheck export`` and ``bncheck check`` end to end: real subprocesses, real onnxruntime and
-onnx.reference, real files in tmp_path."""
+"""``bncheck export`` and ``bncheck check`` end to end: real onnxruntime and onnx.reference, real
+files in tmp_path. Real subprocesses for the default export, a check against its goldens and
+``--debug``; the rest in-process with click's runner (the same code path, without a new
+interpreter's 2-3 s of imports and the exporter's first-use cost each time)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,26 +16,24 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-# One OpenMP thread per CLI subprocess: LeNet-BN is tiny, and on a loaded 2-core machine
-# spinning OpenMP threads make small BatchNorm kernels 20x slower.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SEED_BN = str(Path(__file__).parents[1] / "data" / "seed_bn_fixed.py") + ":BatchNorm"
-
-
-def bncheck(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bncheck", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd, env=ENV)
+CLI = Callable[..., Any]  # conftest's cli / cli_subprocess
+#: The tests that read the default export run on one xdist worker, which builds it once.
+DEFAULT_EXPORT = pytest.mark.xdist_group("onnx_default_export")
 
 
 @pytest.fixture(scope="module")
-def default_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`bncheck export lenet.onnx` with every default: dynamo, optimized, bn=scratch."""
+def default_export(tmp_path_factory: pytest.TempPathFactory,
+                   cli_subprocess: CLI) -> tuple[Path, str]:
+    """`bncheck export lenet.onnx` with every default (dynamo, optimized, bn=scratch), as a user
+    runs it: a real subprocess."""
     out = tmp_path_factory.mktemp("default") / "lenet.onnx"
-    result = bncheck("export", out)
+    result = cli_subprocess("export", out)
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result.stdout
 
 
+@DEFAULT_EXPORT
 def test_default_export_verifies_and_writes_its_files(default_export: tuple[Path, str]) -> None:
     out, stdout = default_export
     for name in ("onnxruntime CPU", "DISABLE_ALL", "ENABLE_ALL", "onnx.reference",
@@ -59,15 +58,18 @@ def test_default_export_verifies_and_writes_its_files(default_export: tuple[Path
         assert golden["input"].shape == (16, 1, 28, 28) and golden["logits"].shape == (16, 10)
 
 
-def test_check_against_the_manifest_goldens(default_export: tuple[Path, str]) -> None:
+@DEFAULT_EXPORT
+def test_check_against_the_manifest_goldens(default_export: tuple[Path, str],
+                                            cli_subprocess: CLI) -> None:
     out, _ = default_export
-    result = bncheck("check", out)
+    result = cli_subprocess("check", out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sha256 matches" in result.stdout and "vs golden" in result.stdout
 
 
+@DEFAULT_EXPORT
 def test_check_against_a_tampered_golden_fails(default_export: tuple[Path, str],
-                                               tmp_path: Path) -> None:
+                                               tmp_path: Path, cli: CLI) -> None:
     out, _ = default_export
     model = tmp_path / "m.onnx"
     model.write_bytes(out.read_bytes())
@@ -77,7 +79,7 @@ def test_check_against_a_tampered_golden_fails(default_export: tuple[Path, str],
         arrays = {k: g[k] for k in g.files}
     arrays["logits"][3, 2] += 0.01
     np.savez(tmp_path / manifest["golden"]["file"], **arrays)  # type: ignore[arg-type]
-    result = bncheck("check", model)
+    result = cli("check", model)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "logits (onnxruntime CPU DISABLE_ALL, batch 5, vs golden): Mismatched elements: 1 / 50" \
         in result.stderr
@@ -85,8 +87,9 @@ def test_check_against_a_tampered_golden_fails(default_export: tuple[Path, str],
     assert "localization: no PyTorch source" in result.stderr
 
 
+@DEFAULT_EXPORT
 def test_check_localizes_a_changed_running_variance(default_export: tuple[Path, str],
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, cli: CLI) -> None:
     """The export against a source whose layer-5 BatchNorm has another running variance: the
     first diverging layer is 5, not the Conv before it nor the layers after."""
     from bncheck.onnx import build_model
@@ -96,7 +99,7 @@ def test_check_localizes_a_changed_running_variance(default_export: tuple[Path, 
     state["5.running_var"] = state["5.running_var"] * 1.5
     ckpt = tmp_path / "changed.pt"
     torch.save(state, ckpt)
-    result = bncheck("check", out, "--bn", "scratch", "--checkpoint", ckpt)
+    result = cli("check", out, "--bn", "scratch", "--checkpoint", ckpt)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "first diverging layer: layer 5: BatchNorm(16) — exported graph's BatchNorm " \
            "(decomposed into elementwise ops (Mul, Add)) differs from the eager layer" \
@@ -109,20 +112,20 @@ def test_check_localizes_a_changed_running_variance(default_export: tuple[Path, 
     ("scratch", ["--exporter", "torchscript", "--keep-bn"], ["decomposed"] * 4),
 ])
 def test_export_variants_verify(tmp_path: Path, bn: str, args: list[str],
-                                kinds: list[str]) -> None:
+                                kinds: list[str], cli: CLI) -> None:
     out = tmp_path / "v.onnx"
-    result = bncheck("export", out, "--bn", bn, *args)
+    result = cli("export", out, "--bn", bn, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert [p["kind"] for p in manifest["bn_placement"]] == kinds
     if "node" in kinds:
         assert "BatchNormalization node (training_mode=0)" in result.stdout
     # The same file checks against its PyTorch source too.
-    again = bncheck("check", out, "--bn", bn)
+    again = cli("check", out, "--bn", bn)
     assert again.returncode == 0, again.stdout + again.stderr
 
 
-def test_checkpoint_and_old_opset_export(tmp_path: Path) -> None:
+def test_checkpoint_and_old_opset_export(tmp_path: Path, cli: CLI) -> None:
     """A state_dict checkpoint instead of calibration; opset 13 with BatchNormalization nodes,
     where onnx.reference is reported not applicable (its BatchNormalization-9 is wrong)."""
     from bncheck.onnx import build_model
@@ -130,7 +133,7 @@ def test_checkpoint_and_old_opset_export(tmp_path: Path) -> None:
     ckpt = tmp_path / "lenet.pt"
     torch.save(build_model("torch", seed=5).state_dict(), ckpt)
     out = tmp_path / "old.onnx"
-    result = bncheck("export", out, "--bn", "torch", "--checkpoint", ckpt, "--exporter",
+    result = cli("export", out, "--bn", "torch", "--checkpoint", ckpt, "--exporter",
                      "torchscript", "--opset", "13", "--keep-bn")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "n/a: onnx.reference: opset 13" in result.stdout
@@ -141,16 +144,16 @@ def test_checkpoint_and_old_opset_export(tmp_path: Path) -> None:
     for value in (model.graph.input[0], model.graph.output[0]):
         value.type.tensor_type.shape.dim[0].dim_value = 16
     onnx.save(model, out)
-    again = bncheck("check", out)
+    again = cli("check", out)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "sha256 differs" in again.stdout
 
 
-def test_seed_batchnorm_fails_names_layer_1_and_writes_nothing(tmp_path: Path) -> None:
+def test_seed_batchnorm_fails_names_layer_1_and_writes_nothing(tmp_path: Path, cli: CLI) -> None:
     out = tmp_path / "lenet.onnx"
     before = b"an earlier export that must survive byte for byte"
     out.write_bytes(before)
-    result = bncheck("export", out, "--bn", SEED_BN)
+    result = cli("export", out, "--bn", SEED_BN)
     assert result.returncode == 1, result.stdout + result.stderr
     assert ("first diverging layer: layer 1: BatchNorm(6) — exported graph normalizes with "
             "batch statistics (ReduceMean over the batch axis)") in result.stderr
@@ -161,16 +164,16 @@ def test_seed_batchnorm_fails_names_layer_1_and_writes_nothing(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.onnx"]
 
 
-def test_keep_failed_writes_the_failed_export(tmp_path: Path) -> None:
+def test_keep_failed_writes_the_failed_export(tmp_path: Path, cli: CLI) -> None:
     out = tmp_path / "seed.onnx"
-    result = bncheck("export", out, "--bn", SEED_BN, "--exporter", "torchscript",
+    result = cli("export", out, "--bn", SEED_BN, "--exporter", "torchscript",
                      "--keep-failed")
     assert result.returncode == 1
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["verified"] is False
     assert manifest["bn_placement"][0]["kind"] == "batch-statistics"
     # check against the seed's eager model: the eval model itself depends on grad mode.
-    again = bncheck("check", out, "--bn", SEED_BN)
+    again = cli("check", out, "--bn", SEED_BN)
     assert again.returncode == 1
     assert "eval output depends on grad mode" in again.stdout
 
@@ -217,21 +220,14 @@ BAD = [
 ]
 
 
-@pytest.fixture(scope="module")
-def full_onnx(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from bncheck.onnx import build_model, export_onnx
-
-    return export_onnx(build_model("torch"), exporter="torchscript")
-
-
 @pytest.mark.parametrize(("setup", "argv", "message"), [b[1:] for b in BAD],
                          ids=[b[0] for b in BAD])
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, full_onnx: bytes, setup, argv,
-                                          message: str) -> None:
-    (tmp_path / "full.onnx").write_bytes(full_onnx)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, lenet_torch_onnx: bytes, setup,
+                                          argv, message: str, cli: CLI) -> None:
+    (tmp_path / "full.onnx").write_bytes(lenet_torch_onnx)
     if setup is not None:
         setup(tmp_path)
-    result = bncheck(*[a.format(d=tmp_path) for a in argv])
+    result = cli(*[a.format(d=tmp_path) for a in argv])
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
@@ -239,11 +235,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, full_onnx: bytes, setu
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    result = bncheck("check", tmp_path / "none.onnx", "--debug")
+def test_debug_shows_the_traceback(tmp_path: Path, cli_subprocess: CLI) -> None:
+    result = cli_subprocess("check", tmp_path / "none.onnx", "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+@DEFAULT_EXPORT
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_rows_run_on_a_gpu(default_export: tuple[Path, str]) -> None:

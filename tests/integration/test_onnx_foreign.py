@@ -1,14 +1,11 @@
 """``bncheck check`` on ONNX files bncheck did not write: built here with plain
 ``torch.onnx.export`` (eval mode, training mode), then hand-edited (a BatchNormalization switched
 to training mode, an epsilon changed, a Conv+BN fold done wrong). Real onnxruntime,
-onnx.reference and OpenVINO; in-process except one CLI run."""
+onnx.reference and OpenVINO; in-process (one CLI run, through click's runner)."""
 
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,6 @@ from bncheck.onnx.standalone import verify_standalone
 from bncheck.onnx.verify import verify_against_torch
 
 MODELS = str(Path(__file__).parents[1] / "data" / "models.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -157,12 +153,12 @@ def test_planted_wrong_fold_is_localized_to_the_conv_node(cnn) -> None:  # type:
     assert placement["layer1.1.bn1"].kind == "folded"
 
 
-def test_cli_check_on_a_foreign_training_mode_file(cnn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_check_on_a_foreign_training_mode_file(cnn, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """Through click's runner (the real `bncheck check` process runs in test_onnx_cli.py)."""
     _, model = cnn
     path = tmp_path / "trained.onnx"
     path.write_bytes(plain_export(model, training=True))
-    result = subprocess.run([sys.executable, "-m", "bncheck", "check", str(path)],
-                            capture_output=True, text=True, timeout=300, env=ENV)
+    result = cli("check", path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "runtimes vs each other" in result.stdout
     assert "training_mode=1" in result.stdout

@@ -5,36 +5,30 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import bncheck.reference as ref
 from bncheck.errors import InvalidArgument
 from bncheck.onnx import gate as gate_module
 from bncheck.onnx.source import lenet_source
 
-# One OpenMP thread per CLI subprocess: LeNet-BN is tiny, and on a loaded 2-core machine
-# spinning OpenMP threads make small BatchNorm kernels 20x slower.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ROOT = Path(__file__).parents[2]
+CLI = Callable[..., Any]  # conftest's cli / cli_subprocess
+#: The two full gate runs share one xdist worker: the exporters' first use (seconds) is paid
+#: once there.
+GATE_RUNS = pytest.mark.xdist_group("onnx_gate")
 
-# Runs the real CLI in a fresh interpreter after replacing bncheck.reference.batch_norm with a
-# copy whose running variance tracks the *biased* batch variance (d2l-en's convention, a
-# realistic slip). bncheck.BatchNorm calls the module-level batch_norm, so every scratch
-# LeNet-BN the gate builds carries the bug; torch.nn's BatchNorm does not.
-PLANTED = textwrap.dedent("""
-    import sys, torch
-    import bncheck.reference as ref
-    original = ref.batch_norm
 
-    def planted(input, running_mean, running_var, weight=None, bias=None, training=False,
-                momentum=0.1, eps=1e-5):
+def planted_batch_norm(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A copy of ``bncheck.reference.batch_norm`` whose running variance tracks the *biased*
+    batch variance (d2l-en's convention, a realistic slip)."""
+    def planted(input, running_mean, running_var, weight=None, bias=None,  # type: ignore[no-untyped-def]
+                training=False, momentum=0.1, eps=1e-5):
         if not (training and running_var is not None):
             return original(input, running_mean, running_var, weight, bias, training,
                             momentum, eps)
@@ -44,20 +38,19 @@ PLANTED = textwrap.dedent("""
             running_var.mul_(1 - momentum).add_(biased, alpha=momentum)
         return y
 
-    ref.batch_norm = planted
-    from bncheck.cli import main
-    main(sys.argv[1:], prog_name="bncheck")
-""")
+    return planted
 
 
-def run(*args: str, planted: bool = False) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-c", PLANTED] if planted else [sys.executable, "-m", "bncheck"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env=ENV)
+@pytest.fixture
+def in_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from the repository root, where `bncheck gate` finds exports/ by default."""
+    monkeypatch.chdir(ROOT)
 
 
-def test_unchanged_tree_passes_the_gate() -> None:
-    result = run("gate")
+@GATE_RUNS
+@pytest.mark.usefixtures("in_root")
+def test_unchanged_tree_passes_the_gate(cli: CLI) -> None:
+    result = cli("gate")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "gate passed" in result.stdout
     for variant in ("lenet_scratch", "lenet_scratch.keep-bn", "lenet_torch",
@@ -70,9 +63,13 @@ def test_unchanged_tree_passes_the_gate() -> None:
     assert not (ROOT / "exports" / "monai_resnet18_2d.npz").exists()
 
 
-def test_planted_reference_bug_fails_the_gate() -> None:
-    result = run("gate", "--variant", "lenet_scratch", "--variant", "lenet_torch",
-                 planted=True)
+@GATE_RUNS
+@pytest.mark.usefixtures("in_root")
+def test_planted_reference_bug_fails_the_gate(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    # bncheck.BatchNorm calls the module-level batch_norm, so every scratch LeNet-BN the gate
+    # builds carries the bug; torch.nn's BatchNorm does not.
+    monkeypatch.setattr(ref, "batch_norm", planted_batch_norm(ref.batch_norm))
+    result = cli("gate", "--variant", "lenet_scratch", "--variant", "lenet_torch")
     assert result.returncode == 1, result.stdout + result.stderr
     err = result.stderr
     assert "gate: drift from the goldens" in err
@@ -82,8 +79,10 @@ def test_planted_reference_bug_fails_the_gate() -> None:
     assert "lenet_torch" not in err  # torch.nn's BatchNorm is untouched by the plant
 
 
-def test_gate_without_exports_folder_is_a_usage_error(tmp_path: Path) -> None:
-    result = run("gate", "--exports", str(tmp_path / "none"))
+def test_gate_without_exports_folder_is_a_usage_error(tmp_path: Path,
+                                                      cli_subprocess: CLI) -> None:
+    """The real `bncheck gate` process (the full runs above go through click's runner)."""
+    result = cli_subprocess("gate", "--exports", tmp_path / "none")
     assert result.returncode == 2
     assert result.stderr.startswith("Error: Expected --exports to be a folder")
 
@@ -97,16 +96,6 @@ def test_gate_with_an_empty_exports_folder_suggests_only_its_own_options(
     assert "--bn" not in message and "--manifest" not in message
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """LeNet-BN is tiny: one intra-op thread avoids OpenMP spinning on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_update_writes_goldens_that_then_pass(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # One variant, exported with the (fast) TorchScript exporter: this tests --update's logic;
@@ -121,7 +110,6 @@ def test_update_writes_goldens_that_then_pass(tmp_path: Path,
     assert gate_module.run_gate(tmp_path).ok
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_monai_variant_fails_on_a_changed_fingerprint_or_structure(tmp_path: Path) -> None:
     """The non-LeNet variant has no npz: a drift in its outputs (the fingerprint) or in where
     its BNs went (the structure) must still fail the gate."""

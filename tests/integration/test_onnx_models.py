@@ -1,16 +1,16 @@
 """Models nobody here wrote, random init, as export subjects: MONAI's resnet18 (2D and 3D) and
 DenseNet121, lukemelas' EfficientNet-B0, an MLP with BatchNorm1d, and a CNN built with the
 seed's BatchNorm (which must fail, naming it). Tiny spatial sizes, the TorchScript exporter
-(10x faster to export than dynamo) and each model built once per session; one real CLI run."""
+(10x faster to export than dynamo) and each model built once per session; one CLI run (through
+click's runner: the real `bncheck export` process runs in test_onnx_cli.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +23,6 @@ pytest.importorskip("monai")
 pytest.importorskip("efficientnet_pytorch")
 
 MODELS = str(Path(__file__).parents[1] / "data" / "models.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 # The networks' own topologies (resnet18's blocks, DenseNet121's (6, 12, 24, 16) dense layers)
 # at reduced widths, so the test suite stays within its budget; full widths are measured in
@@ -61,6 +60,11 @@ def resnet2d() -> Built:
     return Built("resnet18_2d")
 
 
+#: The tests that share the resnet18 export run on one xdist worker, which builds it once.
+RESNET2D = pytest.mark.xdist_group("onnx_models_resnet2d")
+
+
+@RESNET2D
 @pytest.mark.parametrize("name", ["resnet18_2d", "resnet18_3d", "densenet121"])
 def test_monai_models_verify_on_every_runtime(name: str, resnet2d: Built) -> None:
     built = resnet2d if name == "resnet18_2d" else Built(name)
@@ -78,6 +82,7 @@ def test_monai_models_verify_on_every_runtime(name: str, resnet2d: Built) -> Non
     assert kinds == ({"folded", "node"} if name == "densenet121" else {"folded"})
 
 
+@RESNET2D
 def test_first_diverging_batchnorm_is_named_by_module(resnet2d: Built) -> None:
     """The export against a source whose layer3.1.bn2 running variance differs: localized to
     that module, not to the Conv it is folded into nor to a later layer."""
@@ -90,6 +95,7 @@ def test_first_diverging_batchnorm_is_named_by_module(resnet2d: Built) -> None:
     assert "layer3.1.bn2 (BatchNorm2d(128)) folded into it" in str(report.localization)
 
 
+@pytest.mark.slow
 def test_efficientnet_b0_swish_and_its_bn_conventions() -> None:
     """EfficientNet-B0's MemoryEfficientSwish is a custom autograd Function: with torch 2.13
     both exporters inline it (Sigmoid, Mul) and the file verifies; it trips the TorchScript
@@ -123,13 +129,10 @@ def test_a_model_built_with_the_seed_batchnorm_fails_naming_it() -> None:
                                 good_model, source=good, batches=(3,)).ok
 
 
-def test_cli_export_of_an_mlp_with_batchnorm1d(tmp_path: Path) -> None:
+def test_cli_export_of_an_mlp_with_batchnorm1d(tmp_path: Path, cli: Callable[..., Any]) -> None:
     out = tmp_path / "mlp.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "bncheck", "export", str(out), "--model", f"{MODELS}:mlp_bn1d",
-         "--model-arg", "hidden=24", "--input-shape", "4,16", "--keep-bn", "--exporter",
-         "torchscript"],
-        capture_output=True, text=True, timeout=300, env=ENV)
+    result = cli("export", out, "--model", f"{MODELS}:mlp_bn1d", "--model-arg", "hidden=24",
+                 "--input-shape", "4,16", "--keep-bn", "--exporter", "torchscript")
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["model"].endswith("models.py:mlp_bn1d")

@@ -124,6 +124,7 @@ def test_onnxruntime_crashes_on_omitted_training_outputs(level: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+@pytest.mark.slow
 def test_torch_verify_onnx_program_passes_the_seed_export_that_bncheck_fails() -> None:
     """torch.onnx.verification.verify_onnx_program compares the ONNX model with the
     ExportedProgram, which already took the seed's training branch (grad was enabled while

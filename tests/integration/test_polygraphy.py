@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,13 @@ from bncheck.cli import main
 from bncheck.onnx.graph import ModelFileError
 from bncheck.onnx.polygraphy_io import outputs_bytes, parse_inputs, parse_outputs
 
-POLYGRAPHY = shutil.which("polygraphy")
+#: The script installed beside this interpreter (a venv run without activating it), else on PATH.
+POLYGRAPHY = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which(
+    "polygraphy")
 MODELS = str(Path(__file__).parents[1] / "data" / "models.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-pytestmark = pytest.mark.skipif(POLYGRAPHY is None, reason="polygraphy is not installed")
+pytestmark = [pytest.mark.skipif(POLYGRAPHY is None, reason="polygraphy is not installed"),
+              pytest.mark.xdist_group("polygraphy")]  # one worker builds `exported` once
 
 
 def invoke(*args: str | Path) -> tuple[int, str, str]:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DATA = Path(__file__).parents[1] / "data"
 
 USER_TESTS = f'''
@@ -29,6 +31,7 @@ def test_profile_from_env():
 '''
 
 
+@pytest.mark.slow
 def test_fixture_and_profile(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text(USER_TESTS)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

@@ -11,7 +11,7 @@ from bncheck.cli import main
 @pytest.mark.parametrize("args,match", [
     (["nope.py:BN"], "does not exist"),
     (["torch.nn:NoSuchNorm"], "has no attribute 'NoSuchNorm'; no name close to it"),
-    (["torch.nn:BatchNorm2D"], "did you mean BatchNorm2d"),
+    (["torch.nn:BatchNorm2D"], "has no attribute 'BatchNorm2D'; did you mean BatchNorm2d"),
     (["no_colon"], "Expected TARGET in the form"),
     (["torch.nn:Sequential", "--dims", "2,x"], "--dims='2,x'"),
     (["--dims", "7"], "dims=(7,)"),
@@ -35,7 +35,7 @@ from bncheck.cli import main
 def test_usage_errors_exit_2(args, match):
     r = CliRunner().invoke(main, ["verify", *args])
     assert r.exit_code == 2, r.output
-    assert match in r.output
+    assert match in r.stderr
     assert "Traceback" not in r.output
 
 

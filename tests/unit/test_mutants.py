@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bncheck.mutants import MUTANTS, Clean, SeedStyle
+from bncheck.mutants import MUTANTS, Clean, EpsOutsideSqrt, SeedStyle, meant_first
 from bncheck.properties import names
 from bncheck.verify import verify
 
@@ -31,3 +31,21 @@ def test_clean_bases_pass_the_killer_properties(obj, convention):
     killers = sorted({m.killer for m in MUTANTS.values()})
     report = verify(obj, convention=convention, properties=killers, profile="ci", examples=10)
     assert report.ok, report.render()
+
+
+def test_a_mutant_that_survives_its_property_meets_the_rest():
+    """meant_first: the killer first; only when it lets the mutant survive, the rest."""
+    ran: list[list[str] | None] = []
+
+    def verify_some(properties):
+        ran.append(properties)
+        return verify(EpsOutsideSqrt, properties=properties, profile="ci", shrink=False,
+                      examples=5).results
+
+    # initial_state cannot see eps outside the sqrt; train_forward can.
+    failed = meant_first(verify_some, "initial_state", ["initial_state", "train_forward"])
+    assert ran == [["initial_state"], ["train_forward"]]
+    assert [r.name for r in failed] == ["train_forward"]
+    ran.clear()
+    failed = meant_first(verify_some, "train_forward", ["initial_state", "train_forward"])
+    assert ran == [["train_forward"]] and [r.name for r in failed] == ["train_forward"]

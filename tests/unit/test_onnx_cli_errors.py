@@ -55,12 +55,11 @@ def test_a_sibling_that_is_a_directory_is_caught_before_any_work(
 
 
 @pytest.mark.parametrize("command", ["export", "check"])
-def test_a_layer_that_raises_names_the_users_file_and_line(tmp_path: Path, command: str) -> None:
+def test_a_layer_that_raises_names_the_users_file_and_line(tmp_path: Path, command: str,
+                                                          lenet_torch_onnx: bytes) -> None:
     target = tmp_path / "m.onnx"
     if command == "check":
-        from bncheck.onnx import build_model, export_onnx
-
-        target.write_bytes(export_onnx(build_model("torch"), exporter="torchscript"))
+        target.write_bytes(lenet_torch_onnx)
     code, _, err = invoke(command, target, "--bn", RAISING_BN)
     assert code == 2, err
     lines = err.strip().splitlines()

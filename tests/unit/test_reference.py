@@ -423,6 +423,7 @@ def test_memory_kept_for_backward_is_the_input():
     assert saved_bytes(lambda: formula(x, w, b, 1e-5)[0]) > 2 * x.numel() * 4
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's compiler
 def test_compiled_path_matches_torch():
     """One small case: torch.compile takes ~15-30 s here on first use (C++ codegen by gcc)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return request.param, model, history, progress
 
 
+#: The tests that read `trained` run on one xdist worker, which trains each variant once.
+TRAINED = pytest.mark.xdist_group("training_trained")
+
+
+@TRAINED
 def test_three_epochs_on_easy_files_reach_090_test_accuracy(trained) -> None:  # type: ignore[no-untyped-def]
     _, model, history, _ = trained
     first, last = history.epochs[0], history.epochs[-1]
@@ -50,6 +56,7 @@ def test_three_epochs_on_easy_files_reach_090_test_accuracy(trained) -> None:  #
     assert not model.training
 
 
+@TRAINED
 def test_history_records_settings_epochs_and_curve(trained) -> None:  # type: ignore[no-untyped-def]
     _, _, history, progress = trained
     d = history.to_dict()
@@ -117,6 +124,28 @@ def test_a_remainder_batch_of_one_is_dropped() -> None:
         (1, 1, 16), (1, 2, 32), (2, 1, 16), (2, 2, 32)]
     kept = train(lenet_bn("torch"), TRAIN.head(34), TEST.head(8), epochs=1, batch_size=16)
     assert kept.dropped_per_epoch == 0  # a last batch of 2 trains
+
+
+def test_ctrl_c_while_an_epoch_is_handed_over_waits_until_it_is() -> None:
+    """A Ctrl-C inside on_epoch (where `bncheck train` writes the checkpoint) lands after it
+    returns: the history never holds an epoch that on_epoch did not finish with."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    handed: list[int] = []
+
+    def on_epoch(stats: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # as if Ctrl-C came in the middle of the write
+        handed.append(stats.epoch)
+
+    history = TrainingHistory(3, 1.0, 16, 0, 0, 0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(lenet_bn("torch"), TRAIN.head(32), TEST.head(8), epochs=3, batch_size=16,
+                  on_epoch=on_epoch, history=history)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert handed == [1] and [e.epoch for e in history.epochs] == [1]
 
 
 IMAGES = torch.zeros(4, 1, 28, 28)

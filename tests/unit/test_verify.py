@@ -53,6 +53,7 @@ def test_exception_in_target_is_a_failure_not_a_crash():
         assert "NameError" in r.message and "'beta' is not defined" in r.message
 
 
+@pytest.mark.slow
 def test_same_seed_replays_the_same_counterexample():
     def run(props):
         report = verify(MomentumFlipped, properties=props, seed=7, profile="dev")

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
-from bncheck.cli._common import console, debug_option, handles_errors, interrupted
+from bncheck.cli._common import console, debug_option, handles_errors, interrupted, status_line
 
 SECTIONS = ("kernels", "memory", "lenet", "onnx", "properties")
-
-
-@contextlib.contextmanager
-def _progress(out: Any) -> Iterator[Callable[[str], None]]:
-    """A status line on a terminal; nothing when piped."""
-    if not out.is_terminal:
-        yield lambda _: None
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=out, transient=True) as progress:
-        task = progress.add_task("starting")
-        yield lambda text: progress.update(task, description=text)
 
 
 def _x(value: float) -> str:
@@ -106,7 +90,7 @@ def _sections(out: Any, chosen: Any, parsed: Any, compiled: bool, rounds: int, t
     """Run the ``chosen`` sections, filling ``results`` and ``record`` as each finishes."""
     from bncheck import bench as b
 
-    with _progress(out) as step:
+    with status_line(out) as step:
         if "kernels" in chosen:
             impls = [i for i in b.IMPLS if compiled or i != "compiled"]
             results += b.measure(b.kernel_cases(shapes=parsed, impls=impls), rounds=rounds,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -21,6 +22,38 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 def console() -> Console:
     """The console every command renders to (stdout; wide enough for tables in CI logs)."""
     return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+
+
+@contextlib.contextmanager
+def status_line(out: Console, total: int | None = None) -> Iterator[Callable[[str], None]]:
+    """A transient status line on a terminal (a bar when ``total`` steps are known: each
+    call of the yielded ``update(text)`` starts the next); nothing when piped."""
+    if not out.is_terminal:
+        yield lambda _: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bar = (BarColumn(), MofNCompleteColumn()) if total is not None else ()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), *bar, TimeElapsedColumn(),
+                  console=out, transient=True) as progress:
+        task = progress.add_task("starting", total=total)
+        started = 0
+
+        def update(text: str) -> None:
+            nonlocal started
+            if total is not None and started:
+                progress.advance(task)
+            started += 1
+            progress.update(task, description=text)
+
+        yield update
 
 
 def err(message: str) -> None:

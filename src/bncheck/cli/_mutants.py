@@ -17,6 +17,7 @@ from bncheck.cli._common import (
     debug_option,
     err,
     handles_errors,
+    status_line,
 )
 from bncheck.cli._distributed import distributed_options
 
@@ -28,41 +29,61 @@ from bncheck.cli._distributed import distributed_options
               show_default=True, help="Hypothesis profile.")
 @click.option("--examples", type=click.IntRange(min=1), help="Examples per property.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Hypothesis seed.")
+@click.option("--every-property", is_flag=True,
+              help="Run the whole catalogue against every mutant, to see everything that "
+              "catches each (slower; by default a mutant meets the rest of the catalogue only "
+              "when the property meant for it lets it survive).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON here (checked before any work).")
 @distributed_options(device=False)
 @debug_option
 @handles_errors
 def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: int,
-            json_path: Path | None, world_size: int | None, timeout: float | None,
-            debug: bool) -> None:
-    """Run the property catalogue against each bundled mutant and print the mutation score.
+            every_property: bool, json_path: Path | None, world_size: int | None,
+            timeout: float | None, debug: bool) -> None:
+    """Run each bundled mutant against the property meant to kill it; print the mutation score.
 
     A mutant is killed when some property fails on it; each should be killed by the property
-    meant for it (listed first). With --world-size N, the distributed mutants against the
-    distributed properties on N local processes. Exit status: 0 when every mutant is killed by
-    its property, 1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are reported).
+    meant for it. One that survives its property meets the rest of the catalogue, which names
+    what catches it instead (--every-property: the whole catalogue against every mutant). With
+    --world-size N, the distributed mutants against the distributed properties on N local
+    processes. Progress on a terminal, none when piped. Exit status: 0 when every mutant is
+    killed by its property, 1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are
+    reported).
     """
     from bncheck._io import check_output_path, write_json_atomic
     from bncheck._workers import DEFAULT_TIMEOUT
-    from bncheck.mutants import MutantResult, run_mutants
+    from bncheck.mutants import MUTANTS, MutantResult, run_mutants
     from bncheck.verify import check_timeout
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
     check_timeout(timeout)  # click's range lets nan and inf through
     done: list[MutantResult] = []
+    out = console()
     try:
         if world_size:
             from bncheck.cli._distributed import run_mutants as run_distributed
+            from bncheck.distributed.mutants import MUTANTS as DISTRIBUTED
 
-            run_distributed(list(names) or None, world_size=world_size, timeout=timeout,
-                            profile=profile, examples=examples, seed=seed,
-                            on_result=done.append)
+            total = len(names or DISTRIBUTED)
         else:
-            run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
-                        on_result=done.append,
-                        timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+            total = len(names or MUTANTS)
+        with status_line(out, total) as update:
+            def finished(r: MutantResult) -> None:
+                done.append(r)
+                if len(done) < total:
+                    update(f"mutants: {r.mutant.name} done, next {len(done) + 1} of {total}")
+
+            update(f"mutants: 1 of {total}")
+            if world_size:
+                run_distributed(list(names) or None, world_size=world_size, timeout=timeout,
+                                profile=profile, examples=examples, seed=seed,
+                                every_property=every_property, on_result=finished)
+            else:
+                run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
+                            every_property=every_property, on_result=finished,
+                            timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     except KeyboardInterrupt:
         err(f"interrupted (Ctrl-C) after {len(done)} mutants"
             + (f" (finished: {', '.join(r.mutant.name for r in done)})" if done else "")
@@ -70,7 +91,6 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
         if json_path is not None:
             write_json_atomic(json_path, {**_summary(done), "interrupted": True})
         sys.exit(EXIT_INTERRUPTED)
-    out = console()
     out.print(_table(done))
     data = _summary(done)
     out.print(f"Mutation score: {data['killed']}/{data['total']} "

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bncheck.mutants import Mutant, MutantResult
+from bncheck.mutants import Mutant, MutantResult, meant_first
 from bncheck.reference import batch_norm, compute_dtype, reduction_dims
 
 __all__ = ["CleanSync", "MUTANTS", "run_mutants"]
@@ -244,13 +244,16 @@ MUTANTS: dict[str, Mutant] = dict([
 
 def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile: str = "ci",
                 examples: int | None = None, seed: int = 0, timeout: float | None = None,
+                every_property: bool = False,
                 on_result: Callable[[MutantResult], None] | None = None) -> list[MutantResult]:
-    """Run the distributed catalogue (without shrinking) against each mutant, on one set of
-    ``world_size`` ranks started once."""
+    """Run each mutant (without shrinking) against the distributed property meant to kill it,
+    the rest of the catalogue only when it survives (:func:`bncheck.mutants.meant_first`;
+    ``every_property``: all of it), on one set of ``world_size`` ranks started once."""
     import time
 
     from bncheck._validation import unknown_name
     from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
+    from bncheck.distributed.properties import names as catalogue
     from bncheck.distributed.verify import target_spec, verify_distributed
 
     chosen = list(MUTANTS) if not names else list(names)
@@ -262,10 +265,15 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
         for name in chosen:
             m = MUTANTS[name]
             start = time.perf_counter()
-            report = verify_distributed(target_spec(m.factory), world_size=world_size,
-                                        pool=pool, label=name, profile=profile,
-                                        examples=examples, seed=seed, shrink=False)
-            failed = [r for r in report.results if r.status == "failed"]
+
+            def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
+                return verify_distributed(target_spec(m.factory), world_size=world_size,
+                                          pool=pool, label=m.name, properties=properties,
+                                          profile=profile, examples=examples, seed=seed,
+                                          shrink=False).results
+
+            failed = meant_first(verify_some, m.killer, catalogue(),
+                                 every_property=every_property)
             res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},
                                time.perf_counter() - start)
             results.append(res)

@@ -10,9 +10,12 @@ batches, in training mode, as d2l reports them; test accuracy is measured after 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -227,10 +230,38 @@ def train(
             test_acc = evaluate_accuracy(model, test_data, batch_size=batch_size)
             stats = EpochStats(epoch, loss, acc, test_acc, time.perf_counter() - start,
                                train_seconds)
-            history.epochs.append(stats)
-            if on_epoch is not None:
-                on_epoch(stats)
+            # The epoch is recorded and handed to on_epoch (which writes the checkpoint) as one
+            # step: a Ctrl-C in between would leave metrics claiming an epoch the checkpoint
+            # does not hold.
+            with _ctrl_c_held():
+                history.epochs.append(stats)
+                if on_epoch is not None:
+                    on_epoch(stats)
     return history
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """SIGINT during the block is delivered again when the block ends, to whatever handled it
+    before (Python's default: ``KeyboardInterrupt``).
+
+    The handler is swapped rather than the signal masked: any thread may receive a process
+    signal, but Python runs its handlers in the main thread only. Elsewhere (where no
+    ``KeyboardInterrupt`` is raised anyway), or under a handler Python did not install, the
+    block just runs.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 class _StepLoop:
