@@ -22,10 +22,12 @@ the first training forward hanging ends the run (every property would hang the s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import multiprocessing.connection
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
@@ -43,7 +45,7 @@ from bncheck.errors import BNCheckError, TargetHung
 from bncheck.properties import Context, Facts, Property, get
 from bncheck.verify import PropertyResult, Status, _settings, run_property
 
-__all__ = ["InProcess", "Watched", "Hang", "runner_for"]
+__all__ = ["InProcess", "Watched", "Hang", "runner_for", "run_parallel"]
 
 _PRELOAD = ("torch", "hypothesis", "bncheck.verify", "bncheck._watchdog")
 #: The label of the worker's own start, when it imports the target by name (user code).
@@ -72,6 +74,12 @@ class Hang:
         if debug and self.stack:
             text += f"\nStack of the target's code when stopped (innermost last):\n{self.stack}"
         return text
+
+
+#: A job's answer, or the :class:`Hang` that ended it.
+_Answer = tuple[Any, "Hang | None"]
+#: A property running in a worker: its index, the property, the exchange, when it started.
+_Job = tuple[int, Property, Generator[float, Any, _Answer], float]
 
 
 def _hang_from(worker: Worker, label: str, seconds: float, examples: int,
@@ -147,8 +155,12 @@ class Watched:
             self.worker = None
             self.restarts += 1
 
-    def _ask(self, message: tuple[Any, ...]) -> tuple[Any, Hang | None]:
-        """Send a job; its answer, or the :class:`Hang` that ended it (the worker is gone)."""
+    def _exchange(self, message: tuple[Any, ...]) -> Generator[float, Any, _Answer]:
+        """One job as a conversation: sends ``message``, then yields how many seconds it may
+        wait for the next message and is sent what :meth:`Worker.read` gave (or
+        :data:`TIMED_OUT`; :class:`WorkerDied` is thrown in). Returns the job's answer, or the
+        :class:`Hang` that ended it (the worker is then gone). :meth:`_ask` drives one;
+        :func:`run_parallel` drives several at once."""
         worker = self._start()
         label: str | None = None  # what the target's code is running, else bncheck's own
         count = 0
@@ -156,7 +168,7 @@ class Watched:
         try:
             worker.send(message)
             while True:
-                got = worker.receive(self.timeout if label is not None else self.idle_limit)
+                got = yield self.timeout if label is not None else self.idle_limit
                 if got is TIMED_OUT:
                     if label is None:
                         raise RuntimeError(f"bncheck's worker did not answer within "
@@ -186,6 +198,22 @@ class Watched:
             self._discard()
             return None, hang
 
+    def _ask(self, message: tuple[Any, ...]) -> _Answer:
+        """Send a job and wait for its answer, or the :class:`Hang` that ended it."""
+        exchange = self._exchange(message)
+        try:
+            wait = next(exchange)
+            while True:
+                assert self.worker is not None
+                try:
+                    got = self.worker.receive(wait)
+                except WorkerDied as e:
+                    wait = exchange.throw(e)
+                else:
+                    wait = exchange.send(got)
+        except StopIteration as done:
+            return cast(_Answer, done.value)
+
     # -- the steps -------------------------------------------------------------------------------
     def preflight(self) -> tuple[Target, list[Finding], Facts]:
         """The preflight in the worker; a step that hangs is replayed as :class:`TargetHung`.
@@ -210,7 +238,18 @@ class Watched:
     def run(self, prop: Property, seed: int) -> PropertyResult:
         """One property in the worker; a hang or a crash fails it with the case and where."""
         start = time.perf_counter()
-        answer, hang = self._ask(("property", prop.name, seed))
+        return self._result(prop, self._ask(("property", prop.name, seed)), start)
+
+    def sibling(self) -> Watched:
+        """A runner like this one, after :meth:`preflight`, with a worker of its own."""
+        assert self.facts is not None, "preflight() first"
+        twin = Watched(self.target, self.requested, *self.settings, timeout=self.timeout,
+                       start_method=self.start_method)
+        twin.facts = self.facts
+        return twin
+
+    def _result(self, prop: Property, reply: _Answer, start: float) -> PropertyResult:
+        answer, hang = reply
         if hang is None:
             return cast(PropertyResult, answer)
         what = ("bncheck stopped it and went on with the other properties in a fresh process"
@@ -236,6 +275,69 @@ def runner_for(target: Target, requested: tuple[Any, ...], profile: str,
         return InProcess(target, requested, profile, examples, shrink)
     return Watched(target, requested, profile, examples, shrink, timeout=timeout,
                    start_method=method)
+
+
+def run_parallel(runner: Watched, props: Sequence[Property], seed: int, jobs: int,
+                 on_result: Callable[[int, PropertyResult], None]) -> None:
+    """Run ``props`` on ``jobs`` workers at once (``runner``'s and siblings of it, after its
+    preflight), each property whole in one worker, under the same time limit per example;
+    ``on_result(index, result)`` as each finishes, in the order they finish.
+
+    Everything happens on this thread: one :func:`multiprocessing.connection.wait` over every
+    worker's pipe and process, so a worker that needs replacing after a hang is forked from a
+    process that runs no other thread.
+    """
+    runners = [runner] + [runner.sibling() for _ in range(min(jobs, len(props)) - 1)]
+    todo = collections.deque(enumerate(props))
+    first: Any = object()  # what starts an exchange (it is sent nothing yet)
+    #: runner -> its job (index, property, exchange, start time) and when its wait ends
+    active: dict[Watched, tuple[_Job, float]] = {}
+
+    def advance(r: Watched, job: _Job, got: Any = first, died: WorkerDied | None = None
+                ) -> None:
+        i, prop, exchange, start = job
+        try:
+            wait = (exchange.throw(died) if died is not None
+                    else next(exchange) if got is first else exchange.send(got))
+        except StopIteration as done:
+            on_result(i, r._result(prop, cast(_Answer, done.value), start))
+            if todo:
+                begin(r)
+            return
+        active[r] = (job, time.monotonic() + wait)
+
+    def begin(r: Watched) -> None:
+        i, prop = todo.popleft()
+        advance(r, (i, prop, r._exchange(("property", prop.name, seed)), time.perf_counter()))
+
+    try:
+        for r in runners:
+            begin(r)
+        while active:
+            owner: dict[Any, Watched] = {}
+            for r in active:
+                assert r.worker is not None and r.worker.conn is not None
+                owner[r.worker.conn] = owner[r.worker.proc.sentinel] = r
+            soonest = min(deadline for _, deadline in active.values())
+            ready = multiprocessing.connection.wait(
+                list(owner), timeout=max(0.0, soonest - time.monotonic()))
+            for r in dict.fromkeys(owner[obj] for obj in ready):
+                job, _ = active.pop(r)
+                assert r.worker is not None
+                try:
+                    got = r.worker.read()
+                except WorkerDied as e:
+                    advance(r, job, died=e)
+                else:
+                    advance(r, job, got)
+            now = time.monotonic()
+            for r, (job, deadline) in list(active.items()):
+                if deadline <= now:
+                    del active[r]
+                    advance(r, job, TIMED_OUT)
+    finally:
+        for r in runners[1:]:
+            r.close()
 
 
 # -- the worker's side -----------------------------------------------------------------------

@@ -358,7 +358,8 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
            examples: int | None = None, seed: int | None = None, shrink: bool = True,
            replay: Callable[[str, int], str] | None = None,
            on_result: Callable[[PropertyResult], None] | None = None,
-           timeout: float | None = DEFAULT_TIMEOUT, **target_kwargs: Any) -> Report:
+           timeout: float | None = DEFAULT_TIMEOUT, jobs: int = 1,
+           **target_kwargs: Any) -> Report:
     """Run the catalogue (or ``properties``) against ``obj`` and return a :class:`Report`.
 
     Args:
@@ -380,13 +381,17 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
             inside a test function (from a fresh interpreter when this process runs other
             threads or has initialised CUDA: the object must then be importable by name).
             ``None``: run in this process, without a limit (for a debugger).
+        jobs: properties run at once, each in a worker process of its own (``1``: one after
+            another in one worker). The report, and every result in it, is the same whatever
+            ``jobs`` is: each property is drawn from ``seed`` alone and runs whole in one
+            process. Needs worker processes (``timeout`` not ``None``).
         target_kwargs: declarations for :func:`build_target`.
 
     Raises:
         InvalidArgument: a bad argument.
         TargetError: ``obj`` is not a BatchNorm bncheck can build and run.
     """
-    from bncheck._watchdog import runner_for
+    from bncheck._watchdog import Watched, runner_for
 
     target = obj if isinstance(obj, Target) else build_target(obj, **target_kwargs)
     profile = resolve_profile(profile)
@@ -398,6 +403,7 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
         seed = 0 if profile == "ci" else secrets.randbelow(2**31)
     check_type(int, seed, "seed")
     check_timeout(timeout)
+    check_jobs(jobs, timeout)
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
     wanted = () if properties is None else check_names(properties, "properties")
     chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
@@ -428,12 +434,46 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
             add(PropertyResult("constructor" if f.value is not None or f.flag != \
                                "running_statistics" else f.flag, Status.FAILED, f.message,
                                f.call))
-        for prop in chosen:
-            add(runner.run(prop, seed))
+        if jobs > 1 and len(chosen) > 1 and isinstance(runner, Watched):
+            _run_in_parallel(runner, chosen, seed, jobs, add)
+        else:
+            for prop in chosen:
+                add(runner.run(prop, seed))
     finally:
         runner.close()
         torch.set_num_threads(threads)
     return report
+
+
+def _run_in_parallel(runner: Any, chosen: Sequence[Property], seed: int, jobs: int,
+                     add: Callable[[PropertyResult], None]) -> None:
+    """:func:`bncheck._watchdog.run_parallel`, reporting in catalogue order: a result is
+    added once every property before it has been (the same report, and the same progress
+    lines, as one after another)."""
+    from bncheck._watchdog import run_parallel
+
+    finished: dict[int, PropertyResult] = {}
+    reported = 0
+
+    def done(i: int, result: PropertyResult) -> None:
+        nonlocal reported
+        finished[i] = result
+        while reported in finished:
+            add(finished.pop(reported))
+            reported += 1
+
+    run_parallel(runner, chosen, seed, jobs, done)
+
+
+def check_jobs(jobs: Any, timeout: float | None) -> None:
+    """``jobs`` is an int >= 1; more than one needs worker processes (a ``timeout``)."""
+    check_type(int, jobs, "jobs")
+    if jobs < 1:
+        raise InvalidArgument(f"Expected jobs >= 1, received jobs={jobs}")
+    if jobs > 1 and timeout is None:
+        raise InvalidArgument(f"jobs={jobs} runs properties in worker processes, but "
+                              "timeout=None runs them in this process: give a timeout, or "
+                              "jobs=1")
 
 
 def check_timeout(timeout: Any) -> None:
@@ -468,7 +508,7 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
                     names: Mapping[str, str] | None = None, channel_axis: int | None = None,
                     mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
                     empty_batches: bool | None = None,
-                    timeout: float | None = DEFAULT_TIMEOUT) -> Report:
+                    timeout: float | None = DEFAULT_TIMEOUT, jobs: int = 1) -> Report:
     """Run the property catalogue against ``obj``; raise with the report if any property fails.
 
     >>> import torch
@@ -479,7 +519,8 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
     (``ci``/``bncheck-ci``, ``dev``, ``thorough``) unless ``profile`` is given. The declarations
     (``momentum``, ``eps``, ``names``, ``channel_axis``, ``mode_argument``, ``fixed``,
     ``empty_batches``) are :func:`build_target`'s; ``momentum=None`` declares a cumulative average.
-    ``timeout`` (seconds per example; ``None``: no worker process, no limit) is :func:`verify`'s.
+    ``timeout`` (seconds per example; ``None``: no worker process, no limit) and ``jobs``
+    (properties run at once, each in its own worker) are :func:`verify`'s.
 
     Raises:
         VerificationFailed: (an ``AssertionError``) some property failed; the message is the
@@ -499,7 +540,7 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
                     examples=examples, seed=seed, replay=replay, convention=convention,
                     momentum=momentum, eps=eps, dims=dims, names=names,
                     channel_axis=channel_axis, mode_argument=mode_argument, fixed=fixed,
-                    empty_batches=empty_batches, timeout=timeout)
+                    empty_batches=empty_batches, timeout=timeout, jobs=jobs)
     if not report.ok:
         raise VerificationFailed(report.render())
     return report

@@ -103,6 +103,9 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("verify --timeout -1", 2, "Invalid value for '--timeout'"),
     ("verify --timeout nan", 2, "Expected timeout to be finite, received timeout=nan"),
     ("verify --timeout inf", 2, "Expected timeout to be finite, received timeout=inf"),
+    ("verify --jobs 0", 2, "Expected --jobs to be a whole number >= 1 or 'auto', received "
+                           "--jobs='0'"),
+    ("verify --jobs 2 --world-size 2", 2, "with --world-size the ranks are the processes"),
     ("verify --world-size 1", 2, "Invalid value for '--world-size'"),
     ("verify --world-size 2 --property train_forward", 2, "Unknown distributed property"),
     ("verify --device tpu", 2, "Invalid value for '--device'"),
@@ -329,6 +332,9 @@ API_CASES: list[tuple[str, str, str]] = [
      "empty_batches='yes'"),
     ("bncheck.check_batchnorm(BN, timeout=0)", "InvalidArgument", "timeout=0"),
     ("bncheck.check_batchnorm(BN, timeout=float('nan'))", "InvalidArgument", "timeout=nan"),
+    ("bncheck.check_batchnorm(BN, jobs=0)", "InvalidArgument", "jobs >= 1, received jobs=0"),
+    ("bncheck.check_batchnorm(BN, jobs=2, timeout=None)", "InvalidArgument",
+     "timeout=None runs them in this process"),
     ("bncheck.check_batchnorm(3)", "InvalidArgument", "Expected a Module class or a factory"),
     ("bncheck.check_batchnorm(torch.nn.Linear)", "TargetError", "out_features"),
     ("bncheck.check_batchnorm(BN(3))", "InvalidArgument", "received an instance "

@@ -187,3 +187,67 @@ def test_the_main_thread_is_found_in_a_stack_dump():
             '  File "/x/_workers.py", line 120 in _child\n')
     assert main_thread_frames(dump) == [("/u/bn.py", 12, "forward"),
                                         ("/x/_workers.py", 120, "_child")]
+
+
+# -- jobs: properties side by side, one worker each ------------------------------------------
+SEED_FIXED = Path(__file__).parents[1] / "data" / "seed_bn_fixed.py"
+
+
+def _outcome(report):
+    return [(r.name, r.status, r.message, r.counterexample, r.examples) for r in report.results]
+
+
+def test_jobs_give_the_same_report_as_one_worker():
+    # The d2l seed with its typo fixed: several properties fail, each with a shrunk case.
+    seed_bn = load_target(f"{SEED_FIXED}:BatchNorm")
+    one = verify(seed_bn, examples=8, jobs=1)
+    two = verify(seed_bn, examples=8, jobs=3)
+    assert [r.name for r in two.results] == [r.name for r in one.results]  # catalogue order
+    assert _outcome(two) == _outcome(one)
+    assert {Status.PASSED, Status.FAILED} <= {r.status for r in one.results}
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc")
+def test_a_hang_beside_other_properties_fails_only_its_own():
+    before = children()
+    seen: list[str] = []
+    report = verify(load_target(f"{HANGING}:LoopsOnFloat16"), examples=3, timeout=1.0, jobs=2,
+                    properties=["reduced_precision", "train_forward", "eval_forward",
+                                "invariances"], on_result=lambda r: seen.append(r.name))
+    hung, *rest = report.results
+    assert seen == ["reduced_precision", "train_forward", "eval_forward", "invariances"]
+    assert hung.status is Status.FAILED
+    assert hung.message.startswith("the target did not return within 1 s (at ")
+    assert [r.status for r in rest] == [Status.PASSED] * 3  # one in the replaced worker
+    assert children() <= before
+
+
+def test_bad_jobs_are_rejected_naming_the_argument():
+    for bad, match in ((0, "jobs >= 1, received jobs=0"), ("2", "Expected jobs to be int"),
+                       (True, "jobs=True must be a number")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            verify(torch.nn.BatchNorm1d, jobs=bad, properties=["eval_forward"])
+    with pytest.raises(ValueError, match="jobs=2 runs properties in worker processes, but "
+                                         "timeout=None"):
+        verify(torch.nn.BatchNorm1d, jobs=2, timeout=None)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--jobs", "0"], "Expected --jobs to be a whole number >= 1 or 'auto', received "
+                      "--jobs='0'"),
+    (["--jobs", "many"], "received --jobs='many'"),
+    (["--jobs", "2", "--world-size", "2"], "with --world-size the ranks are the processes"),
+])
+def test_cli_bad_jobs_exit_2(args, message):
+    r = CliRunner().invoke(main, ["verify", *args])
+    assert r.exit_code == 2, r.output
+    assert message in " ".join(r.output.split()) and "Traceback" not in r.output
+
+
+def test_cli_jobs_from_the_environment_and_auto():
+    args = ["verify", "--examples", "2", "--property", "eval_forward", "--property",
+            "train_forward"]
+    for env in ({"BNCHECK_JOBS": "2"}, {"BNCHECK_JOBS": "auto"}):
+        r = CliRunner(env=env).invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert "2 passed, 0 failed" in r.output

@@ -124,6 +124,10 @@ def _momentum(text: str | None) -> Any:
 @click.option("--seed", type=int, help="Hypothesis seed (default 0 under ci, else random).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here (checked before any work).")
+@click.option("--jobs", "jobs_text", metavar="N|auto", envvar="BNCHECK_JOBS",
+              help="Properties run at once, each in a worker process of its own (default "
+              "auto: one per CPU this process may use, at most 4; env BNCHECK_JOBS). The report "
+              "is the same whatever N is.")
 @distributed_options()
 @debug_option
 @handles_errors
@@ -133,8 +137,8 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
            channel_axis: int | None, mode_argument: str | None, fixed_text: str | None,
            empty_batches: bool | None, dtypes_text: str | None, properties: tuple[str, ...],
            profile: str | None, examples: int | None, seed: int | None,
-           json_path: Path | None, world_size: int | None, timeout: float | None, device: str,
-           debug: bool) -> None:
+           json_path: Path | None, jobs_text: str | None, world_size: int | None,
+           timeout: float | None, device: str, debug: bool) -> None:
     """Check a BatchNorm implementation against the property catalogue.
 
     TARGET is path/to/file.py:Name or package.module:Name, a Module class or a factory, built as
@@ -155,6 +159,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
     check_timeout(timeout)  # click's range lets nan and inf through
+    jobs = _jobs(jobs_text, world_size)
     profile = resolve_profile(profile)  # named in the replay even when it came from the env
     dims = _ints(dims_text, "--dims")
     dtype_names = _names(dtypes_text)
@@ -184,7 +189,34 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     distributed = None if not world_size else {"spec": spec, "world_size": world_size,
                                                 "timeout": timeout, "device": device}
     _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,
-         replay=_replay_command(profile), distributed=distributed, timeout=timeout)
+         replay=_replay_command(profile), distributed=distributed, timeout=timeout, jobs=jobs)
+
+
+#: ``--jobs auto`` uses at most this many workers (13 properties; beyond 4 the longest ones
+#: decide the wall time).
+MAX_AUTO_JOBS = 4
+
+
+def _jobs(text: str | None, world_size: int | None) -> int:
+    """``--jobs``: a whole number >= 1 or ``auto`` (None: auto)."""
+    import os
+
+    source = click.get_current_context().get_parameter_source("jobs_text")
+    if world_size and source is click.core.ParameterSource.COMMANDLINE:
+        raise InvalidArgument(f"--jobs={text} runs properties side by side in one process each; "
+                         "with --world-size the ranks are the processes: leave --jobs out")
+    if world_size or text is None or text.strip().lower() == "auto":
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
+        return max(1, min(usable, MAX_AUTO_JOBS))
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise InvalidArgument(f"Expected --jobs to be a whole number >= 1 or 'auto', received "
+                         f"--jobs={text!r}")
+    return jobs
 
 
 def _shown(value: Any) -> str:
@@ -200,7 +232,8 @@ def _replay_command(profile: str) -> Any:
     args: list[str] = ["bncheck", "verify"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
-        if param.name in ("properties", "seed", "json_path", "profile", "debug") or \
+        if param.name in ("properties", "seed", "json_path", "profile", "debug",
+                          "jobs_text") or \
                 value is None or value == param.default:
             continue
         if isinstance(param, click.Argument):
@@ -218,7 +251,8 @@ def _replay_command(profile: str) -> Any:
 
 def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
          examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
-         distributed: dict[str, Any] | None = None, timeout: float | None = None) -> None:
+         distributed: dict[str, Any] | None = None, timeout: float | None = None,
+         jobs: int = 1) -> None:
     from bncheck._io import write_json_atomic
     from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.verify import PropertyResult, Report, describe_target
@@ -247,7 +281,7 @@ def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
         else:
             report = run(t, properties=properties, dtypes=dtypes, profile=profile,
                          examples=examples, seed=seed, replay=replay, on_result=finished,
-                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout, jobs=jobs)
     except KeyboardInterrupt:
         partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
                          profile, done)
