@@ -442,7 +442,7 @@ def _run_in_parallel(runner: Any, chosen: Sequence[Property], seed: int, jobs: i
                      add: Callable[[PropertyResult], None]) -> None:
     """:func:`bncheck._watchdog.run_parallel`, reporting in catalogue order: a result is
     added once every property before it has been (the same report, and the same progress
-    lines, as one after another)."""
+    lines, as one after another); on Ctrl-C every finished one is added before it propagates."""
     from bncheck._watchdog import run_parallel
 
     finished: dict[int, PropertyResult] = {}
@@ -455,7 +455,12 @@ def _run_in_parallel(runner: Any, chosen: Sequence[Property], seed: int, jobs: i
             add(finished.pop(reported))
             reported += 1
 
-    run_parallel(runner, chosen, seed, jobs, done)
+    try:
+        run_parallel(runner, chosen, seed, jobs, done)
+    except KeyboardInterrupt:  # every finished property is in the partial report
+        for i in sorted(finished):
+            add(finished.pop(i))
+        raise
 
 
 def resolve_run(profile: str | None, examples: int | None, seed: int | None
