@@ -104,15 +104,16 @@ def signature(model: Any, *, where: str = "model") -> Signature:
 
 def walk_nodes(graph: Any, where: str = "") -> Iterator[tuple[str, Any]]:
     """Every node of ``graph`` (a GraphProto) and of its subgraphs (``If`` branches, ``Loop``
-    and ``Scan`` bodies), depth first in graph order, each with where it lives: ``''`` at the
+    and ``Scan`` bodies), depth first in graph order (a node's subgraphs in the order of its
+    attributes), each with where it lives: ``''`` at the
     top level, ``"node 'if1' then_branch"`` inside one.
 
     >>> from onnx import helper
     >>> inner = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "b", [], [])
     >>> top = helper.make_graph([helper.make_node("If", ["c"], ["y"], name="if1",
     ...     then_branch=inner, else_branch=inner)], "g", [], [])
-    >>> [(where, n.op_type) for where, n in walk_nodes(top)][:2]
-    [('', 'If'), ("node 'if1' then_branch", 'Relu')]
+    >>> [(where, n.op_type) for where, n in walk_nodes(top)]
+    [('', 'If'), ("node 'if1' else_branch", 'Relu'), ("node 'if1' then_branch", 'Relu')]
     """
     import onnx
 
