@@ -178,3 +178,16 @@ def test_cli_external_data_and_markup_in_names(tmp_path: Path) -> None:
     code, out = check(path)
     assert code == 0, out
     assert "bn [/]x: training_mode=0" in out and "verified: ext [x].onnx" in out
+
+
+def test_opset9_bn_with_its_training_outputs_is_reported_as_training_mode() -> None:
+    """Before: training_mode=0 for BatchNormalization-9 to -13 (no attribute: its optional
+    mean/var outputs are what says training, as torch's training export writes it)."""
+    from bncheck.onnx.bn_nodes import bn_nodes
+
+    graph = helper.make_graph([bn("x", ["y", "rm", "rv", "sm", "sv"])], "g",
+                              [vi("x", TensorProto.FLOAT, ["N", C, 4, 4])],
+                              [vi("y", TensorProto.FLOAT, ["N", C, 4, 4])], stats())
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    assert [n.training_mode for n in bn_nodes(m)] == [1]
+    assert [n.training_mode for n in bn_nodes(plain_bn(["N", C, 4, 4]))] == [0]

@@ -117,6 +117,11 @@ def bn_nodes(model: Any) -> list[BNNode]:
         # BatchNormalization-6 and earlier: is_test=0 means training.
         if any(a.name == "is_test" for a in node.attribute):
             training = 1 - int(_attr(node, "is_test", 0))
+        # BatchNormalization-7 to -9: no attribute; the optional mean/var outputs are
+        # produced in training mode only (torch's TorchScript exporter, training=TRAINING).
+        elif not any(a.name == "training_mode" for a in node.attribute) and \
+                sum(1 for o in node.output if o) > 1:
+            training = 1
         found.append(BNNode(node.name or node.output[0], module_of(node), training,
                             _attr(node, "epsilon", 1e-5), _attr(node, "momentum", 0.9),
                             _source(model, list(node.input[3:5]), training == 1), subgraph))
