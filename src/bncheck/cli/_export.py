@@ -109,6 +109,8 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
     Example: bncheck export r18.onnx --model monai.networks.nets:resnet18
     --model-arg spatial_dims=2 --model-arg n_input_channels=3 --input-shape 1,3,64,64
     """
+    from rich.markup import escape
+
     from bncheck._io import check_output_path
     from bncheck.cli._onnx_render import render_report
     from bncheck.onnx.export import check_opset, export_onnx, write_atomic
@@ -132,14 +134,14 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
     con = console()
     stage = f"building and calibrating {source.label}"
     try:
-        with con.status(f"{stage} ..."):
+        with con.status(escape(f"{stage} ...")):
             model = source.build(seed=seed, checkpoint=checkpoint, calibrate=calibrate)
         stage = f"exporting with the {exporter} exporter"
-        with con.status(f"{stage} ..."):
+        with con.status(escape(f"{stage} ...")):
             data = export_onnx(model, source=source, exporter=exporter, opset=opset,
                                keep_bn=keep_bn)
         stage = "verifying on every runtime"
-        with con.status(f"{stage} ..."):
+        with con.status(escape(f"{stage} ...")):
             report = verify_against_torch(data, model, source=source, seed=seed)
     except KeyboardInterrupt:
         interrupted(f"while {stage}; nothing written (the files are written together, after "
@@ -166,10 +168,11 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
             files[pg_paths[1]] = outputs_bytes({o["name"]: golden[o["name"]]
                                                 for o in report.outputs})
         write_atomic(files)
-        con.print(f"wrote {out}, " + ", ".join(p.name for p in list(files)[1:]))
+        con.print(escape(f"wrote {out}, " + ", ".join(p.name for p in list(files)[1:])))
     if not report.ok:
         kept = (f"files kept (--keep-failed): {out}, {json_path.name}, {npz_path.name}"
                 if keep_failed else "nothing written (--keep-failed writes the files anyway)")
         raise VerificationFailed(f"{out.name} failed verification\n"
                                  f"{report.failure_message()}\n{kept}")
-    con.print(f"[green]verified[/]: {out.name} matches the eager model on every runtime")
+    con.print(f"[green]verified[/]: {escape(out.name)} matches the eager model on every "
+              f"runtime")
