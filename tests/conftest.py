@@ -7,6 +7,7 @@
 - Every test must leave the process as it found it (torch threads, default dtype, grad mode,
   the Hypothesis profile, the working directory): checked after each test, since under xdist a
   leak would make another test's result depend on which worker ran it, and in what order.
+- SIGINT is handled as on a terminal even when the run was started in the background.
 - ``cli`` runs the ``bncheck`` command in this process (click's runner: the same code path,
   without a new interpreter's 2-3 s of imports); ``cli_subprocess`` runs it as a user does. The
   standards ask for a few real subprocess runs of each command, the rest in-process.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -29,6 +31,12 @@ from hypothesis import settings
 from bncheck.profiles import load_profile, profile_from_env
 
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every subprocess the tests start
+# A shell starts background jobs (`nox -s tests &`, nohup, some CI runners) with SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler: the Ctrl-C tests would see
+# nothing. Restore what a terminal gives, here and (a handler becomes the default across exec)
+# in every process a test starts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 torch.set_num_threads(1)
 load_profile(profile_from_env("dev"))
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from bncheck._workers import DEFAULT_TIMEOUT
 from bncheck.conventions import ONNX, TORCH, Convention
 
-__all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "meant_first", "Clean",
+__all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "meant_first", "judge", "Clean",
            "SeedStyle"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -409,6 +409,22 @@ def meant_first(verify_some: Callable[[list[str] | None], Sequence[Any]], killer
     return list(failed.values())
 
 
+def judge(m: Mutant, verify_some: Callable[[list[str] | None], Sequence[Any]],
+          catalogue: Sequence[str], *, every_property: bool = False,
+          on_result: Callable[[MutantResult], None] | None = None) -> MutantResult:
+    """``m``'s :class:`MutantResult` (:func:`meant_first`, timed), also given to ``on_result``
+    (one rule for the single-process and the distributed runners)."""
+    import time
+
+    start = time.perf_counter()
+    failed = meant_first(verify_some, m.killer, catalogue, every_property=every_property)
+    res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},
+                       time.perf_counter() - start)
+    if on_result is not None:
+        on_result(res)
+    return res
+
+
 def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
                 examples: int | None = None, seed: int = 0, every_property: bool = False,
                 on_result: Callable[[MutantResult], None] | None = None,
@@ -417,8 +433,6 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
     survives it meets the rest of the catalogue (:func:`meant_first`). ``every_property``: the
     whole catalogue against every mutant, to see everything that catches each (slower).
     ``timeout`` is :func:`bncheck.verify.verify`'s."""
-    import time
-
     from bncheck._validation import unknown_name
     from bncheck.properties import names as catalogue
     from bncheck.verify import check_timeout, verify
@@ -431,17 +445,12 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
     results = []
     for name in chosen:
         m = MUTANTS[name]
-        start = time.perf_counter()
 
         def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
             return verify(m.factory, label=m.name, convention=m.convention, dims=m.dims,
                           properties=properties, profile=profile, examples=examples, seed=seed,
                           shrink=False, timeout=timeout, **dict(m.declarations)).results
 
-        failed = meant_first(verify_some, m.killer, catalogue(), every_property=every_property)
-        res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},
-                           time.perf_counter() - start)
-        results.append(res)
-        if on_result is not None:
-            on_result(res)
+        results.append(judge(m, verify_some, catalogue(), every_property=every_property,
+                             on_result=on_result))
     return results

@@ -202,7 +202,12 @@ def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], n
 
 
 def _user_frame(tb: TracebackType | None) -> tuple[str, int, str] | None:
-    """The deepest traceback frame outside torch, bncheck and the standard library."""
+    """The deepest traceback frame outside torch, bncheck and the standard library.
+
+    Unlike :func:`bncheck.adapter.is_user_file` (verify's rule), installed packages count: a
+    model built from a package (``--model monai.networks.nets:resnet18``) fails in the
+    package's code, and that is the line to name. Verify's rule leaves site-packages out
+    because Hypothesis and numpy frames surround every call into the target there."""
     import sysconfig
 
     skip = [str(Path(p).resolve()) for p in (torch_dir(), Path(__file__).parent,

@@ -394,14 +394,7 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
     from bncheck._watchdog import Watched, runner_for
 
     target = obj if isinstance(obj, Target) else build_target(obj, **target_kwargs)
-    profile = resolve_profile(profile)
-    if examples is not None:
-        check_type(int, examples, "examples")
-        if examples < 1:
-            raise InvalidArgument(f"Expected examples >= 1, received examples={examples}")
-    if seed is None:
-        seed = 0 if profile == "ci" else secrets.randbelow(2**31)
-    check_type(int, seed, "seed")
+    profile, seed = resolve_run(profile, examples, seed)
     check_timeout(timeout)
     check_jobs(jobs, timeout)
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
@@ -449,7 +442,7 @@ def _run_in_parallel(runner: Any, chosen: Sequence[Property], seed: int, jobs: i
                      add: Callable[[PropertyResult], None]) -> None:
     """:func:`bncheck._watchdog.run_parallel`, reporting in catalogue order: a result is
     added once every property before it has been (the same report, and the same progress
-    lines, as one after another)."""
+    lines, as one after another); on Ctrl-C every finished one is added before it propagates."""
     from bncheck._watchdog import run_parallel
 
     finished: dict[int, PropertyResult] = {}
@@ -462,7 +455,27 @@ def _run_in_parallel(runner: Any, chosen: Sequence[Property], seed: int, jobs: i
             add(finished.pop(reported))
             reported += 1
 
-    run_parallel(runner, chosen, seed, jobs, done)
+    try:
+        run_parallel(runner, chosen, seed, jobs, done)
+    except KeyboardInterrupt:  # every finished property is in the partial report
+        for i in sorted(finished):
+            add(finished.pop(i))
+        raise
+
+
+def resolve_run(profile: str | None, examples: int | None, seed: int | None
+                ) -> tuple[str, int]:
+    """The profile and seed a run uses, ``examples`` checked (one rule for single-process and
+    distributed runs): the seed defaults to 0 under ``ci`` (deterministic), else random."""
+    profile = resolve_profile(profile)
+    if examples is not None:
+        check_type(int, examples, "examples")
+        if examples < 1:
+            raise InvalidArgument(f"Expected examples >= 1, received examples={examples}")
+    if seed is None:
+        seed = 0 if profile == "ci" else secrets.randbelow(2**31)
+    check_type(int, seed, "seed")
+    return profile, seed
 
 
 def check_jobs(jobs: Any, timeout: float | None) -> None:

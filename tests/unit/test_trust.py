@@ -268,9 +268,11 @@ def test_ctrl_c_exits_130_and_writes_the_partial_report(tmp_path):
                       "            time.sleep(60)\n"
                       "        return super().forward(x)\n")
     out = tmp_path / "r.json"
+    # One worker: train_forward has finished when reduced_precision interrupts (side by side,
+    # which one finishes first depends on the machine).
     r = CliRunner().invoke(main, ["verify", f"{target}:BN", "--examples", "2",
                                   "--property", "train_forward", "--property",
-                                  "reduced_precision", "--json", str(out)])
+                                  "reduced_precision", "--json", str(out), "--jobs", "1"])
     assert r.exit_code == 130, r.output
     assert "interrupted (Ctrl-C) after 1 properties (finished: train_forward)" in r.output
     import json
@@ -278,6 +280,31 @@ def test_ctrl_c_exits_130_and_writes_the_partial_report(tmp_path):
     data = json.loads(out.read_text())
     assert data["interrupted"] is True and [p["name"] for p in data["properties"]] == [
         "train_forward"]
+
+
+def test_ctrl_c_with_jobs_reports_every_finished_property(tmp_path):
+    # Side by side: the slow property interrupts only once every other one has finished (a
+    # marker file), out of catalogue order; the partial report still holds them all.
+    target = tmp_path / "interrupting.py"
+    target.write_text("import os, signal, time, torch\nfrom pathlib import Path\n"
+                      "from torch import nn\n"
+                      "class BN(nn.BatchNorm1d):\n"
+                      "    def forward(self, x):\n"
+                      "        if x.dtype == torch.float16:\n"
+                      f"            time.sleep(3)\n"
+                      f"            os.kill({os.getpid()}, signal.SIGINT)\n"
+                      "            time.sleep(60)\n"
+                      "        return super().forward(x)\n")
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(main, ["verify", f"{target}:BN", "--examples", "2", "--property",
+                                  "reduced_precision", "--property", "eval_forward",
+                                  "--dtypes", "float32,float16", "--json", str(out),
+                                  "--jobs", "2"])
+    assert r.exit_code == 130, r.output
+    import json
+
+    data = json.loads(out.read_text())  # eval_forward (2nd in order) finished first
+    assert [p["name"] for p in data["properties"]] == ["eval_forward"], r.output
 
 
 # Renovation ----------------------------------------------------------------------------------

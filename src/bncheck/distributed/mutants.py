@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bncheck.mutants import Mutant, MutantResult, meant_first
+from bncheck.mutants import Mutant, MutantResult, judge
 from bncheck.reference import batch_norm, compute_dtype, reduction_dims
 
 __all__ = ["CleanSync", "MUTANTS", "run_mutants"]
@@ -249,8 +249,6 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
     """Run each mutant (without shrinking) against the distributed property meant to kill it,
     the rest of the catalogue only when it survives (:func:`bncheck.mutants.meant_first`;
     ``every_property``: all of it), on one set of ``world_size`` ranks started once."""
-    import time
-
     from bncheck._validation import unknown_name
     from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
     from bncheck.distributed.properties import names as catalogue
@@ -264,7 +262,6 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
     with WorkerPool(world_size, timeout=timeout or DEFAULT_TIMEOUT) as pool:
         for name in chosen:
             m = MUTANTS[name]
-            start = time.perf_counter()
 
             def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
                 return verify_distributed(target_spec(m.factory), world_size=world_size,
@@ -272,11 +269,6 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
                                           profile=profile, examples=examples, seed=seed,
                                           shrink=False).results
 
-            failed = meant_first(verify_some, m.killer, catalogue(),
-                                 every_property=every_property)
-            res = MutantResult(m, [r.name for r in failed], {r.name: r.message for r in failed},
-                               time.perf_counter() - start)
-            results.append(res)
-            if on_result is not None:
-                on_result(res)
+            results.append(judge(m, verify_some, catalogue(), every_property=every_property,
+                                 on_result=on_result))
     return results

@@ -14,7 +14,6 @@ its property at once with the rank and the reason (every rerun would need fresh 
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncheck._validation import NotSet, check_names, check_type, not_set
+from bncheck._validation import NotSet, check_names, not_set
 from bncheck.adapter import Target
 from bncheck.conventions import Convention
 from bncheck.distributed._base import RankAbort, SyncContext, SyncProperty
@@ -40,7 +39,7 @@ from bncheck.verify import (
     _resolve_dtypes,
     _settings,
     build_target,
-    resolve_profile,
+    resolve_run,
 )
 
 __all__ = ["verify_distributed", "target_spec", "refuse_on_device"]
@@ -132,14 +131,7 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
     if device == "cuda" and not torch.cuda.is_available():
         raise InvalidArgument("Expected a CUDA device for device='cuda', but "
                               "torch.cuda.is_available() is False on this machine")
-    profile = resolve_profile(profile)
-    if examples is not None:
-        check_type(int, examples, "examples")
-        if examples < 1:
-            raise InvalidArgument(f"Expected examples >= 1, received examples={examples}")
-    if seed is None:
-        seed = 0 if profile == "ci" else secrets.randbelow(2**31)
-    check_type(int, seed, "seed")
+    profile, seed = resolve_run(profile, examples, seed)
     wanted = () if properties is None else check_names(properties, "properties")
     chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
     requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
