@@ -152,6 +152,8 @@ CLI_CASES: list[tuple[str, int, str]] = [
      "Expected --out (its lenet.onnx) to be a file path, received --out (its lenet.onnx)="
      "'holds_lenet_onnx_dir/lenet.onnx', which is a directory"),
     ("train --timeout nan", 2, "Expected timeout to be finite, received timeout=nan"),
+    ("train --convention keras", 2, "Invalid value for '--convention': 'keras' is not one of "
+                                    "'torch', 'onnx'"),
     ("train --timeout 0", 2, "Invalid value for '--timeout': 0.0 is not in the range x>0"),
     ("train --timeout x", 2, "Invalid value for '--timeout': 'x' is not a valid float"),
     ("train --epochs 0", 2, "Expected --epochs to be a positive integer, received --epochs=0"),

@@ -37,6 +37,10 @@ _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
                    "`bncheck verify`): verified first, trained, then exported to DIR/lenet.onnx.")
 @click.option("--no-verify", is_flag=True,
               help="With --bn FILE.py:Name: train the layer without verifying it first.")
+@click.option("--convention", type=click.Choice(["torch", "onnx"]), default="torch",
+              show_default=True,
+              help="With --bn FILE.py:Name: the running-statistics rule the verify step holds "
+                   "the layer to, as in `bncheck verify` (onnx: the seed notebook's).")
 @click.option("--epochs", type=int, default=None,
               help="Epochs to train (default 10; with --compare, 1).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="SGD learning rate.")
@@ -62,7 +66,8 @@ _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
                 "stopped (as in `bncheck verify` and `bncheck export`).")
 @debug_option
 @handles_errors
-def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr: float,
+def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
+          epochs: int | None, lr: float,
           batch_size: int, seed: int, limit: int | None, out_dir: str | None,
           checkpoint: str | None, json_out: str | None, compare: bool, steps: int | None,
           timeout: float, debug: bool) -> None:
@@ -123,7 +128,7 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
     source = find_data(data_dir)
     screen = _Screen(console(), source.label if source.stand_in else None)
     command = _command(data_dir, bn, settings, out_dir, checkpoint, json_out, compare, steps,
-                       no_verify=no_verify and loop, timeout=timeout)
+                       no_verify=no_verify and loop, convention=convention, timeout=timeout)
     if compare:
         sys.exit(_compare(screen, settings, source, steps))
     recorded: dict[str, Any] = {}
@@ -134,7 +139,8 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
             screen.line(f"verify: skipped (--no-verify): {bn} is trained without being checked")
             recorded["verify"] = {"status": "skipped", "reason": "--no-verify"}
         else:
-            recorded["verify"] = verify_step(screen, bn, timeout=timeout)
+            recorded["verify"] = verify_step(screen, bn, convention=convention,
+                                             timeout=timeout)
     result = _train(screen, settings, source, outputs, command, recorded)
     if loop:
         _export(screen, result, settings, source, command, timeout=timeout, debug=debug)
@@ -142,7 +148,7 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
 
 def _command(data_dir: str | None, bn: str, settings: Any, out_dir: str | None,
              checkpoint: str | None, json_out: str | None, compare: bool,
-             steps: int | None, *, no_verify: bool, timeout: float) -> str:
+             steps: int | None, *, no_verify: bool, convention: str, timeout: float) -> str:
     """The command line that repeats this run, every setting explicit."""
     from bncheck.cli._train_steps import _timeout_args
 
@@ -154,7 +160,8 @@ def _command(data_dir: str | None, bn: str, settings: Any, out_dir: str | None,
         if value is not None:
             args += [flag, str(value)]
     if bn not in ("scratch", "torch"):
-        args += _timeout_args(timeout)
+        args += _timeout_args(timeout) + ([] if convention == "torch" else
+                                          ["--convention", convention])
     return shlex.join(args + (["--compare"] if compare else [])
                       + (["--no-verify"] if no_verify else []))
 

@@ -39,22 +39,24 @@ def _timeout_args(timeout: float) -> list[str]:
     return [] if timeout == DEFAULT_TIMEOUT else ["--timeout", f"{timeout:g}"]
 
 
-def verify_command(spec: str, timeout: float) -> str:
+def verify_command(spec: str, *, convention: str, timeout: float) -> str:
     """The ``bncheck verify`` command whose report the verify step's is."""
     from bncheck.verify import resolve_profile
 
     profile = [] if resolve_profile(None) == PROFILE else ["--profile", PROFILE]
-    return shlex.join(["bncheck", "verify", spec, *_timeout_args(timeout), *profile])
+    conv = [] if convention == "torch" else ["--convention", convention]
+    return shlex.join(["bncheck", "verify", spec, *conv, *_timeout_args(timeout), *profile])
 
 
-def verify_step(screen: _Screen, spec: str, *, timeout: float) -> dict[str, Any]:
+def verify_step(screen: _Screen, spec: str, *, convention: str,
+                timeout: float) -> dict[str, Any]:
     """Verify the layer ``spec`` names; its record for the metrics JSON when every property
     passes, else exit 1 (nothing written). Progress lines on a terminal only."""
     from bncheck.target import load_target
     from bncheck.verify import PropertyResult, Status, verify
 
     jobs = resolve_jobs(os.environ.get(JOBS_ENV), JOBS_ENV)
-    command = verify_command(spec, timeout)
+    command = verify_command(spec, convention=convention, timeout=timeout)
     screen.line(f"verify: {command} (profile {PROFILE}, before any training)")
 
     def finished(r: PropertyResult) -> None:
@@ -63,15 +65,15 @@ def verify_step(screen: _Screen, spec: str, *, timeout: float) -> dict[str, Any]
 
     start = time.perf_counter()
     try:
-        report = verify(load_target(spec), label=spec, profile=PROFILE, timeout=timeout,
-                        jobs=jobs, on_result=finished)
+        report = verify(load_target(spec), label=spec, convention=convention, profile=PROFILE,
+                        timeout=timeout, jobs=jobs, on_result=finished)
     except KeyboardInterrupt:
         interrupted(f"while verifying {spec}; nothing written (training had not started)")
     wall = time.perf_counter() - start
     record = {"status": "passed" if report.ok else "failed", "summary": report.summary(),
               "failed": [r.name for r in report.failed], "profile": report.profile,
-              "seed": report.seed, "timeout": timeout, "seconds": round(wall, 3),
-              "command": command}
+              "seed": report.seed, "convention": report.convention, "timeout": timeout,
+              "seconds": round(wall, 3), "command": command}
     if report.ok:
         skipped = report.count(Status.SKIPPED)
         passed = report.count(Status.PASSED)
