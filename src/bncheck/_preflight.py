@@ -126,9 +126,42 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
         except PropertyFailure as e:
             no_stats = str(e)
         findings.append(Finding("running_statistics", None, str(no_stats), t.label))
+    frozen = None if y is None or no_stats else _frozen(t, channels, x, guard)
+    if frozen:
+        findings.append(Finding("training_mode", None, frozen, t.label))
     return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels, guard),
                               mode_from_grad=_mode_from_grad(t, channels, x, guard),
-                              no_stats=no_stats)
+                              no_stats=no_stats, frozen=frozen)
+
+
+def _frozen(t: Target, channels: int, x: torch.Tensor, guard: Guard) -> str | None:
+    """Whether a training forward normalizes with the stored statistics and leaves them
+    unchanged: a frozen BatchNorm (torchvision's FrozenBatchNorm2d, a ``train()`` that keeps
+    eval mode), which is by design not a BatchNorm in training."""
+    try:
+        guard("a training and an eval forward of the same input (preflight)")
+        bn = t.build(channels, ndim=t.dims[0])
+        before = bn.stats()
+        y_train = bn.train(True).call(x, what="a training forward").detach()
+        after = bn.stats()
+        stayed_eval = getattr(bn.module, "training", True) is False
+        y_eval = bn.train(False).call(x, what="an eval forward").detach()
+    except (TargetRaised, PropertyFailure):
+        return None
+    if before is None or after is None or not all(
+            torch.equal(a, b) for a, b in zip(before, after, strict=True)):
+        return None
+    if y_train.shape != y_eval.shape or not torch.allclose(y_train, y_eval, rtol=1e-5,
+                                                             atol=1e-6, equal_nan=True):
+        return None
+    why = ("module.train() left module.training False" if stayed_eval else
+           "a training forward gave the eval output")
+    return (f"the target is frozen, not a BatchNorm in training: {why}, normalizing with the "
+            f"stored running statistics and leaving them unchanged (a frozen BatchNorm such as "
+            f"torchvision's FrozenBatchNorm2d). If that is intended, verify what it does: its "
+            f"eval behaviour, with --property eval_forward --property grad_mode_independence "
+            f"--property stats_are_buffers --property initial_state (the properties that check "
+            f"training are skipped)")
 
 
 def _mode_from_grad(t: Target, channels: int, x: torch.Tensor, guard: Guard) -> str | None:

@@ -39,8 +39,8 @@ from bncheck.conventions import TORCH, Convention
 from bncheck.errors import InvalidArgument, PropertyFailure, TargetError, TargetRaised
 from bncheck.target import CONFIG_KWARGS, Constructor, bn_factory, inspect_constructor
 
-__all__ = ["Target", "Adapted", "Names", "TargetRaised", "PropertyFailure", "CONFIG_KWARGS",
-           "user_location", "is_user_file", "supported_dims"]
+__all__ = ["Target", "Adapted", "attribute", "Names", "TargetRaised", "PropertyFailure",
+           "CONFIG_KWARGS", "user_location", "is_user_file", "supported_dims"]
 
 WEIGHT_NAMES = (("weight", "bias"), ("gamma", "beta"))
 STAT_NAMES = (("running_mean", "running_var"), ("moving_mean", "moving_var"), ("mean", "var"))
@@ -254,7 +254,7 @@ class Target:
             detail = describe_exception(cause, debug=self.debug) if cause else str(e)
             raise TargetRaised(f"{e.args[0].split(' raised ')[0]} raised {detail}"
                                if cause else str(e)) from None
-        bn = Adapted(module, num_features, self)
+        bn = Adapted(module, num_features, self, affine=kwargs.get("affine") is not False)
         if dtype is not None:
             bn.to(dtype)
         return bn
@@ -270,31 +270,85 @@ def _find_pair(module: nn.Module, pairs: tuple[tuple[str, str], ...],
     return None
 
 
+def _owner(module: nn.Module, name: str) -> tuple[Any, str]:
+    """The object holding attribute ``name`` and its last part: ``"bn.running_mean"`` names
+    ``running_mean`` of submodule ``bn`` (a wrapper's BatchNorm, as its state_dict keys it)."""
+    *path, attr = name.split(".")
+    owner: Any = module
+    for part in path:
+        owner = getattr(owner, part, None)
+    return owner, attr
+
+
+def attribute(module: nn.Module, name: str) -> Any:
+    """Attribute ``name`` of ``module``, dotted names reaching into submodules (None if absent)."""
+    owner, attr = _owner(module, name)
+    return getattr(owner, attr, None) if owner is not None else None
+
+
+def _nested_prefix(module: nn.Module, channels: int) -> str:
+    """``""`` when the module holds its statistics itself (or holds none anywhere); else the
+    path, with a trailing dot, of the one submodule that holds them: a wrapper such as
+    ``self.bn = nn.BatchNorm1d(C)`` around a transpose, ghost batches or an activation."""
+    if _find_pair(module, STAT_NAMES, channels):
+        return ""
+    found = [f"{path}." for path, sub in module.named_modules()
+             if path and _find_pair(sub, STAT_NAMES, channels)]
+    return found[0] if len(found) == 1 else ""
+
+
 def _resolve(module: nn.Module, name: str) -> Tensor | None:
-    """The tensor behind attribute ``name``: a tensor, or a variable holding one (Keras)."""
-    t = getattr(module, name, None)
+    """The tensor behind attribute ``name`` (dotted names reach into submodules): a tensor, or
+    a variable holding one (Keras)."""
+    t = attribute(module, name)
     if isinstance(t, Tensor):
         return t
     value = getattr(t, "value", None)
     return value if isinstance(value, Tensor) else None
 
 
+def _swapped_call(module: nn.Module, params: dict[str, Tensor], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """``functional_call`` for a ``torch.jit.ScriptModule`` subclass written in Python (which
+    torch.func refuses): the parameters are swapped in for the call and put back after."""
+    saved = {}
+    for key, value in params.items():
+        owner, attr = _owner(module, key)
+        saved[key] = owner._parameters[attr]
+        owner._parameters[attr] = value
+    try:
+        return module(*args, **kwargs)
+    finally:
+        for key, value in saved.items():
+            owner, attr = _owner(module, key)
+            owner._parameters[attr] = value
+
+
+def _prefixed(at: str, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((at + a, at + b) for a, b in pairs)
+
+
 class Adapted:
     """A built target with uniform access to its parameters and statistics (``(C,)`` float64
     copies, in torch's layout and meaning: the running *variance*, channels in dim 1)."""
 
-    def __init__(self, module: nn.Module, num_features: int, target: Target | None = None
-                 ) -> None:
+    def __init__(self, module: nn.Module, num_features: int, target: Target | None = None,
+                 *, affine: bool = True) -> None:
         self.module = module
         self.num_features = num_features
         self.target = target if target is not None else Target(type(module), "module")
         self.training = bool(getattr(module, "training", True))
         names = self.target.names
+        # Nothing declared: a wrapper's one BatchNorm submodule holds what the usual names name.
+        at = "" if names.declared() else _nested_prefix(module, num_features)
         self.weight_name, self.bias_name = self._slots(
-            (names.weight, names.bias), WEIGHT_NAMES)
+            (names.weight, names.bias), _prefixed(at, WEIGHT_NAMES))
+        if not affine:  # parameters kept but switched off by the flag: not the layer's affine
+            self.weight_name = self.bias_name = None
         self.mean_name, self.var_name = self._slots(
-            (names.running_mean, names.running_var), STAT_NAMES)
-        counts = ((names.num_batches_tracked,) if names.num_batches_tracked else COUNT_NAMES)
+            (names.running_mean, names.running_var), _prefixed(at, STAT_NAMES))
+        counts = ((names.num_batches_tracked,) if names.num_batches_tracked
+                  else tuple(at + n for n in COUNT_NAMES))
         self.count_name = next((n for n in counts if _resolve(module, n) is not None), None)
 
     def _slots(self, declared: tuple[str | None, str | None],
@@ -352,8 +406,10 @@ class Adapted:
 
         kwargs = ({self.target.mode_argument: self.training}
                   if self.target.mode_argument else {})
-        y = self.invoke(what, functional_call, self.module, dict(params),
-                        (self.to_target_layout(x),), kwargs)
+        call = (_swapped_call if isinstance(self.module, torch.jit.ScriptModule)
+                else functional_call)
+        y = self.invoke(what, call, self.module, dict(params), (self.to_target_layout(x),),
+                        kwargs)
         if not isinstance(y, Tensor):
             raise TargetRaised(f"the target's {what} returned {type(y).__name__}, "
                                f"expected a Tensor")
@@ -410,7 +466,7 @@ class Adapted:
         for name, t in vars(self.module).items():
             if isinstance(t, Tensor) and id(t) not in params:
                 out[name] = t.detach().clone()
-        for name, t in self.module.named_buffers(recurse=False):
+        for name, t in self.module.named_buffers():  # a wrapper's BatchNorm's too ("bn.x")
             if t is not None:
                 out[name] = t.detach().clone()
         return out
@@ -420,7 +476,8 @@ class Adapted:
         # Replaced, not copied into: autograd may have saved the old tensors (torch's
         # batch_norm saves the running statistics for its backward).
         for name, value in saved.items():
-            setattr(self.module, name, value.clone())
+            owner, attr = _owner(self.module, name)
+            setattr(owner, attr, value.clone())
 
     # -- parameters --------------------------------------------------------------------------
     @property
@@ -516,8 +573,8 @@ class Adapted:
     def _read(self, name: str) -> Tensor:
         t = _resolve(self.module, name)
         if t is None or t.numel() != self.num_features:
-            got = tuple(t.shape) if t is not None else type(getattr(self.module, name,
-                                                                     None)).__name__
+            got = tuple(t.shape) if t is not None else type(attribute(self.module,
+                                                                       name)).__name__
             raise PropertyFailure(f"{name} no longer holds {self.num_features} values "
                                   f"(found {got})")
         return t.detach().reshape(-1).to(torch.float64).clone()
@@ -530,5 +587,6 @@ class Adapted:
             with torch.no_grad():
                 t.copy_(new)
         except RuntimeError:  # e.g. an inference tensor left by the target: replace it
-            setattr(self.module, name, nn.Parameter(new) if isinstance(t, nn.Parameter) else new)
+            owner, attr = _owner(self.module, name)
+            setattr(owner, attr, nn.Parameter(new) if isinstance(t, nn.Parameter) else new)
 

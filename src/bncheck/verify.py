@@ -424,9 +424,11 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
                                    "training forward did not return (preflight)"))
             return report
         for f in findings:
-            add(PropertyResult("constructor" if f.value is not None or f.flag != \
-                               "running_statistics" else f.flag, Status.FAILED, f.message,
-                               f.call))
+            if f.flag == "training_mode" and not any(p.trains for p in chosen):
+                continue  # only its eval behaviour is verified: what a frozen layer declares
+            add(PropertyResult("constructor" if f.value is not None or f.flag not in \
+                               ("running_statistics", "training_mode") else f.flag,
+                               Status.FAILED, f.message, f.call))
         if jobs > 1 and len(chosen) > 1 and isinstance(runner, Watched):
             _run_in_parallel(runner, chosen, seed, jobs, add)
         else:

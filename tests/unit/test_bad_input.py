@@ -410,6 +410,8 @@ def make_bad_files(root: Path) -> None:
     tiny = _tiny_onnx()
     (root / "tiny.onnx").write_bytes(tiny)
     (root / "truncated.onnx").write_bytes(tiny[: len(tiny) // 2])
+    (root / "zero_dim.onnx").write_bytes(_tiny_onnx(shape=["N", 0]))
+    _external_data_onnx(root / "ext_missing.onnx")
     (root / "bad.json").write_text("{not json")
     (root / "empty.json").write_text("")
     # checkpoints
@@ -451,15 +453,32 @@ def _idx_folder(folder: Path, *, truncate_images: bool = False, labels_as_images
         (folder / lab).write_bytes(label_bytes if labels is None else labels)
 
 
-def _tiny_onnx() -> bytes:
+def _tiny_onnx(shape: list[int | str] | None = None) -> bytes:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape or [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape or [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     return bytes(model.SerializeToString())
+
+
+def _external_data_onnx(path: Path) -> None:
+    """A model whose weight lives in an external data file, saved without that file."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "ext",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, path, save_as_external_data=True, location=path.name + ".data",
+              size_threshold=0)
+    (path.parent / (path.name + ".data")).unlink()
 
 
 def _lenet_like_onnx() -> bytes:

@@ -367,3 +367,45 @@ def test_seed_gradients_is_a_fixed_function_of_its_inputs():
     for s in (0, 2, 3):
         report = verify(seed, convention="onnx", properties=["gradients"], seed=s, examples=10)
         assert report.ok, report.render()
+
+
+# Real layers from public code (tests/data/third_party: frozen_bn, ghost_bn, batch_renorm) ------
+def test_a_frozen_batchnorm_is_named_once_and_its_eval_behaviour_verifiable():
+    """torchvision's FrozenBatchNorm2d always normalizes with its stored statistics: one
+    training_mode failure says so and how to verify it; the training properties are skipped."""
+    report = _run("frozen_bn.py:FrozenBatchNorm2d", ["train_forward", "eval_forward"],
+                  dims=(4,))
+    by = {r.name: r for r in report.results}
+    assert by["training_mode"].status is Status.FAILED
+    assert "frozen" in by["training_mode"].message
+    assert "--property eval_forward" in by["training_mode"].message
+    assert by["train_forward"].status is Status.SKIPPED
+    assert by["eval_forward"].status is Status.PASSED
+    eval_only = _run("frozen_bn.py:FrozenBatchNorm2d",
+                     ["eval_forward", "grad_mode_independence", "stats_are_buffers",
+                      "initial_state"], dims=(4,))
+    assert eval_only.ok, eval_only.render()
+
+
+def test_a_wrappers_batchnorm_submodule_is_found():
+    """TabNet's ghost BatchNorm keeps its statistics in ``self.bn``: found undeclared (as
+    ``bn.running_mean``), and a dotted --names declaration reaches it too."""
+    props = ["running_stats_update", "gradients", "differential", "stats_are_buffers"]
+    report = _run("ghost_bn.py:GBN", props, dims=(2,), momentum=0.01)
+    assert report.ok, report.render()
+    assert [r.name for r in report.results] == props
+    declared = _run("ghost_bn.py:GBN", ["running_stats_update"], dims=(2,), momentum=0.01,
+                    names={"running_mean": "bn.running_mean", "running_var": "bn.running_var"})
+    assert declared.ok, declared.render()
+
+
+def test_parameters_switched_off_by_affine_false_are_not_the_layers_affine():
+    """Batch Renorm keeps weight and bias with affine=False and skips them: bncheck neither sets
+    nor expects them; its TorchScript base class still gets a functional call for gradcheck."""
+    t = build_target(_load("batch_renorm.py:BatchRenorm1d"))
+    assert not t.build(3, ndim=2, affine=False).affine
+    bn = t.build(3, ndim=2)
+    assert bn.affine and bn.param_names() == ["weight", "bias"]
+    x = torch.randn(4, 3)
+    y = bn.functional(x, {"weight": torch.full((3,), 2.0), "bias": torch.ones(3)}, what="f")
+    assert torch.allclose(y, bn.call(x) * 2 + 1, atol=1e-5)

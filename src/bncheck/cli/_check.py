@@ -68,6 +68,8 @@ def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...]
            input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
            calibrate: int | None, checkpoint: Path | None, seed: int, manifest: Path | None,
            pg_inputs: Path | None, pg_outputs: Path | None, pg_runner: str | None) -> None:
+    from rich.markup import escape
+
     from bncheck.cli._onnx_render import render_report
     from bncheck.onnx.manifest import layers_from_manifest, read_golden, read_manifest, sha256
     from bncheck.onnx.source import parse_shape
@@ -124,4 +126,4 @@ def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...]
     if not report.ok:
         raise VerificationFailed(f"{model_path.name} failed verification\n"
                                  f"{report.failure_message()}")
-    con.print(f"[green]verified[/]: {model_path.name}")
+    con.print(f"[green]verified[/]: {escape(model_path.name)}")

@@ -167,6 +167,8 @@ def export_verified(paths: ExportPaths, source: ModelSource, *, seed: int,
         VerificationFailed: the file does not match the eager model.
         UsageError: the source cannot be built or exported (also its code's errors).
     """
+    from rich.markup import escape
+
     from bncheck.cli._onnx_render import render_report
     from bncheck.onnx.export import export_onnx, write_atomic
     from bncheck.onnx.manifest import (
@@ -182,14 +184,14 @@ def export_verified(paths: ExportPaths, source: ModelSource, *, seed: int,
     con = console()
     stage = f"building and calibrating {source.label}"
     try:
-        with con.status(f"{stage} ..."):
+        with con.status(escape(f"{stage} ...")):
             model = source.build(seed=seed, checkpoint=checkpoint, calibrate=calibrate)
         stage = f"exporting with the {exporter} exporter"
-        with con.status(f"{stage} ..."):
+        with con.status(escape(f"{stage} ...")):
             data = export_onnx(model, source=source, exporter=exporter, opset=opset,
                                keep_bn=keep_bn)
         stage = "verifying on every runtime"
-        with con.status(f"{stage} ..."):
+        with con.status(escape(f"{stage} ...")):
             report = verify_against_torch(data, model, source=source, seed=seed)
     except KeyboardInterrupt:
         interrupted(f"while {stage}; " + (unwritten or "nothing written (the files are "
@@ -217,11 +219,12 @@ def export_verified(paths: ExportPaths, source: ModelSource, *, seed: int,
             files[paths.polygraphy[1]] = outputs_bytes({o["name"]: golden[o["name"]]
                                                         for o in report.outputs})
         write_atomic(files)
-        con.print(f"wrote {out}, " + ", ".join(p.name for p in list(files)[1:]))
+        con.print(escape(f"wrote {out}, " + ", ".join(p.name for p in list(files)[1:])))
     if not report.ok:
         kept = (f"files kept (--keep-failed): {out}, {paths.manifest.name}, "
                 f"{paths.goldens.name}" if keep_failed
                 else unwritten or "nothing written (--keep-failed writes the files anyway)")
         raise VerificationFailed(f"{out.name} failed verification\n"
                                  f"{report.failure_message()}\n{kept}")
-    con.print(f"[green]verified[/]: {out.name} matches the eager model on every runtime")
+    con.print(f"[green]verified[/]: {escape(out.name)} matches the eager model on every "
+              f"runtime")

@@ -149,8 +149,10 @@ class _Rank:
             self.where = f"{label} backward"
             y.backward(step.grad.to(device=y.device, dtype=y.dtype))
             out.dx = None if x.grad is None else x.grad.detach().cpu()
+            from bncheck.adapter import attribute
+
             for name, attr in ((bn.weight_name, "dweight"), (bn.bias_name, "dbias")):
-                g = getattr(getattr(module, name, None) if name else None, "grad", None)
+                g = getattr(attribute(module, name) if name else None, "grad", None)
                 setattr(out, attr, None if g is None else g.detach().reshape(-1).cpu())
         self.where = f"{label} (reading the statistics)"
         out.stats = bn.stats()

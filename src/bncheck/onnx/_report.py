@@ -11,7 +11,7 @@ Used by :mod:`bncheck.onnx.verify` (against the eager model or goldens) and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from bncheck.onnx.graph import io_specs
 from bncheck.onnx.localize import Localization, batch_dependent_nodes
 from bncheck.onnx.placement import LENET_BN_LAYERS, BNLayer, Placement, bn_placement
 from bncheck.onnx.runtimes import TOLERANCES, Runtime, onnx_opset
-from bncheck.onnx.runtimes._tolerances import concrete
+from bncheck.onnx.runtimes._tolerances import concrete, for_dtype
 from bncheck.onnx.source import InputSpec, generated_inputs
 
 __all__ = ["Row", "Report", "Feeds", "node_text", "one_line", "structure_problems",
@@ -72,6 +72,7 @@ class Report:
     folds: list[Fold] = field(default_factory=list)
     batch_nodes: list[tuple[str, str, str | None]] = field(default_factory=list)
     layers: list[BNLayer] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was fed, printed under the table
 
     @property
     def ok(self) -> bool:
@@ -175,29 +176,34 @@ def feeds_of(names: Sequence[str], xs: Sequence[Tensor] | Sequence[np.ndarray]) 
             for n, x in zip(names, xs, strict=True)}
 
 
-def changed_rows(feeds: Feeds, seed: int) -> Feeds:
-    """The same feeds with rows 1 and up replaced by other values."""
+def changed_rows(feeds: Feeds, seed: int, batched: Collection[str] | None = None) -> Feeds:
+    """The same feeds with rows 1 and up replaced by other values; inputs not in ``batched``
+    (default: every input) have no batch axis and are left as they are."""
     other = {}
     specs = [InputSpec(n, tuple(x.shape)) for n, x in feeds.items()]
     fresh = generated_inputs(specs, batch_of(feeds), seed=seed + 7919)
     for (name, x), new in zip(feeds.items(), fresh, strict=True):
         y = x.copy()
-        y[1:] = (new.numpy() * 3.0 - 1.0).astype(x.dtype)[1:]
+        if batched is None or name in batched:
+            y[1:] = (new.numpy() * 3.0 - 1.0).astype(x.dtype)[1:]
         other[name] = y
     return other
 
 
 def batch_independence(report: Report, rts: list[Runtime], feeds: Feeds, seed: int,
-                        data: bytes) -> None:
+                        data: bytes, batched: Collection[str] | None = None) -> None:
     """Row 0's outputs must not change when the other rows change (eval mode); when they do,
-    name the nodes where the dependence starts."""
+    name the nodes where the dependence starts.
+
+    ``batched``: the inputs with a batch axis (default: all). An output without the batch axis
+    (a reduction over the batch) is compared whole: it must not change either."""
     tol = TOLERANCES["batch-independence"]
     batch = batch_of(feeds)
     if batch < 2:
         report.rows.append(Row("batch independence", "all", "", batch, None, None, tol, "n/a",
                                "the graph's batch size is fixed at 1"))
         return
-    other = changed_rows(feeds, seed)
+    other = changed_rows(feeds, seed, batched)
     failed = False
     for rt in rts:
         first = run_on(report, rt, feeds, "batch independence")
@@ -206,11 +212,12 @@ def batch_independence(report: Report, rts: list[Runtime], feeds: Feeds, seed: i
             continue
         worst, bad = (0.0, 0.0), None
         for y0, y1 in zip(first, second, strict=True):
-            if y0.ndim == 0 or y0.shape[0] != batch:
-                continue
-            worst = max(worst, max_errors(y1[:1], y0[:1]))
-            bad = bad or compare(y1[:1], y0[:1], tolerance=tol, check_dtype=False,
-                                 name=f"row 0 output ({rt.label}, batch {batch}, other rows "
+            rows = 1 if y0.ndim and y0.shape[0] == batch else None
+            worst = max(worst, max_errors(y1[:rows], y0[:rows]))
+            what = "row 0 output" if rows else "output without a batch axis"
+            bad = bad or compare(y1[:rows], y0[:rows], tolerance=concrete(
+                for_dtype(tol, y0.dtype), y0), check_dtype=False,
+                                 name=f"{what} ({rt.label}, batch {batch}, other rows "
                                       f"changed)")
         report.rows.append(Row("batch independence", rt.name, rt.level, batch, worst[0],
                                worst[1], tol, "ok" if bad is None else "FAIL",
@@ -241,12 +248,14 @@ def compare_outputs(report: Report, rt: Runtime, ys: list[np.ndarray],
         for name, y, r in zip(out_names, ys, ref, strict=False):
             worst = max(worst, max_errors(y, r))
             against = " ".join(p for p in ("vs", what, key) if p)
-            m = compare(y, r, tolerance=concrete(tol, r), check_dtype=False,
+            m = compare(y, r, tolerance=concrete(for_dtype(tol, r.dtype), r), check_dtype=False,
                         name=f"{name} ({rt.label}, batch {b}, {against})")
             if m is not None:
                 failed = failed or key
                 report.failures.append(str(m))
     note = " ".join(p for p in ("differs from", what, failed) if p) if failed else ""
-    report.rows.append(Row(check, rt.name, rt.level, b, worst[0], worst[1], tol,
+    dtypes = {np.asarray(r).dtype for ref in refs.values() for r in ref}
+    shown = for_dtype(tol, min(dtypes, key=lambda d: d.itemsize)) if dtypes else tol
+    report.rows.append(Row(check, rt.name, rt.level, b, worst[0], worst[1], shown,
                            "FAIL" if failed else "ok", note))
     return failed

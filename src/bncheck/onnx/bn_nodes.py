@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bncheck.onnx.graph import module_of
+from bncheck.onnx.graph import module_of, walk_nodes
 
 __all__ = ["BNNode", "Fold", "bn_nodes", "folds"]
 
@@ -45,6 +45,7 @@ class BNNode:
     epsilon: float
     momentum: float
     statistics: str
+    subgraph: str = ""  # '' at the top level; "node 'if1' then_branch" inside a subgraph
 
     @property
     def batch_statistics(self) -> bool:
@@ -53,10 +54,11 @@ class BNNode:
     def to_json(self) -> dict[str, Any]:
         return {"node": self.name, "module": self.module, "training_mode": self.training_mode,
                 "epsilon": self.epsilon, "momentum": self.momentum,
-                "statistics": self.statistics}
+                "statistics": self.statistics, "subgraph": self.subgraph}
 
     def __str__(self) -> str:
         where = f" (module {self.module})" if self.module else ""
+        where += f" (inside {self.subgraph})" if self.subgraph else ""
         return (f"{self.name}{where}: training_mode={self.training_mode}, "
                 f"epsilon={self.epsilon:.3g}, momentum={self.momentum:.3g}, statistics: "
                 f"{self.statistics}")
@@ -91,7 +93,8 @@ def _attr(node: Any, name: str, default: float) -> float:
 def _source(model: Any, names: list[str], training: bool) -> str:
     inits = {t.name for t in model.graph.initializer}
     inputs = {i.name for i in model.graph.input} - inits
-    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = {o for _, n in walk_nodes(model.graph) if n.op_type == "Constant"
+                 for o in n.output}
     quoted = ", ".join(repr(n) for n in names)
     if training:
         return (f"the batch (training_mode=1: normalizes with batch statistics; {quoted} are "
@@ -104,18 +107,24 @@ def _source(model: Any, names: list[str], training: bool) -> str:
 
 
 def bn_nodes(model: Any) -> list[BNNode]:
-    """Every BatchNormalization node of the top-level graph, in graph order."""
+    """Every BatchNormalization node, in graph order, those inside ``If``/``Loop``/``Scan``
+    subgraphs included (``subgraph`` says where)."""
     found = []
-    for node in model.graph.node:
+    for subgraph, node in walk_nodes(model.graph):
         if node.op_type != "BatchNormalization":
             continue
         training = int(_attr(node, "training_mode", 0))
         # BatchNormalization-6 and earlier: is_test=0 means training.
         if any(a.name == "is_test" for a in node.attribute):
             training = 1 - int(_attr(node, "is_test", 0))
+        # BatchNormalization-7 to -9: no attribute; the optional mean/var outputs are
+        # produced in training mode only (torch's TorchScript exporter, training=TRAINING).
+        elif not any(a.name == "training_mode" for a in node.attribute) and \
+                sum(1 for o in node.output if o) > 1:
+            training = 1
         found.append(BNNode(node.name or node.output[0], module_of(node), training,
                             _attr(node, "epsilon", 1e-5), _attr(node, "momentum", 0.9),
-                            _source(model, list(node.input[3:5]), training == 1)))
+                            _source(model, list(node.input[3:5]), training == 1), subgraph))
     return found
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 from bncheck.errors import UsageError
 
 __all__ = ["ModelFileError", "GraphInput", "Signature", "io_specs", "signature", "module_of",
-           "intermediates", "display_name"]
+           "intermediates", "display_name", "walk_nodes", "float_types"]
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
 
@@ -92,13 +92,39 @@ def signature(model: Any, *, where: str = "model") -> Signature:
     """
     inputs = []
     for spec in io_specs(model.graph.input, model.graph.initializer):
-        dims = tuple(d if isinstance(d, int) and d > 0 else None for d in spec["shape"])
-        names = tuple(str(d) if not isinstance(d, int) or d <= 0 else "" for d in spec["shape"])
+        # A fixed 0 stays 0 (a zero-size dimension), not a symbol named "0".
+        dims = tuple(d if isinstance(d, int) and d >= 0 else None for d in spec["shape"])
+        names = tuple("" if isinstance(d, int) and d >= 0 else str(d) for d in spec["shape"])
         inputs.append(GraphInput(spec["name"], dims, spec["dtype"], names))
     if not inputs or not model.graph.output:
         raise ModelFileError(f"{where}: a graph with {len(inputs)} inputs and "
                              f"{len(model.graph.output)} outputs: nothing to run")
     return Signature(tuple(inputs), tuple(o.name for o in model.graph.output))
+
+
+def walk_nodes(graph: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """Every node of ``graph`` (a GraphProto) and of its subgraphs (``If`` branches, ``Loop``
+    and ``Scan`` bodies), depth first in graph order (a node's subgraphs in the order of its
+    attributes), each with where it lives: ``''`` at the
+    top level, ``"node 'if1' then_branch"`` inside one.
+
+    >>> from onnx import helper
+    >>> inner = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "b", [], [])
+    >>> top = helper.make_graph([helper.make_node("If", ["c"], ["y"], name="if1",
+    ...     then_branch=inner, else_branch=inner)], "g", [], [])
+    >>> [(where, n.op_type) for where, n in walk_nodes(top)]
+    [('', 'If'), ("node 'if1' else_branch", 'Relu'), ("node 'if1' then_branch", 'Relu')]
+    """
+    import onnx
+
+    for node in graph.node:
+        yield where, node
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else (
+                list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+            for sub in subs:
+                inner = f"node {node.name or node.output[0]!r} {a.name}"
+                yield from walk_nodes(sub, f"{where} > {inner}" if where else inner)
 
 
 def _strip_call_suffix(name: str, known: Collection[str] | None) -> str:
@@ -145,10 +171,18 @@ def display_name(module: str) -> str:
     return f"layer {module}" if module.isdigit() else (module or "(root)")
 
 
+def float_types() -> tuple[int, ...]:
+    """The ONNX element types of floating-point tensors."""
+    import onnx
+
+    t = onnx.TensorProto
+    return (t.FLOAT, t.FLOAT16, t.DOUBLE, t.BFLOAT16)
+
+
 def intermediates(data: bytes, feeds: Mapping[str, np.ndarray],
                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Every float tensor of the graph (or those in ``names``), computed by onnxruntime CPU
-    at ``DISABLE_ALL`` (so no fusion hides one) with each made a graph output; by
+    """Every floating-point tensor of the graph (or those in ``names``), computed by
+    onnxruntime CPU at ``DISABLE_ALL`` (so no fusion hides one) with each made a graph output; by
     ``onnx.reference`` where onnxruntime refuses the graph or would crash on it."""
     import onnx
 
@@ -161,9 +195,9 @@ def intermediates(data: bytes, feeds: Mapping[str, np.ndarray],
     for node in model.graph.node:
         for name in node.output:
             if (name and name not in have and (wanted is None or name in wanted)
-                    and types.get(name) == onnx.TensorProto.FLOAT):
+                    and types.get(name) in float_types()):
                 model.graph.output.append(
-                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                    onnx.helper.make_tensor_value_info(name, types[name], None))
                 have.add(name)
     from bncheck.onnx.runtimes.ort_cpu import crash_hazard
 

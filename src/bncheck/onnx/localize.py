@@ -37,7 +37,7 @@ from bncheck.onnx.runtimes import TOLERANCES
 
 __all__ = ["GRAD_CONTEXTS", "Localization", "EagerRun", "run_eager", "eager_outputs",
            "localize", "module_label", "is_batchnorm", "bn_layers", "batch_dependent_nodes",
-           "first_diverging_node"]
+           "first_diverging_node", "first_nonfinite_node"]
 
 
 #: The grad contexts an eval-mode model must give the same answer in.
@@ -333,4 +333,25 @@ def first_diverging_node(values: Mapping[str, np.ndarray], reference: Mapping[st
                 detail = str(compare(a, b, tolerance=tolerance, check_dtype=False,
                                      name=f"tensor {bad[0]!r}"))
             return node.name or bad[0], node.op_type, detail
+    return None
+
+
+def first_nonfinite_node(data: bytes, feeds: Mapping[str, np.ndarray]
+                         ) -> tuple[str, str, str | None] | None:
+    """The first node (graph order) with a NaN or an infinity in an output while its inputs
+    are finite: ``(node name, op type, module or None)``, or None."""
+    import onnx
+
+    values = intermediates(data, feeds)
+    graph = onnx.load_from_string(data)
+    values.update({t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer})
+
+    def finite(t: str) -> bool:
+        v = values.get(t)
+        return v is None or np.asarray(v).dtype.kind != "f" or bool(np.isfinite(v).all())
+
+    for node in graph.graph.node:
+        if not all(finite(t) for t in node.output if t) and all(finite(t) for t in node.input
+                                                                 if t):
+            return node.name or node.output[0], node.op_type, module_of(node)
     return None

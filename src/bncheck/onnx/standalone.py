@@ -16,21 +16,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from bncheck.compare import Tolerance
 from bncheck.onnx._report import (
     Feeds,
     Report,
     batch_independence,
+    batch_of,
     compare_outputs,
-    feeds_of,
     node_text,
     one_line,
     run_on,
     skip_rows,
     start_report,
 )
-from bncheck.onnx.graph import ModelFileError, Signature, signature
-from bncheck.onnx.localize import first_diverging_node
+from bncheck.onnx.graph import ModelFileError, Signature, float_types, signature
+from bncheck.onnx.localize import first_diverging_node, first_nonfinite_node
 from bncheck.onnx.runtimes import Runtime, runtimes
 from bncheck.onnx.runtimes._tolerances import OutputScaledTolerance
 from bncheck.onnx.source import InputSpec, generated_inputs
@@ -39,6 +41,26 @@ __all__ = ["verify_standalone", "STANDALONE_BATCHES"]
 
 #: Batch sizes a graph without a source is checked at (dynamic batch axis).
 STANDALONE_BATCHES = (1, 3)
+
+#: The input dtypes bncheck generates values for.
+_FLOATS = ("float16", "float32", "float64")
+
+
+def _batched(sig: Signature) -> set[str]:
+    """The inputs with a batch axis: dim 0 is the first input's (the same symbol, or the same
+    fixed size). The others (a BatchNormalization's scale/bias/mean/var fed as graph inputs, a
+    per-channel parameter) are fed at their declared shape and left alone by the batch check.
+    """
+    first = sig.inputs[0]
+    found = {first.name}
+    for i in sig.inputs[1:]:
+        if not i.shape or not first.shape:
+            continue
+        same_symbol = i.shape[0] is None and i.dim_names[0] == first.dim_names[0]
+        same_size = i.shape[0] is not None and i.shape[0] == first.shape[0]
+        if same_symbol or same_size:
+            found.add(i.name)
+    return found
 
 
 def _standalone_inputs(sig: Signature, input_shapes: Sequence[tuple[int, ...]], where: str
@@ -50,17 +72,20 @@ def _standalone_inputs(sig: Signature, input_shapes: Sequence[tuple[int, ...]], 
                              f"{len(input_shapes)} --input-shape")
     specs = []
     for k, i in enumerate(sig.inputs):
-        if not i.dtype.startswith("float"):
+        if i.dtype not in _FLOATS:
             raise ModelFileError(f"{where}: input {i.name!r} is {i.dtype}; bncheck generates "
-                                 f"floating-point inputs only")
+                                 f"{', '.join(_FLOATS)} inputs only")
+        shown = ", ".join(n or str(d) for n, d in zip(i.dim_names, i.shape, strict=True))
+        if 0 in i.shape:
+            raise ModelFileError(f"{where}: input {i.name!r} has shape ({shown}), with a "
+                                 f"zero-size dimension {i.shape.index(0)}: there are no values "
+                                 f"to compare")
         given = input_shapes[k] if input_shapes else None
         if given is not None:
             clash = [(d, g) for d, g in zip(i.shape, given, strict=False)
                      if d is not None and d != g]
             if len(given) != len(i.shape) or (clash and i.shape[0] is None) or \
                     (clash and clash != [(i.shape[0], given[0])]):
-                shown = ", ".join(n or str(d)
-                                  for n, d in zip(i.dim_names, i.shape, strict=True))
                 raise ModelFileError(f"Expected --input-shape for {i.name!r} to fit its "
                                      f"shape ({shown}), received "
                                      f"--input-shape={','.join(map(str, given))}")
@@ -77,8 +102,47 @@ def _standalone_inputs(sig: Signature, input_shapes: Sequence[tuple[int, ...]], 
     return specs
 
 
-def _dtype_feeds(sig: Signature, feeds: Feeds) -> Feeds:
-    return {i.name: feeds[i.name].astype(i.dtype) for i in sig.inputs}
+def _feeds(sig: Signature, specs: Sequence[InputSpec], batched: set[str], batch: int,
+           seed: int) -> Feeds:
+    """Generated inputs in the graph's dtypes: batched inputs at ``batch`` rows, the others at
+    their declared shape (the same values at every batch)."""
+    rows = [s for s in specs if s.name in batched]
+    fixed = [s for s in specs if s.name not in batched]
+    made = dict(zip([s.name for s in rows],
+                    generated_inputs(rows, batch, seed=seed * 1000 + batch), strict=True))
+    whole = generated_inputs([InputSpec(s.name, (1, *s.shape)) for s in fixed], 1,
+                             seed=seed * 1000 + 999) if fixed else ()
+    made.update((s.name, x[0]) for s, x in zip(fixed, whole, strict=True))
+    return {i.name: made[i.name].numpy().astype(i.dtype) for i in sig.inputs}
+
+
+def _inputs_note(sig: Signature, specs: Sequence[InputSpec], batched: set[str],
+                 batches: Sequence[int], seed: int) -> str:
+    """What was fed: the range, the seed, each input's shape and dtype."""
+    shapes = "; ".join(
+        f"{s.name} ({', '.join(['N', *map(str, s.shape[1:])])}) {i.dtype}" if s.name in batched
+        else f"{s.name} ({', '.join(map(str, s.shape))}) {i.dtype}, no batch axis: fed at its "
+             f"declared shape" for s, i in zip(specs, sig.inputs, strict=True))
+    return (f"inputs: generated, uniform in [0, 1) (seed {seed}; without a source the model's "
+            f"expected input range is unknown), N = {', '.join(map(str, batches))}: {shapes}")
+
+
+def _nonfinite(report: Report, rt: Runtime, ys: list[np.ndarray], names: Sequence[str],
+               data: bytes, feeds: Feeds) -> None:
+    """Finite inputs must give finite outputs: otherwise fail, naming the first node that makes
+    a NaN or an infinity out of finite values (a negative running variance, a zero one with
+    epsilon 0)."""
+    bad = [f"{n!r} ({int(np.size(y) - np.isfinite(y).sum())} of {np.size(y)})"
+           for n, y in zip(names, ys, strict=False)
+           if np.asarray(y).dtype.kind == "f" and not np.isfinite(y).all()]
+    if not bad:
+        return
+    report.failures.append(f"{rt.label} (batch {batch_of(feeds)}): non-finite outputs (NaN or "
+                           f"infinity) on finite inputs: {', '.join(bad)}")
+    if report.localization is None:
+        found = first_nonfinite_node(data, feeds)
+        report.localization = ("first node with a non-finite output on finite inputs: "
+                               + (node_text(*found) if found else "not found"))
 
 
 def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = (),
@@ -91,31 +155,37 @@ def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = 
     (neither is the truth); batch independence is checked on every runtime and a failure
     names the nodes where the dependence starts; every BatchNormalization node and every
     recorded fold is reported. A divergence names the first node where the runtimes part.
+    Inputs whose dim 0 is not the batch axis (a BatchNormalization's statistics fed as graph
+    inputs) are fed at their declared shape. A training-mode BatchNormalization fails (also
+    where a fixed batch of 1 hides it from the batch check), and so do non-finite outputs on
+    finite inputs (a negative running variance), each naming the node.
 
     Raises:
-        ModelFileError: non-float inputs, symbolic dimensions without ``input_shapes``.
+        ModelFileError: inputs that are not float16/32/64, zero-size dimensions, symbolic
+            dimensions without ``input_shapes``.
     """
     import onnx
 
     graph = onnx.load_from_string(data)
     sig = signature(graph, where=where)
     specs = _standalone_inputs(sig, input_shapes, where)
-    names = [s.name for s in specs]
+    batched = _batched(sig)
     fixed = sig.fixed_batch
     batches = [fixed] if fixed else list(STANDALONE_BATCHES)
     report = start_report(graph, [])
+    report.notes.append(_inputs_note(sig, specs, batched, batches, seed))
     rts = skip_rows(report, runtimes(data, graph), "vs runtimes")
     anchor = next((rt for rt in rts if rt.level == "DISABLE_ALL" and "CPU" in rt.name),
                   rts[0] if rts else None)
     diverged: tuple[Runtime, Feeds] | None = None
     for b in batches:
-        feeds = _dtype_feeds(sig, feeds_of(names, generated_inputs(specs, b,
-                                                                  seed=seed * 1000 + b)))
+        feeds = _feeds(sig, specs, batched, b, seed)
         if anchor is None:
             break
         ref = run_on(report, anchor, feeds, "vs runtimes")
         if ref is None:
             continue
+        _nonfinite(report, anchor, ref, sig.outputs, data, feeds)
         for rt in rts:
             if rt is anchor:
                 continue
@@ -127,12 +197,21 @@ def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = 
                                 "vs runtimes", tol, "") and diverged is None:
                 diverged = (rt, feeds)
     odd = [b for b in batches if b > 1 and b % 2] or [max(batches)]
-    batch_independence(report, rts, _dtype_feeds(sig, feeds_of(names, generated_inputs(
-        specs, odd[0], seed=seed * 1000 + odd[0]))), seed, data)
+    batch_independence(report, rts, _feeds(sig, specs, batched, odd[0], seed), seed, data,
+                       batched)
+    training = [n for n in report.bn_nodes if n.batch_statistics]
+    report.failures += [f"BatchNormalization node {n.name!r} has training_mode=1: it "
+                        f"normalizes with the statistics of the batch it is given, not its "
+                        f"stored running statistics" for n in training]
     if report.batch_nodes:
         first = report.batch_nodes[0]
         report.localization = f"first batch-dependent node: {node_text(*first)}"
-    elif diverged is not None and anchor is not None:
+    elif training and report.localization is None:
+        first_bn = training[0]
+        report.localization = (f"BatchNormalization node {first_bn.name!r}"
+                               + (f" (inside {first_bn.subgraph})" if first_bn.subgraph else "")
+                               + " normalizes with batch statistics (training_mode=1)")
+    elif diverged is not None and anchor is not None and report.localization is None:
         report.localization = _cross_runtime_localization(data, graph, diverged[0], anchor,
                                                           diverged[1])
     elif anchor is None:
@@ -157,14 +236,14 @@ def _cross_runtime_localization(data: bytes, graph: Any, rt: Runtime, anchor: Ru
     from bncheck.onnx.runtimes import PLUGINS
 
     exposed = onnx.shape_inference.infer_shapes(graph)
-    floats = {v.name for v in exposed.graph.value_info
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    floats = {v.name: v.type.tensor_type.elem_type for v in exposed.graph.value_info
+              if v.type.tensor_type.elem_type in float_types()}
     have = {o.name for o in exposed.graph.output}
     for node in exposed.graph.node:
         for t in node.output:
             if t in floats and t not in have:
                 exposed.graph.output.append(onnx.helper.make_tensor_value_info(
-                    t, onnx.TensorProto.FLOAT, None))
+                    t, floats[t], None))
     blob = exposed.SerializeToString()
     names = [o.name for o in exposed.graph.output]
     values = []

@@ -80,11 +80,43 @@ def load_onnx(path: str | Path) -> tuple[bytes, Any]:
     except (DecodeError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{str(p)!r} is not an ONNX model (truncated or not a "
                              f"ModelProto: {one_line(e)})") from None
+    if _uses_external_data(model):
+        data, model = _with_external_data(model, p)
     problems = structure_problems(model)
     if problems:
         raise ModelFileError(f"{str(p)!r} is not a valid ONNX model: {problems[0]}")
     signature(model, where=str(p))
     return data, model
+
+
+def _uses_external_data(model: Any) -> bool:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return any(uses_external_data(t) for t in _get_all_tensors(model))
+
+
+def _with_external_data(model: Any, path: Path) -> tuple[bytes, Any]:
+    """The model with the tensors it keeps in external data files (``onnx.save(...,
+    save_as_external_data=True)``, located relative to the model's folder) read in.
+
+    Raises:
+        ModelFileError: a data file is missing or short, or the whole model is over
+            protobuf's 2 GB limit.
+    """
+    from onnx.checker import ValidationError
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, ValidationError) as e:
+        raise ModelFileError(f"{str(path)!r} keeps tensors in external data files, expected "
+                             f"next to it: {one_line(e)}") from None
+    try:
+        return model.SerializeToString(), model
+    except ValueError as e:
+        raise ModelFileError(f"{str(path)!r} with its external data is over protobuf's 2 GB "
+                             f"limit: bncheck checks models that fit in memory as one "
+                             f"message ({one_line(e)})") from None
 
 
 def check_signature(sig: Signature, specs: Sequence[InputSpec], *, where: str = "model"

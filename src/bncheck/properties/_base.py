@@ -105,6 +105,9 @@ class Facts:
     mode_from_grad: str | None = None
     #: that no running statistics were found, or None
     no_stats: str | None = None
+    #: that a training forward normalizes with the stored statistics and leaves them unchanged
+    #: (a frozen BatchNorm: not a BatchNorm in training), or None
+    frozen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,8 +221,13 @@ class Property:
     cases: Callable[[Context], st.SearchStrategy[Any]]
     run: Callable[[Context, Any, Checks], None]
     requires: Callable[[Context], str | None]
+    #: whether it checks training behaviour (skipped for a frozen target, see Facts.frozen)
+    trains: bool = True
 
     def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.facts.frozen and self.trains:
+            return ("checks training behaviour, and the target is frozen: it never normalizes "
+                    "with batch statistics (see training_mode)")
         return self.requires(ctx)
 
     def describe(self, case: DrawnCase) -> str:
@@ -253,14 +261,16 @@ def needs_stats(ctx: Context) -> str | None:
 
 def register(number: int, name: str, *, checks: str, catches: str, tolerance: str,
              cases: Callable[[Context], st.SearchStrategy[Any]],
-             requires: Callable[[Context], str | None] = needs_full,
+             requires: Callable[[Context], str | None] = needs_full, trains: bool = True,
              ) -> Callable[[Callable[[Context, Any, Checks], None]],
                            Callable[[Context, Any, Checks], None]]:
-    """Add the decorated ``run(ctx, case, checks)`` to :data:`REGISTRY` as property ``name``."""
+    """Add the decorated ``run(ctx, case, checks)`` to :data:`REGISTRY` as property ``name``
+    (``trains=False``: it holds for a frozen BatchNorm too, see :attr:`Facts.frozen`)."""
 
     def deco(run: Callable[[Context, Any, Checks], None]) -> Callable[[Context, Any, Checks],
                                                                         None]:
-        REGISTRY[name] = Property(number, name, checks, catches, tolerance, cases, run, requires)
+        REGISTRY[name] = Property(number, name, checks, catches, tolerance, cases, run, requires,
+                                  trains)
         return run
 
     return deco

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from bncheck import oracle
-from bncheck.adapter import Adapted
+from bncheck.adapter import Adapted, attribute
 from bncheck.errors import PropertyFailure
 from bncheck.properties._base import Checks, Context, PropertyCase, register
 from bncheck.properties._tolerance import forward_tolerance, gradient_tolerances, stats_tolerance
@@ -27,7 +27,7 @@ def _cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
 def _grad(module_or_t: Any, name: str | None) -> Tensor | None:
     if name is None:
         return None
-    t = getattr(module_or_t, name)
+    t = attribute(module_or_t, name)
     t = t if isinstance(t, Tensor) else getattr(t, "value", None)
     return None if t is None or t.grad is None else t.grad.detach().reshape(-1).to(
         torch.float64)

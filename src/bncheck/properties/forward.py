@@ -53,6 +53,7 @@ def _eval_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     tolerance="forward_tolerance with n=1 (no reduction), x8",
     cases=_eval_cases,
     requires=needs_stats,
+    trains=False,
 )
 def eval_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case

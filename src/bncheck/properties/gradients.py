@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.autograd.gradcheck import GradcheckError
 
 from bncheck import oracle
+from bncheck.adapter import attribute
 from bncheck.properties._base import Checks, Context, PropertyCase, register
 from bncheck.properties._tolerance import SAFETY, roundoff
 
@@ -48,7 +49,7 @@ def gradients(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     x = case.x.to(torch.float64).detach().clone().requires_grad_(True)
     names = bn.param_names()
     keys = [bn.param_key(n) for n in names]
-    leaves = [getattr(bn.module, n) for n in names]
+    leaves = [attribute(bn.module, n) for n in names]
     leaves = [(p.value if not isinstance(p, Tensor) else p).detach().clone().requires_grad_(True)
               for p in leaves]
     # A gradient is that of a function: every forward starts from the same state. Running

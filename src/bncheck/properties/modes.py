@@ -25,6 +25,7 @@ def _cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     tolerance="forward_tolerance (and stats_tolerance) of two runs, summed",
     cases=_cases,
     requires=needs_stats,
+    trains=False,
 )
 def grad_mode_independence(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case

@@ -61,6 +61,7 @@ def _expect_initial(bn: Adapted, checks: Checks, what: str, *, params: bool = Tr
     tolerance="exact (initial values are set, not computed)",
     cases=_cases,
     requires=lambda ctx: None,
+    trains=False,
 )
 def initial_state(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case

@@ -272,6 +272,7 @@ def _state_key(bn: Adapted, t: Tensor) -> str | None:
     cases=lambda ctx: ctx.cases(dtypes=(torch.float32,), training=True, grad_modes=["enabled"],
                                 configs=ctx.configs(track_running_stats=True)).map(PropertyCase),
     requires=lambda ctx: needs_stats(ctx) if ctx.facts.no_stats else None,
+    trains=False,
 )
 def stats_are_buffers(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bncheck.compare import Tolerance
+from bncheck.onnx.graph import walk_nodes
 
 __all__ = ["Runner", "Runtime", "RuntimePlugin", "first_line", "bn_nodes_in"]
 
@@ -32,8 +33,9 @@ def first_line(e: BaseException) -> str:
 
 
 def bn_nodes_in(model: Any) -> list[Any]:
-    """The graph's BatchNormalization nodes (top-level graph)."""
-    return [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    """The graph's BatchNormalization nodes, those inside ``If``/``Loop``/``Scan`` subgraphs
+    included (a runtime crashes or errs on them there as at the top level)."""
+    return [n for _, n in walk_nodes(model.graph) if n.op_type == "BatchNormalization"]
 
 
 @dataclass(frozen=True)

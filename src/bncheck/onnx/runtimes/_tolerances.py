@@ -18,7 +18,7 @@ import numpy as np
 
 from bncheck.compare import Tolerance
 
-__all__ = ["TOLERANCES", "OutputScaledTolerance", "concrete"]
+__all__ = ["TOLERANCES", "OutputScaledTolerance", "concrete", "for_dtype"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,45 @@ class OutputScaledTolerance(Tolerance):
         return Tolerance(self.rtol, max(self.atol, self.atol_per_max * largest), self.reason)
 
 
+def for_dtype(tolerance: Tolerance, dtype: Any) -> Tolerance:
+    """``tolerance``, widened to the least one outputs of ``dtype`` (float16, bfloat16) are held
+    to (:data:`_LOW_PRECISION`); float32 and float64 outputs keep ``tolerance``.
+
+    >>> import numpy as np
+    >>> for_dtype(TOLERANCES["onnxruntime"], np.float16).rtol
+    0.01
+    >>> for_dtype(TOLERANCES["onnxruntime"], np.float32) is TOLERANCES["onnxruntime"]
+    True
+    """
+    low = _LOW_PRECISION.get(np.dtype(dtype).name)
+    if low is None or (tolerance.rtol >= low.rtol and tolerance.atol >= low.atol):
+        return tolerance
+    per_max = max(getattr(tolerance, "atol_per_max", 0.0), getattr(low, "atol_per_max", 0.0))
+    return OutputScaledTolerance(max(tolerance.rtol, low.rtol), max(tolerance.atol, low.atol),
+                                 f"{low.reason} (widened from: {tolerance.reason})", per_max)
+
+
 def concrete(tolerance: Tolerance, expected: Any) -> Tolerance:
     """``tolerance`` with its atol fixed for ``expected`` (a plain Tolerance is returned as is)."""
     if isinstance(tolerance, OutputScaledTolerance):
         return tolerance.for_expected(expected)
     return tolerance
+
+#: The least tolerance an output of a low-precision dtype is compared with, whatever the
+#: runtime's: a float32 tolerance (rtol 1e-4) is below one unit of float16's roundoff (2^-11 =
+#: 4.9e-4), so two correct runtimes (one rounding every op to float16, one accumulating in
+#: float32 and rounding once) differ by a few units per layer. 20 units (rtol 1e-2), and atol
+#: 1% of the output's largest magnitude (the error scales with the activations carried, and a
+#: value near 0 after ReLU/cancellation has no relative precision); bfloat16 (2^-8 = 3.9e-3)
+#: as OpenVINO's default-precision row. Measured: 2e-3 on outputs of 2.7 between onnxruntime
+#: DISABLE_ALL and ENABLE_ALL after three float16 Conv+BN+ReLU layers.
+_LOW_PRECISION: dict[str, Tolerance] = {
+    "float16": OutputScaledTolerance(1e-2, 1e-3, "float16 outputs: unit roundoff 2^-11 = 4.9e-4 "
+                                     "per op, and runtimes round at different ops", 1e-2),
+    "bfloat16": OutputScaledTolerance(5e-2, 2e-2, "bfloat16 outputs: unit roundoff 2^-8 = "
+                                      "3.9e-3 per op, and runtimes round at different ops",
+                                      5e-2),
+}
 
 _KERNELS = ("float32; kernels and summation order differ from torch's (Conv and Gemm "
             "reductions over hundreds to thousands of terms), and BN folding re-rounds the "
