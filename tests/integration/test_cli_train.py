@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -20,7 +21,6 @@ from click.testing import CliRunner
 from bncheck._io import file_mode
 from bncheck.cli import main
 from bncheck.data import IDX_FILES, synthetic_dataset, write_fashion_mnist
-from bncheck.models import resolve_bn
 from bncheck.onnx.build import build_model
 from bncheck.training import STAND_IN_LABEL, load_checkpoint
 
@@ -135,6 +135,10 @@ def test_a_diverging_run_exits_2_and_keeps_its_metrics(data_dir: Path, tmp_path:
 
 
 MY_BN = '''
+import time
+
+import torch
+
 from bncheck import BatchNorm
 
 
@@ -152,29 +156,142 @@ class Biased(BatchNorm):
         if self.training:
             self.running_var.copy_(old + (self.running_var - old) * (n - 1) / n)
         return y
+
+
+class LazyBuffer(BatchNorm):
+    """Trains as the reference, but registers a buffer in its first training forward: a fresh
+    layer cannot load the checkpoint, so the export step fails."""
+
+    def forward(self, x):
+        if self.training and not hasattr(self, "seen"):
+            self.register_buffer("seen", torch.ones(()))
+        return super().forward(x)
+
+
+_HUNG = []
+
+
+class HangsInTraining(BatchNorm):
+    """Hangs in its first training forward: 60 s (once per process, so that a train command
+    without the verify step would end, late, rather than hang the test run)."""
+
+    def forward(self, x):
+        if self.training and not _HUNG:
+            _HUNG.append(True)
+            time.sleep(60)
+        return super().forward(x)
 '''
 
 
-def test_your_own_batchnorm_verify_train_export_and_compare(data_dir: Path,
-                                                            tmp_path: Path) -> None:
-    target = tmp_path / "my_bn.py"
+@pytest.fixture(scope="module")
+def my_bn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("user") / "my_bn.py"
     target.write_text(MY_BN)
-    verify = CliRunner().invoke(main, ["verify", f"{target}:MyBN", "--property",
-                                       "running_stats_update", "--examples", "5"])
-    assert verify.exit_code == 0, verify.output
-    code, output = invoke("--data", data_dir, "--bn", f"{target}:MyBN", "--epochs", "1",
-                          "--batch-size", "16", "--out", tmp_path / "run")
+    return target
+
+
+def test_your_own_batchnorm_is_verified_trained_and_exported(data_dir: Path, my_bn: Path,
+                                                              tmp_path: Path) -> None:
+    """The loop: verify (13 properties), train, export DIR/lenet.onnx through `bncheck
+    export`'s code, checked on every runtime; `bncheck check` accepts the file."""
+    out = tmp_path / "run"
+    code, output = invoke("--data", data_dir, "--bn", f"{my_bn}:MyBN", "--epochs", "1",
+                          "--batch-size", "16", "--out", out)
     assert code == 0, output
-    assert output.splitlines()[-1].endswith(f"--bn {target}:MyBN")
-    build_model(resolve_bn(f"{target}:MyBN"), checkpoint=tmp_path / "run" / "checkpoint.pt")
-    code, output = invoke("--data", data_dir, "--bn", f"{target}:MyBN", "--compare", "--steps",
+    lines = output.splitlines()
+    assert lines[0] == f"verify: bncheck verify {my_bn}:MyBN (profile ci, before any training)"
+    assert lines[1].startswith("verify: 13 passed in ")
+    assert lines[2].startswith("LeNet-BN (bn=") and lines[4].split()[0] == "1"  # then training
+    assert f"export: bncheck export {out / 'lenet.onnx'} --checkpoint {out / 'checkpoint.pt'} " \
+           f"--bn {my_bn}:MyBN" in lines
+    assert "verified: lenet.onnx matches the eager model on every runtime" in lines
+    assert lines[-2] == (f"Wrote {out / 'lenet.onnx'}, {out / 'lenet.json'}, "
+                         f"{out / 'lenet.npz'}")
+    assert lines[-1] == f"Next: bncheck check {out / 'lenet.onnx'}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*FILES, "lenet.json", "lenet.npz", "lenet.onnx"])
+    record = json.loads((out / "metrics.json").read_text())
+    assert (record["verify"]["status"], record["verify"]["summary"]) == (
+        "passed", "13 passed, 0 failed, 0 skipped")
+    assert (record["export"]["status"], record["export"]["files"][0]) == (
+        "verified", str(out / "lenet.onnx"))
+    check = CliRunner().invoke(main, ["check", str(out / "lenet.onnx")])
+    assert check.exit_code == 0 and "sha256 matches the manifest's" in check.output, \
+        check.output
+
+
+def test_a_buggy_layer_stops_before_training_naming_the_property(data_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """A bundled mutant as TARGET (module:Name): its running variance starts at zeros, so a
+    fresh model in eval divides by sqrt(eps). verify names initial_state, exit 1, and nothing
+    is trained or written. (The cheapest mutant to verify: the other properties pass.)"""
+    out = tmp_path / "run"
+    bn = "bncheck.mutants:ZeroInitRunningVar"
+    code, output = invoke("--data", data_dir, "--bn", bn, "--epochs", "1", "--batch-size",
+                          "16", "--out", out)
+    assert code == 1, output
+    lines = output.splitlines()
+    assert lines[1] == "verify: 1 failed: initial_state (11 passed, 1 failed, 1 skipped)"
+    assert lines[2].startswith("  initial_state: ")
+    assert lines[-1] == (f"Error: {bn} failed verification (initial_state), so it was not "
+                         f"trained and nothing was written. The full report: bncheck verify "
+                         f"{bn} (--no-verify trains it anyway)")
+    assert "epoch" not in output and not out.exists()
+
+
+def test_no_verify_trains_it_anyway_and_a_failed_export_keeps_the_training(
+        data_dir: Path, my_bn: Path, tmp_path: Path) -> None:
+    """--no-verify trains an unchecked layer; its export fails (its checkpoint does not load
+    into a fresh layer): exit 1, one paragraph naming the step, the training's files kept."""
+    out = tmp_path / "run"
+    code, output = invoke("--data", data_dir, "--bn", f"{my_bn}:LazyBuffer", "--no-verify",
+                          "--epochs", "1", "--batch-size", "16", "--out", out)
+    assert code == 1, output
+    lines = output.splitlines()
+    assert lines[0] == (f"verify: skipped (--no-verify): {my_bn}:LazyBuffer is trained without "
+                        f"being checked")
+    assert "unexpected keys [1.seen, 10.seen, 13.seen, 5.seen]" in output
+    assert lines[-1] == (
+        f"Error: the export step failed (above), so {out / 'lenet.onnx'} was not written; "
+        f"training finished and its files are kept: {out / 'checkpoint.pt'}, "
+        f"{out / 'metrics.json'}, {out / 'curves.png'}, {out / 'command.txt'}. Repeat the step:"
+        f" bncheck export {out / 'lenet.onnx'} --checkpoint {out / 'checkpoint.pt'} --bn "
+        f"{my_bn}:LazyBuffer")
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["status"] == "completed" and len(record["epochs"]) == 1
+    assert record["verify"] == {"status": "skipped", "reason": "--no-verify"}
+    assert (record["export"]["status"], record["export"]["exit_code"]) == ("failed", 2)
+    assert (out / "command.txt").read_text().splitlines()[0].endswith(" --no-verify")
+
+
+def test_a_hanging_layer_is_stopped_by_the_verify_step_within_the_timeout(
+        data_dir: Path, my_bn: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    start = time.monotonic()
+    code, output = invoke("--data", data_dir, "--bn", f"{my_bn}:HangsInTraining", "--timeout",
+                          "1", "--out", out)
+    assert code == 1, output
+    assert time.monotonic() - start < 40  # 1 s, plus starting the worker on a loaded machine
+    assert re.search(r"\n  preflight: the target did not return within 1 s \(at \S*my_bn\.py:"
+                     r"\d+ in forward\)\n", output), output
+    assert output.splitlines()[-1].startswith(f"Error: {my_bn}:HangsInTraining failed "
+                                              f"verification (preflight), so it was not trained")
+    assert f"bncheck verify {my_bn}:HangsInTraining --timeout 1 (--no-verify" in output
+    assert not out.exists()
+
+
+def test_compare_with_your_own_batchnorm(data_dir: Path, my_bn: Path) -> None:
+    """--compare is itself a check against torch's layer: no verify step, no export."""
+    code, output = invoke("--data", data_dir, "--bn", f"{my_bn}:MyBN", "--compare", "--steps",
                           "3", "--batch-size", "16")
     assert code == 0 and "agree at every one of 3 steps" in output, output
-    code, output = invoke("--data", data_dir, "--bn", f"{target}:Biased", "--compare",
+    assert "verify:" not in output
+    code, output = invoke("--data", data_dir, "--bn", f"{my_bn}:Biased", "--compare",
                           "--batch-size", "16")
     assert code == 1
     assert "step 1: layer 5 (5: Biased(16) vs BatchNorm2d): running_var" in output
-    assert f"bn={target}:Biased and bn=torch diverge at step 1 of 1." in output
+    assert f"bn={my_bn}:Biased and bn=torch diverge at step 1 of 1." in output
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

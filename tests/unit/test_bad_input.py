@@ -146,8 +146,16 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("train --bn nope", 2, "Expected bn to be 'scratch' or 'torch' or a TARGET "
                            "(path/to/file.py:Name or package.module:Name), received bn='nope'"),
     ("train --bn scrach", 2, "received bn='scrach'; did you mean 'scratch'?"),
-    ("train --bn raising_bn.py:RaisingBN --data idx_ok --out run", 2,
+    ("train --bn raising_bn.py:RaisingBN --data idx_ok --out run --no-verify", 2,
      "training LeNet-BN with bn=raising_bn.py:RaisingBN: RuntimeError: the layer is broken at "),
+    ("train --bn raising_bn.py:RaisingBN --out holds_lenet_onnx_dir", 2,
+     "Expected --out (its lenet.onnx) to be a file path, received --out (its lenet.onnx)="
+     "'holds_lenet_onnx_dir/lenet.onnx', which is a directory"),
+    ("train --timeout nan", 2, "Expected timeout to be finite, received timeout=nan"),
+    ("train --convention keras", 2, "Invalid value for '--convention': 'keras' is not one of "
+                                    "'torch', 'onnx'"),
+    ("train --timeout 0", 2, "Invalid value for '--timeout': 0.0 is not in the range x>0"),
+    ("train --timeout x", 2, "Invalid value for '--timeout': 'x' is not a valid float"),
     ("train --epochs 0", 2, "Expected --epochs to be a positive integer, received --epochs=0"),
     ("train --epochs x", 2, "Invalid value for '--epochs'"),
     ("train --lr 0", 2, "lr"),
@@ -371,6 +379,7 @@ def make_bad_files(root: Path) -> None:
     """The files the tables name, in ``root``."""
     (root / "dir.py").mkdir()
     (root / "a_dir").mkdir()
+    (root / "holds_lenet_onnx_dir" / "lenet.onnx").mkdir(parents=True)
     (root / "a_file").write_text("just text\n")
     (root / "empty.py").write_text("")
     (root / "syntax.py").write_text("class BN(:\n")

@@ -18,6 +18,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
+#: The environment variable that sets ``--jobs`` (``bncheck verify``; ``train``'s verify step).
+JOBS_ENV = "BNCHECK_JOBS"
+#: ``--jobs auto`` uses at most this many workers (13 properties; beyond 4 the longest ones
+#: decide the wall time).
+MAX_AUTO_JOBS = 4
+
 
 def console() -> Console:
     """The console every command renders to (stdout; wide enough for tables in CI logs)."""
@@ -54,6 +60,34 @@ def status_line(out: Console, total: int | None = None) -> Iterator[Callable[[st
             progress.update(task, description=text)
 
         yield update
+
+
+def resolve_jobs(text: str | None, name: str = "--jobs") -> int:
+    """Properties run at once: ``text`` a whole number >= 1, or ``auto``/``None`` (one worker
+    per CPU this process may use, at most :data:`MAX_AUTO_JOBS`).
+
+    >>> resolve_jobs("3")
+    3
+
+    Raises:
+        InvalidArgument: ``text`` is neither (``name`` is the option or variable it came from).
+    """
+    import os
+
+    from bncheck.errors import InvalidArgument
+
+    if text is None or text.strip().lower() == "auto":
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
+        return max(1, min(usable, MAX_AUTO_JOBS))
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise InvalidArgument(f"Expected {name} to be a whole number >= 1 or 'auto', received "
+                              f"{name}={text!r}")
+    return jobs
 
 
 def err(message: str) -> None:

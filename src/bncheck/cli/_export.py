@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bncheck.cli._common import console, debug_option, handles_errors, interrupted
 from bncheck.cli._watched import runs_watched, timeout_option
 from bncheck.errors import VerificationFailed
+
+if TYPE_CHECKING:
+    from bncheck.onnx.source import ModelSource
 
 
 def source_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -109,11 +113,64 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
     Example: bncheck export r18.onnx --model monai.networks.nets:resnet18
     --model-arg spatial_dims=2 --model-arg n_input_channels=3 --input-shape 1,3,64,64
     """
+    from bncheck.onnx.export import check_opset
+
+    paths = plan_export(out, polygraphy=polygraphy)
+    check_opset(opset, exporter)
+    source = make_source(model_spec, model_args, input_shapes, bn, static_batch)
+    export_verified(paths, source, seed=seed, checkpoint=checkpoint, calibrate=calibrate,
+                    exporter=exporter, opset=opset, keep_bn=keep_bn, keep_failed=keep_failed)
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """The files an export writes: OUT.onnx, its manifest, its goldens (and Polygraphy's)."""
+
+    onnx: Path
+    manifest: Path
+    goldens: Path
+    polygraphy: tuple[Path, ...] = ()
+
+    def files(self) -> list[Path]:
+        return [self.onnx, self.manifest, self.goldens, *self.polygraphy]
+
+
+def plan_export(out: Path, *, name: str = "OUT", polygraphy: bool = False) -> ExportPaths:
+    """Check every path an export of ``out`` writes, before any work (``name``: the option the
+    user gave it as).
+
+    Raises:
+        OutputError: a path cannot be written.
+    """
+    from bncheck._io import check_output_path
+
+    out = check_output_path(out, name, suffix=".onnx")
+    kinds = ("inputs", "outputs") if polygraphy else ()
+    return ExportPaths(
+        out, check_output_path(out.with_suffix(".json"), f"{name} (its manifest)"),
+        check_output_path(out.with_suffix(".npz"), f"{name} (its goldens)"),
+        tuple(check_output_path(out.with_suffix(f".polygraphy-{kind}.json"),
+                                f"{name} (its Polygraphy {kind})") for kind in kinds))
+
+
+def export_verified(paths: ExportPaths, source: ModelSource, *, seed: int,
+                    checkpoint: Path | None, calibrate: int | None, exporter: str = "dynamo",
+                    opset: int | None = None,
+                    keep_bn: bool = False, keep_failed: bool = False,
+                    unwritten: str | None = None) -> None:
+    """``bncheck export``'s work: build ``source`` (calibrated, or from ``checkpoint``), export
+    it, verify it on every runtime, render the table and write ``paths`` atomically when it
+    passes (or with ``keep_failed``). ``unwritten`` is what a failure or Ctrl-C says about the
+    files (default: ``bncheck export``'s words, "nothing written ..."); Ctrl-C exits 130.
+
+    Raises:
+        VerificationFailed: the file does not match the eager model.
+        UsageError: the source cannot be built or exported (also its code's errors).
+    """
     from rich.markup import escape
 
-    from bncheck._io import check_output_path
     from bncheck.cli._onnx_render import render_report
-    from bncheck.onnx.export import check_opset, export_onnx, write_atomic
+    from bncheck.onnx.export import export_onnx, write_atomic
     from bncheck.onnx.manifest import (
         golden_arrays,
         golden_batch,
@@ -123,14 +180,7 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
     )
     from bncheck.onnx.verify import verify_against_torch
 
-    out = check_output_path(out, "OUT", suffix=".onnx")
-    json_path = check_output_path(out.with_suffix(".json"), "OUT (its manifest)")
-    npz_path = check_output_path(out.with_suffix(".npz"), "OUT (its goldens)")
-    pg_paths = [check_output_path(out.with_suffix(f".polygraphy-{kind}.json"),
-                                  f"OUT (its Polygraphy {kind})")
-                for kind in ("inputs", "outputs")] if polygraphy else []
-    check_opset(opset, exporter)
-    source = make_source(model_spec, model_args, input_shapes, bn, static_batch)
+    out = paths.onnx
     con = console()
     stage = f"building and calibrating {source.label}"
     try:
@@ -144,8 +194,8 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
         with con.status(escape(f"{stage} ...")):
             report = verify_against_torch(data, model, source=source, seed=seed)
     except KeyboardInterrupt:
-        interrupted(f"while {stage}; nothing written (the files are written together, after "
-                    f"every check)")
+        interrupted(f"while {stage}; " + (unwritten or "nothing written (the files are "
+                                                       "written together, after every check)"))
     render_report(con, report, title=f"{out.name}: {source.label}, exporter={exporter}, "
                                      f"{'--keep-bn' if keep_bn else 'optimized'}")
     info = {**source.to_json(), "seed": seed,
@@ -157,21 +207,23 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
                                input_names=[i["name"] for i in report.inputs],
                                output_names=[o["name"] for o in report.outputs])
         manifest = make_manifest(data=data, report=report, onnx_file=out.name,
-                                 golden_file=npz_path.name, source=info,
+                                 golden_file=paths.goldens.name, source=info,
                                  golden_rows=golden_batch(source))
-        files = {out: data, json_path: manifest_bytes(manifest), npz_path: npz_bytes(golden)}
-        if pg_paths:
+        files = {out: data, paths.manifest: manifest_bytes(manifest),
+                 paths.goldens: npz_bytes(golden)}
+        if paths.polygraphy:
             from bncheck.onnx.polygraphy_io import inputs_bytes, outputs_bytes
 
             ins = {i["name"]: golden[i["name"]] for i in report.inputs}
-            files[pg_paths[0]] = inputs_bytes(ins)
-            files[pg_paths[1]] = outputs_bytes({o["name"]: golden[o["name"]]
-                                                for o in report.outputs})
+            files[paths.polygraphy[0]] = inputs_bytes(ins)
+            files[paths.polygraphy[1]] = outputs_bytes({o["name"]: golden[o["name"]]
+                                                        for o in report.outputs})
         write_atomic(files)
         con.print(escape(f"wrote {out}, " + ", ".join(p.name for p in list(files)[1:])))
     if not report.ok:
-        kept = (f"files kept (--keep-failed): {out}, {json_path.name}, {npz_path.name}"
-                if keep_failed else "nothing written (--keep-failed writes the files anyway)")
+        kept = (f"files kept (--keep-failed): {out}, {paths.manifest.name}, "
+                f"{paths.goldens.name}" if keep_failed
+                else unwritten or "nothing written (--keep-failed writes the files anyway)")
         raise VerificationFailed(f"{out.name} failed verification\n"
                                  f"{report.failure_message()}\n{kept}")
     con.print(f"[green]verified[/]: {escape(out.name)} matches the eager model on every "

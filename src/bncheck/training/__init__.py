@@ -42,6 +42,7 @@ from bncheck.training._run import (
     default_run_dir,
     plan_outputs,
     run_training,
+    write_metrics,
 )
 from bncheck.training._sources import (
     STAND_IN_LABEL,
@@ -84,5 +85,6 @@ __all__ = [
     "stand_in_datasets",
     "train",
     "user_cache_dir",
+    "write_metrics",
     "xavier_init",
 ]

@@ -26,7 +26,7 @@ import importlib.metadata
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from bncheck.training._population import PopulationGap, population_gaps
 from bncheck.training._sources import DataSource, how_to_get_fashion_mnist
 
 __all__ = ["RunOutputs", "RunResult", "RunSettings", "default_run_dir", "plan_outputs",
-           "run_training"]
+           "run_training", "write_metrics"]
 
 _VERSIONED = ("torch", "numpy", "bncheck", "matplotlib", "mlxtend")
 
@@ -100,13 +100,16 @@ class RunOutputs:
 
 @dataclass
 class RunResult:
-    """How a run ended (``"completed"``, ``"interrupted"``, ``"diverged"``) and what it wrote."""
+    """How a run ended (``"completed"``, ``"interrupted"``, ``"diverged"``) and what it wrote;
+    ``steps`` records the steps around the training (``bncheck train``'s ``verify`` and
+    ``export``), written into the metrics JSON under their names."""
 
     status: str
     history: TrainingHistory
     outputs: RunOutputs
     gaps: list[PopulationGap] = field(default_factory=list)
     message: str | None = None
+    steps: dict[str, Any] = field(default_factory=dict)
 
 
 def default_run_dir(now: datetime.datetime | None = None, root: Path = Path("runs")) -> Path:
@@ -166,11 +169,13 @@ def versions() -> dict[str, str]:
 
 def run_training(settings: RunSettings, source: DataSource, outputs: RunOutputs, *,
                  command: str, on_batch: Callable[[BatchProgress], None] | None = None,
-                 on_epoch: Callable[[EpochStats], None] | None = None) -> RunResult:
+                 on_epoch: Callable[[EpochStats], None] | None = None,
+                 steps: Mapping[str, Any] | None = None) -> RunResult:
     """Train LeNet-BN on ``source`` as ``settings`` say and write ``outputs``.
 
     Returns the :class:`RunResult`. A diverged run writes its files and raises; so does an
-    interrupted one.
+    interrupted one. ``steps``: records of steps before the training (e.g. ``{"verify":
+    {...}}``), kept in :attr:`RunResult.steps` and the metrics JSON.
 
     Raises:
         TrainingDiverged: after writing the metrics (``status: diverged``) and the plot.
@@ -195,7 +200,7 @@ def run_training(settings: RunSettings, source: DataSource, outputs: RunOutputs,
                          seed=settings.seed)
     history = TrainingHistory(settings.epochs, float(settings.lr), settings.batch_size,
                               settings.seed, len(train_data), len(source.test))
-    result = RunResult("running", history, outputs)
+    result = RunResult("running", history, outputs, steps=dict(steps or {}))
     note = f"LeNet-BN (bn={settings.bn}) trained on {source.label}"
 
     def finished(stats: EpochStats) -> None:
@@ -203,7 +208,7 @@ def run_training(settings: RunSettings, source: DataSource, outputs: RunOutputs,
         with ctrl_c_deferred():
             outputs.directory.mkdir(parents=True, exist_ok=True)
             save_checkpoint(model, outputs.checkpoint, note=note)
-            _write_metrics(result, settings, source, command)
+            write_metrics(result, settings, source, command)
             if on_epoch is not None:
                 on_epoch(stats)
 
@@ -235,7 +240,7 @@ def _write_all(result: RunResult, settings: RunSettings, source: DataSource,
                command: str) -> None:
     outputs = result.outputs
     outputs.directory.mkdir(parents=True, exist_ok=True)
-    _write_metrics(result, settings, source, command)
+    write_metrics(result, settings, source, command)
     header = f"# {source.label}\n" if source.stand_in else ""
     lines = [f"# {k}: {v}" for k, v in versions().items()]
     write_text_atomic(outputs.command, header + command + "\n" + "\n".join(lines) + "\n")
@@ -249,8 +254,10 @@ def _write_all(result: RunResult, settings: RunSettings, source: DataSource,
         write_atomic({outputs.plot: png})
 
 
-def _write_metrics(result: RunResult, settings: RunSettings, source: DataSource,
-                   command: str) -> None:
+def write_metrics(result: RunResult, settings: RunSettings, source: DataSource,
+                  command: str) -> None:
+    """(Re)write the metrics JSON of ``result``: e.g. after a step that follows the training
+    added its record to :attr:`RunResult.steps`."""
     data: dict[str, Any] = {"label": source.label, "stand_in": source.stand_in,
                             "where": source.where, "searched": list(source.searched)}
     if source.stand_in:
@@ -264,6 +271,7 @@ def _write_metrics(result: RunResult, settings: RunSettings, source: DataSource,
         "limit": settings.limit,
         **result.history.to_dict(),
         "population_gaps": [asdict(g) for g in result.gaps],
+        **result.steps,
         "command": command,
         "argv": sys.argv,
         "versions": versions(),
