@@ -9,10 +9,13 @@ the ``state_dict`` after.
 
 Tolerances: float64 to 1e-10 (exact formulas in double; reductions of at most 144 values differ
 by ~1e-15), float32 at ``assert_close``'s defaults (rtol 1.3e-6, atol 1e-5: different reduction
-orders over at most 144 values).
+orders over at most 144 values), except the weight and bias gradients, which are sums that can
+cancel: bounded per channel by :func:`sum_tolerance` from the magnitudes of their terms.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -27,6 +30,14 @@ OURS = {nn.BatchNorm1d: bncheck.BatchNorm1d, nn.BatchNorm2d: bncheck.BatchNorm2d
 
 
 def _samples() -> list[tuple[str, object, object, torch.dtype, bool]]:
+    """torch's samples, their random inputs drawn from a fixed seed (not from whatever the global
+    generator holds when this module is imported, which depends on the test order)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _draw_samples()
+
+
+def _draw_samples() -> list[tuple[str, object, object, torch.dtype, bool]]:
     out = []
     for info in common_modules.module_db:
         if info.module_cls not in OURS:
@@ -47,6 +58,30 @@ SAMPLES = _samples()
 
 def tol(dtype: torch.dtype) -> dict[str, float]:
     return {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {}
+
+
+def _normalized(bn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """x-hat, in float64, recovered from the output: (y - bias) / weight (weight >= 0.5 here)."""
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    xhat = y.detach().double()
+    if getattr(bn, "bias", None) is not None:
+        xhat = xhat - bn.bias.detach().double().view(shape)
+    if getattr(bn, "weight", None) is not None:
+        xhat = xhat / bn.weight.detach().double().view(shape)
+    return xhat
+
+
+def sum_tolerance(terms: torch.Tensor) -> torch.Tensor:
+    """Per channel (dim 1), how far two float32 sums of ``terms`` may differ: each side's cascade
+    summation errs by at most (ceil(log2 n) + 2) * u * sum|terms| (the + 2: each term rounded
+    once more before it is added), u = 2**-24, so twice that, plus atol's 1e-5 floor. The weight
+    gradient sum(dy * x_hat) cancels: a channel summing to 1.9 from terms whose magnitudes sum to
+    610 differed by 1.4e-5 between torch and the reference, over the 1e-5 a fixed atol allows
+    (found at 1 in ~1000 runs of these samples, whose inputs come from torch's global RNG)."""
+    n = terms.numel() // terms.shape[1]
+    dims = [d for d in range(terms.dim()) if d != 1]
+    steps = max(1, math.ceil(math.log2(max(n, 2)))) + 2
+    return 2 * steps * 2.0**-24 * terms.abs().sum(dims) + 1e-5
 
 
 def test_the_samples_are_torchs_own() -> None:
@@ -81,7 +116,15 @@ def test_reference_matches_torch_on_its_own_samples(name, cls, sample, dtype, tr
     torch.testing.assert_close(x_ours.grad, x_theirs.grad, **tol(dtype))
     for (key, p_ours), (_, p_theirs) in zip(ours.named_parameters(), theirs.named_parameters(),
                                             strict=True):
-        torch.testing.assert_close(p_ours.grad, p_theirs.grad, **tol(dtype), msg=key)
+        if dtype == torch.float64:
+            torch.testing.assert_close(p_ours.grad, p_theirs.grad, **tol(dtype), msg=key)
+            continue
+        terms = grad.double() * _normalized(ours, y_ours) if key == "weight" else grad.double()
+        bound = sum_tolerance(terms)
+        diff = (p_ours.grad.double() - p_theirs.grad.double()).abs()
+        assert (diff <= bound).all(), (
+            f"{key} gradient: ours {p_ours.grad.tolist()}, torch's {p_theirs.grad.tolist()}, "
+            f"difference {diff.tolist()} > allowed {bound.tolist()}")
     sd_ours, sd_theirs = ours.state_dict(), theirs.state_dict()
     assert sd_ours.keys() == sd_theirs.keys()
     for key in sd_ours:
