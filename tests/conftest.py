@@ -7,6 +7,7 @@
 - Every test must leave the process as it found it (torch threads, default dtype, grad mode,
   the Hypothesis profile, the working directory): checked after each test, since under xdist a
   leak would make another test's result depend on which worker ran it, and in what order.
+- Every test starts from the same torch/numpy/random state on every machine and in any order.
 - SIGINT is handled as on a terminal even when the run was started in the background.
 - ``cli`` runs the ``bncheck`` command in this process (click's runner: the same code path,
   without a new interpreter's 2-3 s of imports); ``cli_subprocess`` runs it as a user does. The
@@ -16,9 +17,11 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +59,19 @@ def _global_state() -> dict[str, Any]:
             "working directory": os.getcwd(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE")}
+
+
+@pytest.fixture(autouse=True)
+def _same_random_state_everywhere(request: pytest.FixtureRequest) -> None:
+    """Each test starts from a random state of its own (seeded from its node id): under xdist
+    which tests ran before it on its worker depends on timing, and a test drawing from the
+    global generators would otherwise see other numbers on every run and every machine."""
+    import numpy as np
+
+    seed = zlib.crc32(request.node.nodeid.encode())
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 @pytest.fixture(autouse=True)
