@@ -136,7 +136,8 @@ def test_bench_cli_checks_json_path_before_work(tmp_path):
 def test_measure_warms_the_allocator_and_says_so(one_thread):
     """After measure(), 4 MiB blocks come from the heap: once it has grown (the first few), its
     pages are not faulted in again, where a fresh mmap faults all 1024 pages on every allocation
-    (4096 faults for the four counted here in a process that never freed a larger block)."""
+    (4096 faults for the four counted here in a process that never freed a larger block).
+    Shown to fail: with the warm-up removed, 4096+ faults."""
     import os
     import platform
 
@@ -154,4 +155,7 @@ def test_measure_warms_the_allocator_and_says_so(one_thread):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(4):
         torch.empty(1 << 20).fill_(1)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1024
+    # Unwarmed: 4 x 1024 faults. Warmed: ~0 for these four, but the count is the whole
+    # process's, and other threads (pytest-xdist's I/O) or the heap moving once may fault about
+    # one block's worth meanwhile (1028 seen once under load): half the unwarmed count separates.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 2048
