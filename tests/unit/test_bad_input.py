@@ -11,7 +11,6 @@ the README's "Bad input" table is run the same way (:func:`test_readme_table`).
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import shlex
 import struct
@@ -416,14 +415,14 @@ def make_bad_files(root: Path) -> None:
     (root / "empty.json").write_text("")
     # checkpoints
     (root / "empty.pt").write_bytes(b"")
-    (root / "random.pt").write_bytes(os.urandom(512))
+    (root / "random.pt").write_bytes(_noise(512))
     torch.save(torch.nn.Linear(2, 2), root / "model.pt")  # a pickled model, not a state_dict
     torch.save(torch.nn.Linear(2, 2).state_dict(), root / "wrong_keys.pt")
     # IDX folders
     _idx_folder(root / "idx_ok")
     _idx_folder(root / "idx_truncated", truncate_images=True)
     _idx_folder(root / "idx_labels_as_images", labels_as_images=True)
-    _idx_folder(root / "idx_bad_magic", images=os.urandom(64))
+    _idx_folder(root / "idx_bad_magic", images=_noise(64))
     _idx_folder(root / "idx_empty", images=b"")
     _idx_folder(root / "idx_label_range", labels=_idx(bytes([1, 12, 3]), (3,)))
     _idx_folder(root / "idx_counts", labels=_idx(bytes([1, 2]), (2,)))
@@ -451,6 +450,14 @@ def _idx_folder(folder: Path, *, truncate_images: bool = False, labels_as_images
                               }.items():
         (folder / img).write_bytes(image_bytes if images is None or split == "test" else images)
         (folder / lab).write_bytes(label_bytes if labels is None else labels)
+
+
+def _noise(n: int) -> bytes:
+    """Random-looking bytes, the same on every run: ``os.urandom`` once began with 0x80 (a
+    pickle's first byte; 1 run in 256) and the checkpoint's message changed accordingly."""
+    import random
+
+    return random.Random(0).randbytes(n)
 
 
 def _tiny_onnx(shape: list[int | str] | None = None) -> bytes:
