@@ -59,7 +59,8 @@ def test_same_seed_replays_the_same_counterexample():
         report = verify(MomentumFlipped, properties=props, seed=7, profile="dev")
         return {r.name: (r.counterexample, r.message) for r in report.results}
 
-    full = run(None)
+    # Properties run before it (here in catalogue order) do not change what it draws.
+    full = run(["train_forward", "eval_forward", "running_stats_update"])
     again = run(["running_stats_update"])
     assert again["running_stats_update"] == full["running_stats_update"]
     assert full["running_stats_update"][1].startswith("running_var")

@@ -200,8 +200,10 @@ def _outcome(report):
 def test_jobs_give_the_same_report_as_one_worker():
     # The d2l seed with its typo fixed: several properties fail, each with a shrunk case.
     seed_bn = load_target(f"{SEED_FIXED}:BatchNorm")
-    one = verify(seed_bn, examples=8, jobs=1)
-    two = verify(seed_bn, examples=8, jobs=3)
+    chosen = ["train_forward", "eval_forward", "running_stats_update", "grad_mode_independence",
+              "stats_are_buffers", "initial_state"]
+    one = verify(seed_bn, examples=5, jobs=1, properties=chosen, shrink=False)
+    two = verify(seed_bn, examples=5, jobs=3, properties=chosen, shrink=False)
     assert [r.name for r in two.results] == [r.name for r in one.results]  # catalogue order
     assert _outcome(two) == _outcome(one)
     assert {Status.PASSED, Status.FAILED} <= {r.status for r in one.results}
