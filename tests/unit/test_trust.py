@@ -409,3 +409,22 @@ def test_parameters_switched_off_by_affine_false_are_not_the_layers_affine():
     x = torch.randn(4, 3)
     y = bn.functional(x, {"weight": torch.full((3,), 2.0), "bias": torch.ones(3)}, what="f")
     assert torch.allclose(y, bn.call(x) * 2 + 1, atol=1e-5)
+
+
+def test_a_norm_activation_block_is_named_as_such():
+    # timm-style BatchNormAct2d: the failure names the activation, not only the numbers; with the
+    # activation off it is a plain BatchNorm2d and passes.
+    for name, act in (("BatchNormAct2d", "ReLU"), ("BatchNormSiLU2d", "SiLU/Swish")):
+        report = verify(load_target(f"{DATA / 'norm_act_bn.py'}:{name}"), examples=5, jobs=1,
+                        properties=["train_forward", "eval_forward"], shrink=False)
+        assert [r.status for r in report.results] == [Status.FAILED] * 2
+        for r in report.results:
+            assert f"The output equals {act}(expected output): an activation is applied " \
+                   "after the normalization" in r.message, r.message
+    plain = verify(load_target(f"{DATA / 'norm_act_bn.py'}:without_activation"), examples=5,
+                   jobs=1, properties=["train_forward", "eval_forward"], dims=(4,))
+    assert plain.ok, plain.render()
+    # A wrong normalization that no activation explains gets no such line.
+    seed = verify(load_target(f"{DATA.parent / 'seed_bn_fixed.py'}:BatchNorm"), examples=5,
+                  jobs=1, properties=["train_forward"], convention="onnx", shrink=False)
+    assert not seed.ok and "activation" not in seed.results[0].message

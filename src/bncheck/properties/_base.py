@@ -27,7 +27,7 @@ from bncheck.strategies import BNCase, BNConfig, Mode, bn_cases, bn_configs, dty
 
 __all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
            "register", "check_output", "expect_close", "stat_values", "needs_full", "needs_stats",
-           "FULL", "REDUCED"]
+           "FULL", "REDUCED", "activation_after"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
@@ -189,13 +189,15 @@ class Checks:
         return ok
 
     def close(self, actual: Tensor, expected: Tensor, tol: Tolerance, what: str,
-              *, note: str = "") -> bool:
-        """``actual`` within ``tol`` of ``expected`` (an assert_close-style report if not)."""
+              *, note: str = "", explain: Callable[[], str] | None = None) -> bool:
+        """``actual`` within ``tol`` of ``expected`` (an assert_close-style report if not;
+        ``explain()``, asked only then, may add a line naming a likely cause)."""
         mismatch = compare(actual, expected, rtol=tol.rtol, atol=tol.atol, name=what,
                            check_dtype=False)
         if mismatch is None:
             return True
-        self.fail(f"{mismatch}{note}\nTolerance: {tol.reason}")
+        cause = explain() if explain is not None else ""
+        self.fail(f"{mismatch}{note}\nTolerance: {tol.reason}" + (f"\n{cause}" if cause else ""))
         return False
 
     def raise_if_failed(self) -> None:
@@ -318,3 +320,32 @@ def stat_values(c: int) -> st.SearchStrategy[tuple[Tensor, Tensor]]:
         return st.lists(st.floats(lo, hi), min_size=c, max_size=c).map(
             lambda v: torch.tensor(v, dtype=torch.float64))
     return st.tuples(vec(-2.0, 2.0), vec(0.05, 4.0))
+
+
+#: Activations that norm+activation blocks (timm's BatchNormAct2d, fused layers) apply after
+#: the normalization, in the order they are tried.
+_ACTIVATIONS: tuple[tuple[str, Callable[[Tensor], Tensor]], ...] = (
+    ("ReLU", torch.relu),
+    ("ReLU6", lambda t: torch.clamp(t, 0.0, 6.0)),
+    ("LeakyReLU(0.01)", lambda t: torch.nn.functional.leaky_relu(t, 0.01)),
+    ("SiLU/Swish", torch.nn.functional.silu),
+    ("GELU", torch.nn.functional.gelu),
+    ("ELU", torch.nn.functional.elu),
+    ("Hardswish", torch.nn.functional.hardswish),
+    ("Sigmoid", torch.sigmoid),
+    ("Tanh", torch.tanh),
+)
+
+
+def activation_after(actual: Tensor, expected: Tensor, tol: Tolerance) -> str:
+    """A line naming the activation ``actual`` equals ``expected`` passed through (within
+    ``tol``, where plain ``expected`` does not), else ``""``: a norm+activation block is not a
+    BatchNorm, and that is the defect to name, not the numbers."""
+    for name, act in _ACTIVATIONS:
+        through = act(expected.double()).to(expected.dtype)
+        if compare(actual, through, rtol=tol.rtol, atol=tol.atol, name="",
+                   check_dtype=False) is None:
+            return (f"The output equals {name}(expected output): an activation is applied after "
+                    f"the normalization (a norm+activation block is not a plain BatchNorm); "
+                    f"verify the layer built without its activation")
+    return ""

@@ -11,6 +11,7 @@ from bncheck.properties._base import (
     Checks,
     Context,
     PropertyCase,
+    activation_after,
     check_output,
     needs_stats,
     oracle_eval,
@@ -36,7 +37,8 @@ def train_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     y = bn.call(case.x, what="a training forward")
     check_output(y, case.x, "training output")
     expected, tol = oracle_train(bn, case.x, case.config.eps, y.dtype)
-    checks.close(y, expected, tol, "training output")
+    checks.close(y, expected, tol, "training output",
+                 explain=lambda: activation_after(y, expected, tol))
 
 
 def _eval_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
@@ -77,7 +79,8 @@ def eval_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
                 f"an eval forward changed num_batches_tracked from {count} to "
                 f"{bn.num_batches_tracked()}")
     expected, tol = oracle_eval(bn, case.x, mean, var, case.config.eps, case.dtype)
-    checks.close(y, expected, tol, "eval output")
+    checks.close(y, expected, tol, "eval output",
+                 explain=lambda: activation_after(y, expected, tol))
     _, tol1 = oracle_eval(bn, case.x[:1], mean, var, case.config.eps, case.dtype)
     checks.close(y1, y[:1].detach(), tol1 + tol1,
                  "eval output of sample 0 alone vs. within the batch")
