@@ -121,11 +121,15 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
             t = dataclasses.replace(t, fixed=tuple(sorted(fixed.items())))
     no_stats = None
     if not bn.has_stats:
-        try:
-            bn.require_stats()
-        except PropertyFailure as e:
-            no_stats = str(e)
-        findings.append(Finding("running_statistics", None, str(no_stats), t.label))
+        if dict(t.fixed).get("track_running_stats") is False:  # declared: none by design
+            no_stats = ("the target declares track_running_stats=False: it keeps no running "
+                        "statistics and normalizes with the batch's in eval too, as torch does")
+        else:
+            try:
+                bn.require_stats()
+            except PropertyFailure as e:
+                no_stats = str(e)
+            findings.append(Finding("running_statistics", None, str(no_stats), t.label))
     frozen = None if y is None or no_stats else _frozen(t, channels, x, guard)
     if frozen:
         findings.append(Finding("training_mode", None, frozen, t.label))

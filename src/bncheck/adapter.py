@@ -542,7 +542,9 @@ class Adapted:
                 + (", ".join(tensors) or "no tensor attributes")
                 + f" (buffers: {', '.join(n for n, _ in self.module.named_buffers()) or 'none'})"
                 + "; declare its names with names={'running_mean': ..., 'running_var': ...} "
-                  "(--names running_mean=...,running_var=...)")
+                  "(--names running_mean=...,running_var=...), or, if it keeps none by design "
+                  "(it normalizes with the batch's statistics in eval too), "
+                  "fixed={'track_running_stats': False} (--fixed track_running_stats=false)")
         return stats
 
     def stat_tensors(self) -> dict[str, Tensor]:

@@ -428,3 +428,25 @@ def test_a_norm_activation_block_is_named_as_such():
     seed = verify(load_target(f"{DATA.parent / 'seed_bn_fixed.py'}:BatchNorm"), examples=5,
                   jobs=1, properties=["train_forward"], convention="onnx", shrink=False)
     assert not seed.ok and "activation" not in seed.results[0].message
+
+
+def test_a_batchnorm_without_running_statistics_by_design_can_say_so():
+    # Undeclared: one running_statistics finding that names both ways out; declared
+    # track_running_stats=False: verified as torch's BatchNorm without running statistics.
+    layer = load_target(f"{DATA / 'train_only_bn.py'}:TrainOnlyBN")
+    props = ["train_forward", "eval_forward", "differential"]
+    names = {"weight": "gamma", "bias": "beta"}
+    undeclared = verify(layer, examples=4, jobs=1, properties=props, names=names,
+                        dtypes=["float32", "float64"], shrink=False)
+    finding = next(r for r in undeclared.results if r.name == "running_statistics")
+    assert "--fixed track_running_stats=false" in finding.message
+    declared = verify(layer, examples=4, jobs=1, properties=props, names=names,
+                      dtypes=["float32", "float64"], fixed={"track_running_stats": False})
+    assert declared.ok, declared.render()
+    assert [r.status for r in declared.results] == [Status.PASSED, Status.SKIPPED,
+                                                    Status.PASSED]
+    assert "declares it keeps none" in declared.results[1].message
+    buggy = verify(load_target(f"{DATA / 'train_only_bn.py'}:UnbiasedTrainOnlyBN"), examples=4,
+                   jobs=1, properties=props, names=names, dtypes=["float32", "float64"],
+                   fixed={"track_running_stats": False}, shrink=False)
+    assert {r.name for r in buggy.failed} >= {"train_forward"}

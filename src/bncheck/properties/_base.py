@@ -256,6 +256,8 @@ def needs_full(ctx: Context) -> str | None:
 def needs_stats(ctx: Context) -> str | None:
     """Skip reason of the properties that read the running statistics, when there are none
     (reported once, by the preflight)."""
+    if ctx.facts.no_stats and dict(ctx.target.fixed).get("track_running_stats") is False:
+        return "needs running statistics; the target declares it keeps none"
     if ctx.facts.no_stats:
         return "needs the running statistics, which were not found (see running_statistics)"
     return needs_full(ctx)
