@@ -200,7 +200,7 @@ def _jobs(text: str | None, world_size: int | None) -> int:
     source = click.get_current_context().get_parameter_source("jobs_text")
     if world_size and source is click.core.ParameterSource.COMMANDLINE:
         raise InvalidArgument(f"--jobs={text} runs properties side by side in one process each; "
-                         "with --world-size the ranks are the processes: leave --jobs out")
+                              "with --world-size the ranks are the processes: leave --jobs out")
     return resolve_jobs(None if world_size else text)
 
 
