@@ -127,7 +127,8 @@ def test_the_readme_picture_is_what_bncheck_prints() -> None:
     """Regenerate with ``python tools/mkdocs_hooks.py --report-svg`` when this fails."""
     hooks = _hooks()
     svg = (ROOT / "docs" / "img" / "report.svg").read_text(encoding="utf-8")
-    shown = "".join(html.unescape(m) for m in re.findall(r'<text class="terminal-\d+-r\d+"[^>]*>([^<]*)</text>', svg))
+    cells = re.findall(r'<text class="terminal-\d+-r\d+"[^>]*>([^<]*)</text>', svg)
+    shown = "".join(html.unescape(m) for m in cells)
     shown = shown.replace("\xa0", " ")
     printed = "$ bncheck " + " ".join(hooks.REPORT_ARGS) + "\n" + hooks.report_text()
     # the picture wraps long lines at 110 columns: compare the words, line breaks aside
