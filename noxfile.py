@@ -1,5 +1,8 @@
 """nox sessions. Every install goes through constraints.txt (torch==2.13.0, the CPU wheel)."""
 
+import glob
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -66,3 +69,31 @@ def fuzz(session: nox.Session) -> None:
     args = list(session.posargs) or ["--seconds", "60"]
     for harness in FUZZ_HARNESSES:
         session.run("python", harness, *args)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The docs site into site/ (MkDocs Material; warnings are errors). The property catalogue,
+    the mutants and the benchmark baseline are rendered from the code at build time
+    (tools/mkdocs_hooks.py); `-- serve` serves it instead."""
+    session.install(*CONSTRAINTS, "-e", ".[docs]")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """sdist and wheel into dist/, `twine check --strict`, then the wheel installed into a
+    fresh virtualenv (not editable, through constraints.txt) running verify, export, check,
+    gate, train --epochs 1 and pytest --help (tools/check_wheel.py)."""
+    session.install(*CONSTRAINTS, "build", "twine")
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", "dist")
+    session.run("twine", "check", "--strict", *glob.glob("dist/*"))
+    wheels = glob.glob("dist/*.whl")
+    if len(wheels) != 1:
+        session.error(f"expected one wheel in dist/, found {wheels}")
+    session.run("python", "tools/check_wheel.py", wheels[0])
