@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parents[2]
 DATA = ROOT / "tests" / "data"
 
@@ -44,8 +42,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _pytest(folder: Path, *args: str, **env: str) -> tuple[int, str]:
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                        "-p", "no:randomly", "-p", "no:xdist", "-p", "no:benchmark", *args], capture_output=True,
-                       text=True, cwd=folder, env=_env(**env), timeout=300)
+                        "-p", "no:randomly", "-p", "no:xdist", "-p", "no:benchmark", *args],
+                       capture_output=True, text=True, cwd=folder, env=_env(**env), timeout=300)
     return r.returncode, r.stdout + r.stderr
 
 
@@ -120,8 +118,8 @@ def test_bad_ini_value(tmp_path: Path) -> None:
 
 def test_profile_names_are_bnchecks() -> None:
     from bncheck.profiles import PREFIX, PROFILES
-    from bncheck.pytest_plugin import PROFILE_NAMES
     from bncheck.pytest_plugin import PREFIX as PLUGIN_PREFIX
+    from bncheck.pytest_plugin import PROFILE_NAMES
 
     assert tuple(PROFILES) == PROFILE_NAMES and PREFIX == PLUGIN_PREFIX
 

@@ -141,3 +141,19 @@ def test_readme_first_screen() -> None:
     first = "\n".join(lines[:40])
     assert "bncheck verify my_bn.py:MyBN" in first
     assert "def test_" in first and "bncheck_verify" in first
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link of the README names a file of the repository, and every anchor a
+    heading of that page (as MkDocs spells it: lower case, punctuation dropped, dashes)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#:]+)(?:#([^)]+))?\)", readme)
+    assert len(links) >= 10
+    for path, anchor in links:
+        target = ROOT / path
+        assert target.exists(), path
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(encoding="utf-8"), re.M)
+            slugs = {re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", h.lower()).strip())
+                     for h in headings}
+            assert anchor in slugs, (path, anchor, sorted(slugs))
