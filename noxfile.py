@@ -87,8 +87,9 @@ def docs(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def build(session: nox.Session) -> None:
     """sdist and wheel into dist/, `twine check --strict`, then the wheel installed into a
-    fresh virtualenv (not editable, through constraints.txt) running verify, export, check,
-    gate, train --epochs 1 and pytest --help (tools/check_wheel.py)."""
+    fresh virtualenv (not editable, through constraints.txt) running verify, export, check and
+    gate with no extra, then train --epochs 1 and pytest --help with the train and test extras
+    (tools/check_wheel.py)."""
     session.install(*CONSTRAINTS, "build", "twine")
     shutil.rmtree("dist", ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", "dist")
