@@ -116,7 +116,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bncheck", "bncheck (the bncheck_verify fixture)")
     group.addoption("--bncheck-profile", choices=PROFILE_NAMES, default=None,
                     help="Hypothesis profile of the bncheck_verify fixture (default: the ini key "
-                         "bncheck_profile, else HYPOTHESIS_PROFILE, else dev)")
+                         "bncheck_profile, else HYPOTHESIS_PROFILE, else ci)")
     group.addoption("--bncheck-seed", type=int, default=None, metavar="SEED",
                     help="seed of the bncheck_verify fixture's draws (default: the ini key "
                          "bncheck_seed, else 0 under the ci profile and random otherwise)")
@@ -176,7 +176,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     seed, seed_from = config.stash[_SEED_KEY]
     if profile is None:
         env = os.environ.get("HYPOTHESIS_PROFILE", "").removeprefix(PREFIX)
-        profile = env if env in PROFILE_NAMES else "dev"
+        profile = env if env in PROFILE_NAMES else "ci"  # bncheck.verify.resolve_profile
     if seed is not None:
         seed_text = f"seed {seed} ({seed_from})"
     else:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 DATA = ROOT / "tests" / "data"
 
@@ -75,7 +77,8 @@ def test_nothing_imported():
 def test_installed_but_unused_imports_no_hypothesis(tmp_path: Path) -> None:
     (tmp_path / "test_unused.py").write_text(UNUSED)
     code, out = _pytest(tmp_path, "test_unused.py")  # the header says the plugin was loaded
-    assert code == 0 and "bncheck 0." in out and "bncheck_verify profile dev (default)" in out, out
+    header = "bncheck_verify profile ci (default), seed 0 (the ci default)"
+    assert code == 0 and "bncheck 0." in out and header in out, out
 
 
 def test_options_ini_and_header(tmp_path: Path) -> None:
@@ -116,12 +119,16 @@ def test_bad_ini_value(tmp_path: Path) -> None:
     assert code == 4 and "received bncheck_profile='fast'" in out, out
 
 
-def test_profile_names_are_bnchecks() -> None:
+def test_profile_names_are_bnchecks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin's copies (kept so that loading it imports no Hypothesis) are bncheck's."""
     from bncheck.profiles import PREFIX, PROFILES
     from bncheck.pytest_plugin import PREFIX as PLUGIN_PREFIX
     from bncheck.pytest_plugin import PROFILE_NAMES
+    from bncheck.verify import resolve_profile
 
     assert tuple(PROFILES) == PROFILE_NAMES and PREFIX == PLUGIN_PREFIX
+    monkeypatch.delenv("HYPOTHESIS_PROFILE", raising=False)
+    assert resolve_profile(None) == "ci"  # what the header says when nothing is chosen
 
 
 def test_readme_pytest_example_runs(tmp_path: Path) -> None:
