@@ -168,6 +168,11 @@ def batch_norm(
         _check_channel_tensor(t, name, channels)
     for name, t in (("weight", weight), ("bias", bias)):
         _check_channel_tensor(t, name, channels)
+    if training and (running_mean is None) != (running_var is None):
+        raise InvalidArgument(
+            "running_mean and running_var must either both be None or neither be None "
+            f"(received running_mean={describe(running_mean)}, "
+            f"running_var={describe(running_var)} with training=True)")
     if not training:
         assert running_mean is not None and running_var is not None
         return _kernels.eval_forward(input, running_mean, running_var, weight, bias, eps)
