@@ -116,7 +116,9 @@ def test_grad_of_a_module_through_functional_call_matches_torch() -> None:
     for name, cls in MODULES.items():  # torch.func.grad refuses a buffer updated in place
         m = cls(3, dtype=torch.float64, track_running_stats=False)
         params = {k: v.detach() + 0.25 for k, v in m.named_parameters()}
-        loss = (lambda p, m=m: torch.func.functional_call(m, p, (x,)).square().mean())
+        def loss(p: dict, m: nn.Module = m) -> torch.Tensor:
+            return torch.func.functional_call(m, p, (x,)).square().mean()
+
         grads[name] = torch.func.grad(loss)(params)
     torch.testing.assert_close(grads["bncheck"], grads["torch"], **TOL)
 

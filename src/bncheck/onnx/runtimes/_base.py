@@ -4,9 +4,9 @@ A plugin says five things, nothing more: its name and setting (``level``), its t
 the reason), why it cannot run here (``unavailable``: a package or a provider is missing) or
 cannot be trusted for this graph (``not_applicable``), which load errors mean it lacks a kernel
 the graph needs (``missing_kernel``: an operator version it does not implement, *n/a* with that
-line), and how to ``load`` a graph into a runner. :meth:`RuntimePlugin.runtime` turns those answers into a :class:`Runtime`, so no
-runtime is ever silent: it runs, or it is *skipped* / *n/a* with its reason, or it refused the
-graph (a failed check).
+line), and how to ``load`` a graph into a runner. :meth:`RuntimePlugin.runtime` turns those
+answers into a :class:`Runtime`, so no runtime is ever silent: it runs, or it is *skipped* /
+*n/a* with its reason, or it refused the graph (a failed check).
 """
 
 from __future__ import annotations
