@@ -309,11 +309,17 @@ def transformed(x: Tensor) -> bool:
     ``torch.compile``/``torch.export`` (Dynamo), a ``torch.func`` transform, a forward-mode AD
     level, a ``TorchDispatchMode`` (fake tensors, ``make_fx``), or ``x`` a tensor subclass.
     About 1 us in eager mode; Dynamo reads the first test as a constant."""
-    return (torch.compiler.is_compiling()
-            or (type(x) is not Tensor and type(x) is not torch.nn.Parameter)
+    return (_is_compiling()
+            or (type(x) is not Tensor and type(x) is not _Parameter)
             or _forward_ad._current_level >= 0
-            or torch._C._are_functorch_transforms_active()
-            or torch._C._len_torch_dispatch_stack() > 0)
+            or _functorch_active()
+            or _dispatch_modes() > 0)
+
+
+_is_compiling = torch.compiler.is_compiling
+_Parameter = torch.nn.Parameter
+_functorch_active = torch._C._are_functorch_transforms_active
+_dispatch_modes = torch._C._len_torch_dispatch_stack
 
 
 def composite_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
