@@ -13,7 +13,9 @@ It behaves as torch 2.13 does where torch is defined: ``bias=False``, an empty b
 (empty output and gradients, statistics unchanged, the batch still counted), ``eps=0`` outside
 training. float16/bfloat16 inputs are computed in float32 and returned in the input dtype;
 running statistics keep their own dtype (float32 by default), as PyTorch's mixed-precision
-BatchNorm does.
+BatchNorm does. It validates where torch does, with torch's error types and words, keeps torch's
+``state_dict`` semantics, and runs under ``torch.compile``, ``torch.export``, ``torch.func`` and
+forward-mode AD (docs/reference.md).
 """
 
 from __future__ import annotations
@@ -129,15 +131,18 @@ def batch_norm(
     True
 
     Args:
-        input: ``(N, C, *)`` floating tensor, 2 to 5 dims. In training, an empty batch gives an
+        input: ``(N, C, *)`` floating tensor of 2 or more dims (or an empty 1-dim tensor,
+            returned as torch returns it). In training, an empty batch gives an
             empty output and leaves the running statistics unchanged (as torch does).
         running_mean, running_var: ``(C,)`` statistics. In training they are updated in place
             (when given) with ``new = (1 - momentum) * old + momentum * batch``, the running
             variance from the *unbiased* batch variance; in eval they normalize the input.
         weight, bias: optional ``(C,)`` affine parameters.
         training: normalize with batch statistics (biased variance) and update the running ones.
-        momentum: weight of the batch statistic in the update, in ``[0, 1]``.
-        eps: added to the variance inside the square root; ``>= 0``, and ``> 0`` in training.
+        momentum: weight of the batch statistic in the update (a number; like torch, its
+            range is not checked).
+        eps: added to the variance inside the square root; ``>= 0``, and ``> 0`` in training
+            (checked here, with torch's wording).
         compiled: compute training mode with ``torch.compile``-generated kernels (faster on
             large inputs once compiled; the first call per dtype and rank compiles for seconds).
             Eval mode, and training under ``torch.inference_mode``, run the eager kernels.
@@ -146,9 +151,14 @@ def batch_norm(
         A tensor of the input's shape, dtype and memory layout.
 
     Raises:
-        InvalidArgument: bad dims, channel mismatch, one value per channel in training,
-            missing running statistics in eval, bad ``eps``/``momentum``.
-        InvalidArgumentType: non-tensor or non-floating input.
+        InvalidArgument: under 2 dims, one value per channel in training, bad ``eps``, one
+            running statistic without the other in training (``ValueError``, as torch).
+        InvalidInput: a statistic or parameter without one value per channel, running
+            statistics missing in eval (also a ``RuntimeError``, as torch's).
+        InvalidArgumentType: non-tensor or non-floating input, a non-number
+            ``eps``/``momentum``.
+
+    docs/reference.md lists what of torch's contract is matched and what is not.
     """
     _check_input(input)
     if training and input.dim() >= 2 and _values_per_channel(input) == 1:
@@ -212,8 +222,8 @@ class BatchNorm(nn.Module):
 
     Args:
         num_features: C, the channel count.
-        eps: added to the variance inside the square root; ``>= 0`` (``0`` fails in training,
-            where batch statistics are used, as in torch).
+        eps: added to the variance inside the square root; checked at the forward, as torch
+            checks it (``>= 0``, and ``> 0`` where batch statistics are used).
         momentum: weight of the batch statistic in the running update; ``None`` keeps a
             cumulative (equal-weight) average over all batches seen.
         affine: learn a per-channel ``weight`` (and ``bias``, unless ``bias=False``).
