@@ -32,7 +32,7 @@ from bncheck._validation import check_type, describe
 from bncheck.errors import InvalidArgument, InvalidArgumentType
 
 __all__ = ["batch_norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-           "compute_dtype", "reduction_dims"]
+           "InvalidInput", "compute_dtype", "reduction_dims"]
 
 
 class InvalidInput(InvalidArgument, RuntimeError):
