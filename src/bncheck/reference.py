@@ -151,8 +151,8 @@ def batch_norm(
         A tensor of the input's shape, dtype and memory layout.
 
     Raises:
-        InvalidArgument: under 2 dims, one value per channel in training, bad ``eps``, one
-            running statistic without the other in training (``ValueError``, as torch).
+        InvalidArgument: under 2 dims, one value per channel in training, bad ``eps``
+            (``ValueError``, as torch).
         InvalidInput: a statistic or parameter without one value per channel, running
             statistics missing in eval (also a ``RuntimeError``, as torch's).
         InvalidArgumentType: non-tensor or non-floating input, a non-number
@@ -178,11 +178,6 @@ def batch_norm(
         _check_channel_tensor(t, name, channels)
     for name, t in (("weight", weight), ("bias", bias)):
         _check_channel_tensor(t, name, channels)
-    if training and (running_mean is None) != (running_var is None):
-        raise InvalidArgument(
-            "running_mean and running_var must either both be None or neither be None "
-            f"(received running_mean={describe(running_mean)}, "
-            f"running_var={describe(running_var)} with training=True)")
     if not training:
         assert running_mean is not None and running_var is not None
         return _kernels.eval_forward(input, running_mean, running_var, weight, bias, eps)
