@@ -17,6 +17,13 @@ bncheck's independent oracle for other BatchNorms. Each piece below was chosen b
 * **eval** (given statistics): the folded form ``x * scale + shift`` with
   ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale``, as PyTorch's CPU kernel
   computes it: one multiply that allocates the output, one add in place.
+* **composite** (under a transform): where the input is traced or transformed rather than
+  computed (``torch.compile``, ``torch.export``, ``torch.func``, forward-mode AD, a fake or other
+  tensor subclass, a dispatch mode such as ``FakeTensorMode``), :func:`transformed` says so and
+  :func:`composite_train` computes training mode as the plain formula of differentiable torch
+  ops, which every transform knows: the compiler fuses it, ``vmap`` batches it, forward and
+  reverse AD derive it. The fast path's ``autograd.Function``, in-place and ``out=`` tricks stay
+  out of traced graphs.
 * **compiled** (opt-in): the same forward and analytic backward written for ``torch.compile``,
   whose generated kernels fuse each direction's reductions and elementwise work; the same
   autograd Function holds them, so the same tensors are saved and ``retain_graph`` works.
@@ -33,11 +40,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 __all__ = ["compute_dtype", "reduction_dims", "rows", "unrows", "is_channels_last",
            "BatchNormFunction", "RunningStats", "train", "train_forward", "train_backward",
-           "blend", "eval_forward", "formula", "compiled_forward", "compiled_backward"]
+           "blend", "eval_forward", "formula", "composite_train", "transformed",
+           "compiled_forward", "compiled_backward"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -285,18 +294,62 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, mean, invstd = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        # create_graph=True wants a differentiable backward; a batched gradient (vectorized
+        # jacobian, ``is_grads_batched``) or a transform cannot go through the in-place kernels
+        if torch.is_grad_enabled() or torch._C._functorch.is_legacy_batchedtensor(dy) \
+                or transformed(dy):
             return (*_formula_gradients(dy, x, weight, bias, ctx.eps, needs), None, None, None)
         kernel = compiled_backward if ctx.compiled else train_backward
         gx, gw, gb = kernel(dy, x, weight, mean, invstd, needs)
         return gx, _like(gw, weight), _like(gb, bias), None, None, None
 
 
+def transformed(x: Tensor) -> bool:
+    """Whether ``x`` is being traced or transformed rather than computed: under
+    ``torch.compile``/``torch.export`` (Dynamo), a ``torch.func`` transform, a forward-mode AD
+    level, a ``TorchDispatchMode`` (fake tensors, ``make_fx``), or ``x`` a tensor subclass.
+    About 1 us in eager mode; Dynamo reads the first test as a constant."""
+    return (_is_compiling()
+            or (type(x) is not Tensor and type(x) is not _Parameter)
+            or _forward_ad._current_level >= 0
+            or _functorch_active()
+            or _dispatch_modes() > 0)
+
+
+_is_compiling = torch.compiler.is_compiling
+_Parameter = torch.nn.Parameter
+_functorch_active = torch._C._are_functorch_transforms_active
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
+def composite_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                    stats: RunningStats | None = None) -> Tensor:
+    """Training BatchNorm as :func:`formula` (differentiable torch ops only) with the running
+    statistics updated in place from the batch's, detached: what every transform can trace."""
+    y, mean, var = formula(x, weight, bias, eps)
+    if stats is not None:
+        n = x.numel() // x.shape[1]
+        running_mean, running_var, momentum = stats
+        with torch.no_grad():
+            if running_mean is not None:
+                running_mean.copy_(_blended(running_mean, mean.detach(), momentum))
+            if running_var is not None:
+                running_var.copy_(_blended(running_var, var.detach() * (n / (n - 1)), momentum))
+    return y
+
+
+def _blended(running: Tensor, batch: Tensor, momentum: float) -> Tensor:
+    """:func:`blend` out of place (in ``batch``'s dtype, back in ``running``'s)."""
+    return torch.lerp(running.to(batch.dtype), batch, momentum).to(running.dtype)
+
+
 def train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
           stats: RunningStats | None = None, *, compiled: bool = False) -> Tensor:
-    """Training BatchNorm of a non-empty ``x`` (arguments already checked): through
-    :class:`BatchNormFunction` where a gradient is wanted, else straight to the kernels.
-    Updates ``stats`` in place."""
+    """Training BatchNorm of a non-empty ``x`` (arguments already checked): the composite
+    formula under a transform (:func:`transformed`), else through :class:`BatchNormFunction`
+    where a gradient is wanted, else straight to the kernels. Updates ``stats`` in place."""
+    if transformed(x):
+        return composite_train(x, weight, bias, eps, stats)
     if torch.is_grad_enabled() and (x.requires_grad
                                     or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
@@ -312,8 +365,11 @@ def _formula_gradients(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tenso
                        eps: float, needs: tuple[bool, ...]) -> list[Tensor | None]:
     inputs = [t for t, need in zip((x, weight, bias), needs, strict=True)
               if need and t is not None]
-    y = formula(x, weight, bias, eps)[0]
-    grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True))
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        y = formula(x, weight, bias, eps)[0]
+        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph,
+                                         allow_unused=True))
     return [next(grads) if need else None for need in needs]
 
 

@@ -13,7 +13,9 @@ It behaves as torch 2.13 does where torch is defined: ``bias=False``, an empty b
 (empty output and gradients, statistics unchanged, the batch still counted), ``eps=0`` outside
 training. float16/bfloat16 inputs are computed in float32 and returned in the input dtype;
 running statistics keep their own dtype (float32 by default), as PyTorch's mixed-precision
-BatchNorm does.
+BatchNorm does. It validates where torch does, with torch's error types and words, keeps torch's
+``state_dict`` semantics, and runs under ``torch.compile``, ``torch.export``, ``torch.func`` and
+forward-mode AD (docs/reference.md).
 """
 
 from __future__ import annotations
@@ -26,14 +28,24 @@ from torch import Tensor, nn
 
 from bncheck import _kernels
 from bncheck._kernels import compute_dtype, reduction_dims
-from bncheck._validation import check_eps, check_momentum, check_positive_int, describe
+from bncheck._validation import check_type, describe
 from bncheck.errors import InvalidArgument, InvalidArgumentType
 
 __all__ = ["batch_norm", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-           "compute_dtype", "reduction_dims"]
+           "InvalidInput", "compute_dtype", "reduction_dims"]
 
 
-def _check_input(input: Any, allowed_dims: tuple[int, ...] = (2, 3, 4, 5)) -> None:
+class InvalidInput(InvalidArgument, RuntimeError):
+    """An input torch's native BatchNorm refuses with a ``RuntimeError`` (a statistic or
+    parameter of the wrong size, statistics missing in eval): also a ``RuntimeError``, so code
+    that catches torch's error catches bncheck's, and an :class:`InvalidArgument` (``ValueError``)
+    as every bncheck argument error."""
+
+
+def _check_input(input: Any) -> None:
+    """What torch checks before it computes, as its own errors would say it (torch raises
+    ``AttributeError``/``NotImplementedError``/``IndexError`` from its internals for these;
+    bncheck says what was expected and received, as a ``TypeError``/``ValueError``)."""
     if not isinstance(input, Tensor):
         raise InvalidArgumentType(
             f"Expected input to be a torch.Tensor, received input={describe(input)}"
@@ -43,16 +55,16 @@ def _check_input(input: Any, allowed_dims: tuple[int, ...] = (2, 3, 4, 5)) -> No
             f"Expected input to have a floating dtype (float16, bfloat16, float32, float64), "
             f"received input of dtype {input.dtype}"
         )
-    if input.dim() not in allowed_dims:
-        lo, hi = min(allowed_dims), max(allowed_dims)
-        want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    if input.dim() < 2 and not (input.dim() == 1 and input.numel() == 0):
         raise InvalidArgument(
-            f"Expected input with {want} dims (N, C, *), received input of shape "
-            f"{tuple(input.shape)} ({input.dim()} dims)"
+            f"Expected input with at least 2 dims (N, C, *) (or an empty 1-dim tensor, which "
+            f"torch returns as it is), received input of shape {tuple(input.shape)} "
+            f"({input.dim()} dims)"
         )
 
 
 def _check_channel_tensor(t: Any, name: str, channels: int) -> None:
+    """torch's ``check_dims_match_num_input_features``, its wording first."""
     if t is None:
         return
     if not isinstance(t, Tensor):
@@ -62,10 +74,34 @@ def _check_channel_tensor(t: Any, name: str, channels: int) -> None:
         raise InvalidArgumentType(
             f"Expected {name} to have a floating dtype, received {name} of dtype {t.dtype}")
     if t.numel() != channels:
-        raise InvalidArgument(
-            f"Expected {name} to hold one value per channel ({channels}, from input.shape[1]), "
-            f"received {name} of shape {tuple(t.shape)}"
+        raise InvalidInput(
+            f"{name} should contain {channels} elements not {t.numel()} (one value per "
+            f"channel, from input.shape[1]; received {name} of shape {tuple(t.shape)})"
         )
+
+
+def _check_number(value: Any, name: str) -> None:
+    """``eps`` and ``momentum`` are numbers (torch's ``double`` arguments); their range is
+    checked only where torch checks it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentType(
+            f"Expected {name} to be a float, received {name}={describe(value)}"
+            + (" (None means a cumulative average, which only the BatchNorm module can keep)"
+               if value is None and name == "momentum" else ""))
+
+
+def _check_eps(eps: Any, training: bool) -> None:
+    """torch 2.13's ``F.batch_norm`` rule and wording: ``> 0`` in training (a constant channel
+    has variance 0), ``>= 0`` otherwise. Like torch, NaN passes (and gives NaN)."""
+    _check_number(eps, "eps")
+    if training and eps <= 0.0:
+        raise InvalidArgument(
+            f"batch_norm eps must be positive during training, but got {eps}: Expected eps > "
+            f"0.0, received eps={eps!r} (training normalizes with batch statistics, and a "
+            f"constant channel has variance 0)")
+    if eps < 0.0:
+        raise InvalidArgument(f"batch_norm eps must be non-negative, but got {eps}: Expected "
+                              f"eps >= 0.0, received eps={eps!r}")
 
 
 def _values_per_channel(input: Tensor) -> int:
@@ -95,15 +131,18 @@ def batch_norm(
     True
 
     Args:
-        input: ``(N, C, *)`` floating tensor, 2 to 5 dims. In training, an empty batch gives an
+        input: ``(N, C, *)`` floating tensor of 2 or more dims (or an empty 1-dim tensor,
+            returned as torch returns it). In training, an empty batch gives an
             empty output and leaves the running statistics unchanged (as torch does).
         running_mean, running_var: ``(C,)`` statistics. In training they are updated in place
             (when given) with ``new = (1 - momentum) * old + momentum * batch``, the running
             variance from the *unbiased* batch variance; in eval they normalize the input.
         weight, bias: optional ``(C,)`` affine parameters.
         training: normalize with batch statistics (biased variance) and update the running ones.
-        momentum: weight of the batch statistic in the update, in ``[0, 1]``.
-        eps: added to the variance inside the square root; ``>= 0``, and ``> 0`` in training.
+        momentum: weight of the batch statistic in the update (a number; like torch, its
+            range is not checked).
+        eps: added to the variance inside the square root; ``>= 0``, and ``> 0`` in training
+            (checked here, with torch's wording).
         compiled: compute training mode with ``torch.compile``-generated kernels (faster on
             large inputs once compiled; the first call per dtype and rank compiles for seconds).
             Eval mode, and training under ``torch.inference_mode``, run the eager kernels.
@@ -112,31 +151,37 @@ def batch_norm(
         A tensor of the input's shape, dtype and memory layout.
 
     Raises:
-        InvalidArgument: bad dims, channel mismatch, one value per channel in training,
-            missing running statistics in eval, bad ``eps``/``momentum``.
-        InvalidArgumentType: non-tensor or non-floating input.
+        InvalidArgument: under 2 dims, one value per channel in training, bad ``eps``
+            (``ValueError``, as torch).
+        InvalidInput: a statistic or parameter without one value per channel, running
+            statistics missing in eval (also a ``RuntimeError``, as torch's).
+        InvalidArgumentType: non-tensor or non-floating input, a non-number
+            ``eps``/``momentum``.
+
+    docs/reference.md lists what of torch's contract is matched and what is not.
     """
     _check_input(input)
-    channels = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        _check_channel_tensor(t, name, channels)
-    check_eps(eps, training=training)
-    check_momentum(momentum, allow_none=False)
-    if not training:
-        if running_mean is None or running_var is None:
-            raise InvalidArgument(
-                "Expected running_mean and running_var when training=False, received "
-                f"running_mean={describe(running_mean)}, running_var={describe(running_var)}"
-            )
-        return _kernels.eval_forward(input, running_mean, running_var, weight, bias, eps)
-
-    count = _values_per_channel(input)
-    if count == 1:
+    if training and input.dim() >= 2 and _values_per_channel(input) == 1:
         raise InvalidArgument(
             "Expected more than 1 value per channel when training, "
             f"got input size {input.shape}"
         )
+    _check_eps(eps, training)
+    _check_number(momentum, "momentum")
+    if input.dim() == 1:  # empty (checked above): torch returns it as it is
+        return input.clone()
+    channels = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if not training and t is None:
+            raise InvalidInput(f"{name} must be defined in evaluation mode "
+                               f"(received {name}=None with training=False)")
+        _check_channel_tensor(t, name, channels)
+    for name, t in (("weight", weight), ("bias", bias)):
+        _check_channel_tensor(t, name, channels)
+    if not training:
+        assert running_mean is not None and running_var is not None
+        return _kernels.eval_forward(input, running_mean, running_var, weight, bias, eps)
+
     if input.numel() == 0:
         return _empty_batch(input, weight, bias)
     stats = None if running_mean is None and running_var is None else (
@@ -172,8 +217,8 @@ class BatchNorm(nn.Module):
 
     Args:
         num_features: C, the channel count.
-        eps: added to the variance inside the square root; ``>= 0`` (``0`` fails in training,
-            where batch statistics are used, as in torch).
+        eps: added to the variance inside the square root; checked at the forward, as torch
+            checks it (``>= 0``, and ``> 0`` where batch statistics are used).
         momentum: weight of the batch statistic in the running update; ``None`` keeps a
             cumulative (equal-weight) average over all batches seen.
         affine: learn a per-channel ``weight`` (and ``bias``, unless ``bias=False``).
@@ -191,7 +236,11 @@ class BatchNorm(nn.Module):
     running_mean: Tensor | None
     running_var: Tensor | None
     num_batches_tracked: Tensor | None
+    #: The ranks ``bncheck verify`` draws for this class.
     _allowed_dims: tuple[int, ...] = (2, 3, 4, 5)
+    #: The ranks the forward accepts (torch's ``_check_input_dim``); None: any rank
+    #: ``F.batch_norm`` accepts (2 and more, and an empty 1-dim tensor).
+    _checked_dims: tuple[int, ...] | None = None
 
     def __init__(
         self,
@@ -207,11 +256,14 @@ class BatchNorm(nn.Module):
         compiled: bool = False,
     ) -> None:
         super().__init__()
-        check_positive_int(num_features, "num_features")
-        check_eps(eps, training=False)
-        check_momentum(momentum, allow_none=True)
+        # As torch: num_features is checked here (torch's own errors: TypeError, RuntimeError),
+        # eps and momentum where they are used (eps at the forward, momentum nowhere).
+        check_type(int, num_features, "num_features")
+        if num_features < 0:
+            raise InvalidInput(f"Expected num_features >= 0, received num_features="
+                               f"{num_features!r} (torch: negative dimension)")
         self.num_features = num_features
-        self.eps = float(eps)
+        self.eps = eps
         self.momentum = momentum
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
@@ -259,12 +311,16 @@ class BatchNorm(nn.Module):
                 + (", compiled=True" if self.compiled else ""))
 
     def _check_input_dim(self, input: Tensor) -> None:
-        _check_input(input, self._allowed_dims)
-        if input.shape[1] != self.num_features:
+        """torch's ``_check_input_dim`` of ``nn.BatchNorm{1,2,3}d`` (its wording, a
+        ``ValueError``); the generic class leaves ranks to :func:`batch_norm`, as torch's
+        ``F.batch_norm`` does. Channels are checked by :func:`batch_norm` (torch's
+        ``RuntimeError``), against whichever of the statistics and parameters exist."""
+        _check_input(input)
+        if self._checked_dims is not None and input.dim() not in self._checked_dims:
+            want = " or ".join(f"{d}D" for d in self._checked_dims)
             raise InvalidArgument(
-                f"Expected input with {self.num_features} channels (num_features) in dim 1, "
-                f"received input of shape {tuple(input.shape)} ({input.shape[1]} channels)"
-            )
+                f"expected {want} input (got {input.dim()}D input): received input of shape "
+                f"{tuple(input.shape)}")
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -287,8 +343,12 @@ class BatchNorm(nn.Module):
         version = local_metadata.get("version")
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            # Checkpoints from before num_batches_tracked existed: start the count at 0.
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
+            # As torch: a checkpoint from before num_batches_tracked existed (version < 2), or
+            # one with no version (load_state_dict({}, strict=False)), keeps the current count
+            # (0 for a meta-device module).
+            nbt = self.num_batches_tracked
+            state_dict[key] = (nbt if nbt is not None and nbt.device != torch.device("meta")
+                               else torch.tensor(0, dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
@@ -296,16 +356,16 @@ class BatchNorm(nn.Module):
 class BatchNorm1d(BatchNorm):
     """:class:`BatchNorm` restricted to ``(N, C)`` and ``(N, C, L)``, as ``nn.BatchNorm1d``."""
 
-    _allowed_dims = (2, 3)
+    _allowed_dims = _checked_dims = (2, 3)
 
 
 class BatchNorm2d(BatchNorm):
     """:class:`BatchNorm` restricted to ``(N, C, H, W)``, as ``nn.BatchNorm2d``."""
 
-    _allowed_dims = (4,)
+    _allowed_dims = _checked_dims = (4,)
 
 
 class BatchNorm3d(BatchNorm):
     """:class:`BatchNorm` restricted to ``(N, C, D, H, W)``, as ``nn.BatchNorm3d``."""
 
-    _allowed_dims = (5,)
+    _allowed_dims = _checked_dims = (5,)

@@ -26,6 +26,10 @@ from bncheck.errors import InvalidArgument, VerificationFailed
                                  "(with --polygraphy-inputs).")
 @click.option("--polygraphy-runner", "pg_runner", default=None, metavar="NAME",
               help="The runner in --polygraphy-outputs to compare with (default: the first).")
+@click.option("--training-graph", is_flag=True, default=False,
+              help="Without a source or manifest: the file was exported in training mode on "
+                   "purpose (BatchNorm with batch statistics); compare the runtimes, do not "
+                   "require batch independence.")
 @timeout_option("Seconds each call into the model's code may take (building it, a "
                 "calibration forward, the export's trace, an eager forward) before it counts as "
                 "hung and is stopped; with --bn FILE.py:Name or --model.")
@@ -36,7 +40,7 @@ def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
           input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
           calibrate: int | None, checkpoint: Path | None, seed: int, manifest: Path | None,
           pg_inputs: Path | None, pg_outputs: Path | None, pg_runner: str | None,
-          timeout: float, debug: bool) -> None:
+          training_graph: bool, timeout: float, debug: bool) -> None:
     """Verify MODEL.onnx on every runtime, with the same table and exit codes as export.
 
     With --bn or --model (and --checkpoint or --seed): against that PyTorch source, built
@@ -47,7 +51,8 @@ def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
     symbolic dimensions), every runtime is compared with onnxruntime CPU DISABLE_ALL, batch
     independence is checked (the nodes that make a sample depend on its batch are named),
     and every BatchNormalization node (training_mode, epsilon, momentum, where its
-    statistics come from) and every recorded Conv/Gemm fold is reported.
+    statistics come from) and every recorded Conv/Gemm fold is reported. --training-graph
+    checks a graph exported in training mode on purpose as such (no batch independence).
 
     A file that is not ONNX, is truncated, fails onnx.checker or has another input signature
     than the source's gets a one-line error and exit code 2.
@@ -59,7 +64,7 @@ def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
 
     try:
         _check(model_path, model_spec, model_args, input_shapes, static_batch, bn, calibrate,
-               checkpoint, seed, manifest, pg_inputs, pg_outputs, pg_runner)
+               checkpoint, seed, manifest, pg_inputs, pg_outputs, pg_runner, training_graph)
     except KeyboardInterrupt:
         interrupted("before the verification finished; check writes no files")
 
@@ -67,7 +72,8 @@ def check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
 def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...],
            input_shapes: tuple[str, ...], static_batch: bool, bn: str | None,
            calibrate: int | None, checkpoint: Path | None, seed: int, manifest: Path | None,
-           pg_inputs: Path | None, pg_outputs: Path | None, pg_runner: str | None) -> None:
+           pg_inputs: Path | None, pg_outputs: Path | None, pg_runner: str | None,
+           training_graph: bool = False) -> None:
     from rich.markup import escape
 
     from bncheck.cli._onnx_render import render_report
@@ -78,6 +84,12 @@ def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...]
 
     data, _ = load_onnx(model_path)
     con = console()
+    if training_graph and (bn is not None or model_spec is not None or manifest is not None
+                           or pg_inputs is not None
+                           or model_path.with_suffix(".json").is_file()):
+        raise InvalidArgument("--training-graph checks a file without a source or manifest "
+                              "(runtimes vs each other); give it without --bn/--model, "
+                              "--manifest or --polygraphy-*")
     if (pg_inputs is None) != (pg_outputs is None):
         raise InvalidArgument("Give --polygraphy-inputs and --polygraphy-outputs both or "
                               "neither")
@@ -120,7 +132,8 @@ def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...]
         with con.status("running every runtime ..."):
             report = verify_standalone(data, input_shapes=[parse_shape(s)
                                                            for s in input_shapes],
-                                       seed=seed, where=str(model_path))
+                                       seed=seed, where=str(model_path),
+                                       training_graph=training_graph)
         title = f"{model_path.name}: no source and no manifest, runtimes vs each other"
     render_report(con, report, title=title)
     if not report.ok:

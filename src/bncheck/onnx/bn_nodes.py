@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bncheck.onnx.graph import module_of, walk_nodes
+from bncheck.onnx.graph import module_of, op_version, walk_nodes
 
 __all__ = ["BNNode", "Fold", "bn_nodes", "folds"]
 
@@ -46,6 +46,11 @@ class BNNode:
     momentum: float
     statistics: str
     subgraph: str = ""  # '' at the top level; "node 'if1' then_branch" inside a subgraph
+    #: The operator version the node runs (6 for opsets 6, 7 for 7-8, 9 for 9-13, ...).
+    version: int = 0
+    #: Attributes of old versions, as the file sets them: ``is_test`` and ``consumed_inputs``
+    #: (BatchNormalization-1/6), ``spatial`` (up to -7/-9; 0: per-activation statistics).
+    legacy: tuple[tuple[str, Any], ...] = ()
 
     @property
     def batch_statistics(self) -> bool:
@@ -54,12 +59,22 @@ class BNNode:
     def to_json(self) -> dict[str, Any]:
         return {"node": self.name, "module": self.module, "training_mode": self.training_mode,
                 "epsilon": self.epsilon, "momentum": self.momentum,
-                "statistics": self.statistics, "subgraph": self.subgraph}
+                "statistics": self.statistics, "subgraph": self.subgraph,
+                "version": self.version, "legacy_attributes": dict(self.legacy)}
+
+    @property
+    def per_activation(self) -> bool:
+        """``spatial=0`` (BatchNormalization-1 to -7): statistics per channel *and* position,
+        not the per-channel BatchNorm of torch."""
+        return dict(self.legacy).get("spatial", 1) == 0
 
     def __str__(self) -> str:
         where = f" (module {self.module})" if self.module else ""
         where += f" (inside {self.subgraph})" if self.subgraph else ""
-        return (f"{self.name}{where}: training_mode={self.training_mode}, "
+        version = f"BatchNormalization-{self.version}, " if self.version and \
+            self.version < 14 else ""
+        legacy = "".join(f"{k}={v}, " for k, v in self.legacy)
+        return (f"{self.name}{where}: {version}training_mode={self.training_mode}, {legacy}"
                 f"epsilon={self.epsilon:.3g}, momentum={self.momentum:.3g}, statistics: "
                 f"{self.statistics}")
 
@@ -110,22 +125,37 @@ def bn_nodes(model: Any) -> list[BNNode]:
     """Every BatchNormalization node, in graph order, those inside ``If``/``Loop``/``Scan``
     subgraphs included (``subgraph`` says where)."""
     found = []
+    version = op_version(model, "BatchNormalization")
     for subgraph, node in walk_nodes(model.graph):
         if node.op_type != "BatchNormalization":
             continue
-        training = int(_attr(node, "training_mode", 0))
-        # BatchNormalization-6 and earlier: is_test=0 means training.
-        if any(a.name == "is_test" for a in node.attribute):
-            training = 1 - int(_attr(node, "is_test", 0))
-        # BatchNormalization-7 to -9: no attribute; the optional mean/var outputs are
-        # produced in training mode only (torch's TorchScript exporter, training=TRAINING).
-        elif not any(a.name == "training_mode" for a in node.attribute) and \
-                sum(1 for o in node.output if o) > 1:
-            training = 1
+        training = _training_mode(node, version)
         found.append(BNNode(node.name or node.output[0], module_of(node), training,
                             _attr(node, "epsilon", 1e-5), _attr(node, "momentum", 0.9),
-                            _source(model, list(node.input[3:5]), training == 1), subgraph))
+                            _source(model, list(node.input[3:5]), training == 1), subgraph,
+                            version, _legacy(node)))
     return found
+
+
+def _training_mode(node: Any, version: int) -> int:
+    """1 where the node normalizes with batch statistics, as its operator version says it:
+    ``is_test`` (default 0, training) up to BatchNormalization-6; from -7 to -9 the optional
+    mean/var outputs, produced in training mode only (torch's TorchScript exporter with
+    training=TRAINING); from -14 on ``training_mode`` (default 0)."""
+    names = {a.name for a in node.attribute}
+    if "training_mode" in names or version >= 14:
+        return int(_attr(node, "training_mode", 0))
+    if "is_test" in names or (version and version < 7):
+        return 1 - int(_attr(node, "is_test", 0))
+    return int(sum(1 for o in node.output if o) > 1)
+
+
+def _legacy(node: Any) -> tuple[tuple[str, Any], ...]:
+    import onnx
+
+    return tuple((a.name, onnx.helper.get_attribute_value(a) if a.name != "consumed_inputs"
+                  else list(a.ints))
+                 for a in node.attribute if a.name in ("is_test", "spatial", "consumed_inputs"))
 
 
 def folds(model: Any) -> list[Fold]:

@@ -31,7 +31,7 @@ import numpy as np
 from bncheck.errors import UsageError
 
 __all__ = ["ModelFileError", "GraphInput", "Signature", "io_specs", "signature", "module_of",
-           "intermediates", "display_name", "walk_nodes", "float_types"]
+           "op_version", "intermediates", "display_name", "walk_nodes", "float_types"]
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
 
@@ -133,6 +133,22 @@ def _strip_call_suffix(name: str, known: Collection[str] | None) -> str:
         return name
     base = re.sub(r"(_|@)\d+$", "", name)
     return base if base in known else name
+
+
+def op_version(model: Any, op_type: str, domain: str = "") -> int:
+    """The version of ``op_type`` a ModelProto's nodes run: the newest schema at or below the
+    opset the model imports for ``domain`` (BatchNormalization at opset 13 is
+    BatchNormalization-9); 0 when the model imports no such opset or onnx knows no schema."""
+    import onnx
+
+    opset = next((int(imp.version) for imp in model.opset_import
+                  if imp.domain == domain or (domain == "" and imp.domain == "ai.onnx")), 0)
+    if not opset:
+        return 0
+    try:
+        return int(onnx.defs.get_schema(op_type, opset, domain).since_version)
+    except onnx.defs.SchemaError:
+        return 0
 
 
 def module_of(node: Any, known: Collection[str] | None = None) -> str | None:

@@ -146,7 +146,8 @@ def _nonfinite(report: Report, rt: Runtime, ys: list[np.ndarray], names: Sequenc
 
 
 def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = (),
-                      seed: int = 0, where: str = "model") -> Report:
+                      seed: int = 0, where: str = "model", training_graph: bool = False
+                      ) -> Report:
     """Verify an ONNX file with no source and no goldens: runtimes against one another.
 
     Inputs are generated from the graph's signature (``input_shapes`` fill in symbolic
@@ -159,6 +160,11 @@ def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = 
     inputs) are fed at their declared shape. A training-mode BatchNormalization fails (also
     where a fixed batch of 1 hides it from the batch check), and so do non-finite outputs on
     finite inputs (a negative running variance), each naming the node.
+
+    ``training_graph``: the graph was exported in training mode on purpose (its
+    BatchNormalization nodes normalize with batch statistics): the runtimes are still compared
+    with one another, but batch independence is not required and training-mode nodes do not
+    fail; a graph with no training-mode node then fails (the declaration does not hold).
 
     Raises:
         ModelFileError: inputs that are not float16/32/64, zero-size dimensions, symbolic
@@ -196,13 +202,18 @@ def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = 
             if compare_outputs(report, rt, ys, {anchor.label: ref}, sig.outputs, b,
                                 "vs runtimes", tol, "") and diverged is None:
                 diverged = (rt, feeds)
-    odd = [b for b in batches if b > 1 and b % 2] or [max(batches)]
-    batch_independence(report, rts, _feeds(sig, specs, batched, odd[0], seed), seed, data,
-                       batched)
     training = [n for n in report.bn_nodes if n.batch_statistics]
+    if training_graph:
+        _declared_training(report, training)
+        training = []
+    else:
+        odd = [b for b in batches if b > 1 and b % 2] or [max(batches)]
+        batch_independence(report, rts, _feeds(sig, specs, batched, odd[0], seed), seed, data,
+                           batched)
     report.failures += [f"BatchNormalization node {n.name!r} has training_mode=1: it "
                         f"normalizes with the statistics of the batch it is given, not its "
-                        f"stored running statistics" for n in training]
+                        f"stored running statistics (a graph exported in training mode on "
+                        f"purpose: check it with --training-graph)" for n in training]
     if report.batch_nodes:
         first = report.batch_nodes[0]
         report.localization = f"first batch-dependent node: {node_text(*first)}"
@@ -217,6 +228,22 @@ def verify_standalone(data: bytes, *, input_shapes: Sequence[tuple[int, ...]] = 
     elif anchor is None:
         report.failures.append("no runtime could run the graph")
     return report
+
+
+def _declared_training(report: Report, training: Sequence[Any]) -> None:
+    """A graph declared to be in training mode: say what is not checked, and fail when no
+    BatchNormalization node normalizes with batch statistics."""
+    if not training:
+        report.failures.append(
+            "declared a training-mode graph (--training-graph), but no BatchNormalization node "
+            "normalizes with batch statistics"
+            + (f" ({len(report.bn_nodes)} in inference mode)" if report.bn_nodes else
+               " (the graph has none)"))
+        return
+    names = ", ".join(repr(n.name) for n in training)
+    report.notes.append(f"training-mode graph (--training-graph): batch independence not "
+                        f"checked; BatchNormalization {names} normalize with batch statistics "
+                        f"on purpose")
 
 
 def _summed(a: Tolerance, b: Tolerance) -> Tolerance:

@@ -1,11 +1,12 @@
 """The contract every runtime plugin keeps, and the record of one runtime for one graph.
 
-A plugin says four things, nothing more: its name and setting (``level``), its tolerance (with
+A plugin says five things, nothing more: its name and setting (``level``), its tolerance (with
 the reason), why it cannot run here (``unavailable``: a package or a provider is missing) or
-cannot be trusted for this graph (``not_applicable``), and how to ``load`` a graph into a
-runner. :meth:`RuntimePlugin.runtime` turns those answers into a :class:`Runtime`, so no
-runtime is ever silent: it runs, or it is *skipped* / *n/a* with its reason, or it refused the
-graph (a failed check).
+cannot be trusted for this graph (``not_applicable``), which load errors mean it lacks a kernel
+the graph needs (``missing_kernel``: an operator version it does not implement, *n/a* with that
+line), and how to ``load`` a graph into a runner. :meth:`RuntimePlugin.runtime` turns those
+answers into a :class:`Runtime`, so no runtime is ever silent: it runs, or it is *skipped* /
+*n/a* with its reason, or it refused the graph (a failed check).
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class RuntimePlugin(abc.ABC):
         """Why this runtime's answer cannot be trusted for ``model`` (None: it can)."""
         return None
 
+    def missing_kernel(self, error: Exception) -> str | None:
+        """Why ``load`` failed because the runtime lacks a kernel the graph needs (an operator
+        version it does not implement): a line that says so, and the runtime is *n/a* for the
+        graph rather than failed. None: ``error`` is a refusal of the graph (a failed check)."""
+        return None
+
     @abc.abstractmethod
     def load(self, data: bytes, model: Any) -> Runner:
         """Load the ONNX bytes (``model`` is the parsed ModelProto) and return a runner.
@@ -95,6 +102,9 @@ class RuntimePlugin(abc.ABC):
         try:
             runner = self.load(data, model)
         except Exception as e:  # noqa: BLE001 - each runtime has its own error types
+            missing = self.missing_kernel(e)
+            if missing is not None:
+                return Runtime(self.name, self.level, self.tolerance, not_applicable=missing)
             return Runtime(self.name, self.level, self.tolerance,
                            error=f"cannot load the graph: {first_line(e)}")
         return Runtime(self.name, self.level, self.tolerance, runner)

@@ -13,6 +13,7 @@ BatchNormalization whose optional running-statistics outputs are omitted (record
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,10 @@ import numpy as np
 from bncheck.compare import Tolerance
 from bncheck.onnx.runtimes._base import Runner, RuntimePlugin, bn_nodes_in
 
-__all__ = ["OrtCpu", "ort_session", "ort_runner", "crash_hazard"]
+__all__ = ["OrtCpu", "ort_session", "ort_runner", "crash_hazard", "ort_missing_kernel"]
+
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name "
+                        r"'([^']*)'")
 
 def ort_session(data: bytes, *, level: str = "DISABLE_ALL",
                 provider: str | tuple[str, dict[str, str]] = "CPUExecutionProvider") -> Any:
@@ -54,6 +58,20 @@ def crash_hazard(model: Any) -> str | None:
     return None
 
 
+def ort_missing_kernel(error: Exception) -> str | None:
+    """onnxruntime's NOT_IMPLEMENTED for an operator version it has no kernel for (1.32 has no
+    BatchNormalization-6, so it cannot run an opset-6 BatchNorm graph): one line that says so.
+    """
+    found = _NO_KERNEL.search(str(error))
+    if found is None:
+        return None
+    import onnxruntime as ort
+
+    op, version, node = found.groups()
+    return (f"onnxruntime {ort.__version__} has no kernel for {op}-{version} (node {node!r}): "
+            f"it cannot run this opset's {op}")
+
+
 class OrtCpu(RuntimePlugin):
     """onnxruntime CPU at one graph optimization level."""
 
@@ -65,6 +83,9 @@ class OrtCpu(RuntimePlugin):
         self.level = level
         self.key = "onnxruntime" if level == "DISABLE_ALL" else "onnxruntime-fused"
         self.tolerance: Tolerance = TOLERANCES[self.key]
+
+    def missing_kernel(self, error: Exception) -> str | None:
+        return ort_missing_kernel(error)
 
     def load(self, data: bytes, model: Any) -> Runner:
         hazard = crash_hazard(model)

@@ -13,7 +13,12 @@ from typing import Any
 
 from bncheck.compare import Tolerance
 from bncheck.onnx.runtimes._base import Runner, RuntimePlugin
-from bncheck.onnx.runtimes.ort_cpu import crash_hazard, ort_runner, ort_session
+from bncheck.onnx.runtimes.ort_cpu import (
+    crash_hazard,
+    ort_missing_kernel,
+    ort_runner,
+    ort_session,
+)
 
 __all__ = ["OrtGpu"]
 
@@ -42,6 +47,9 @@ class OrtGpu(RuntimePlugin):
             return None
         return (f"onnxruntime {ort.__version__} offers no {self.provider} "
                 f"(available: {', '.join(available)})")
+
+    def missing_kernel(self, error: Exception) -> str | None:
+        return ort_missing_kernel(error)
 
     def load(self, data: bytes, model: Any) -> Runner:
         hazard = crash_hazard(model)
