@@ -206,7 +206,7 @@ def _check_dims(value: Any, label: str) -> tuple[int, ...]:
     dims = tuple(value)
     if not dims or any(d not in RANKS for d in dims):
         raise InvalidArgument(f"Expected {label} to be input ranks from 2 to 5, received "
-                              f"{label}={value!r}")
+                              f"{label}={dims!r}")
     return tuple(sorted(set(dims)))
 
 
@@ -241,12 +241,12 @@ def _check_names(value: Any, label: str) -> FrozenMap:
     for key, name in mapping.items():
         if key not in NAME_KEYS:
             close = close_matches(str(key), NAME_KEYS)
-            raise InvalidArgument(f"Expected {label} keys from {', '.join(NAME_KEYS)}, received "
-                                  f"{label} key {key!r}"
-                                  + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise InvalidArgument(f"Expected {label} keys from {list(NAME_KEYS)}, received "
+                                  f"{label}={dict(mapping)!r} ({key!r} is not one of them"
+                                  + (f"; did you mean {', '.join(close)}?)" if close else ")"))
         if not isinstance(name, str) or not name.replace(".", "_").isidentifier():
-            raise InvalidArgument(f"Expected {label}[{key!r}] to be an attribute name (dotted "
-                                  f"for a submodule's), received {name!r}")
+            raise InvalidArgument(f"Expected {label}[{key!r}] to be an attribute name, received "
+                                  f"{name!r} (a dotted name reaches into a submodule)")
     return FrozenMap(mapping)
 
 
@@ -258,9 +258,9 @@ def _check_fixed(value: Any, label: str) -> FrozenMap:
     mapping = _mapping(value, label, "{'affine': True}")
     for key, flag in mapping.items():
         if key not in FLAG_TYPES:
-            raise InvalidArgument(f"Expected {label} keys from {', '.join(FLAG_TYPES)} (eps and "
-                                  f"momentum have their own declarations), received {label} key "
-                                  f"{key!r}")
+            raise InvalidArgument(f"Expected {label} keys from {sorted(FLAG_TYPES)} (eps and "
+                                  f"momentum have their own declarations), received "
+                                  f"{label}={dict(mapping)!r}")
         check_type(FLAG_TYPES[key], flag, f"{label}[{key!r}]")
     return FrozenMap(mapping)
 
@@ -316,7 +316,7 @@ def _check_dtypes(value: Any, label: str) -> tuple[str, ...]:
     for d in value:
         name = d if isinstance(d, str) else dtype_name(d) if d in DTYPES.values() else None
         if name not in DTYPES:
-            raise InvalidArgument(f"Expected {label} from {', '.join(DTYPES)}, received {d!r}")
+            raise InvalidArgument(f"Expected {label} from {sorted(DTYPES)}, received {d!r}")
         out.append(name)
     if not out:
         raise InvalidArgument(f"Expected at least one dtype, received {label}=[]")
@@ -435,7 +435,7 @@ class Declaration:
             if text is None:
                 continue
             value = text if spec.flag or spec.choices else spec.parse(text, spec.option)
-            given[name] = spec.check(value, spec.option)
+            given[name] = spec.check(value, spec.name)  # named as in Python and the config
         return dataclasses.replace(base, **given) if base is not None else cls(**given)
 
     def replace(self, **changes: Any) -> Declaration:

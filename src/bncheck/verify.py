@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import secrets
+import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,8 +172,9 @@ def build_target(obj: Any, *, label: str | None = None,
         known = supported_dims(obj)
         if known is not None and not set(decl.dims) <= set(known):
             raise InvalidArgument(
-                f"Expected dims among the input ranks {label or obj.__qualname__} accepts when "
-                f"tried ({', '.join(map(str, known))}), received dims={list(decl.dims)!r}")
+                f"Expected dims among the input ranks {label or obj.__qualname__} accepts "
+                f"({', '.join(map(str, known))}), received dims={decl.dims!r} (its ranks found "
+                f"by trying it)")
     return Target.from_object(obj, decl, label=label, debug=debug)
 
 
@@ -539,3 +542,16 @@ def describe_target(t: Target) -> str:
     return (f"{momentum}, {eps}, dims {','.join(map(str, t.dims))}; drawn: "
             f"{', '.join(drawn) or 'nothing (built with defaults)'}"
             + (f"; declared: {', '.join(extras)}" if extras else ""))
+
+
+class _CallableModule(types.ModuleType):
+    """``bncheck.verify(...)`` is :func:`verify`, whether ``bncheck.verify`` was imported as a
+    submodule or reached as the package's entry point. (The engine module and the function share
+    a name; this goes once the engine module is renamed in the layout regroup, issue 16 item 4:
+    ``bncheck/__init__.py`` then defines ``verify`` as a plain function.)"""
+
+    def __call__(self, obj: Any, **kwargs: Any) -> Report:
+        return verify(obj, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
