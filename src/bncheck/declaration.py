@@ -124,7 +124,7 @@ class DeclarationSpec:
                             metavar=self.metavar, help=self.help)
 
 
-def _text(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as one would type it (``1`` for 1.0; every float round-trips)."""
     if isinstance(value, bool):
         return str(value).lower()
@@ -138,7 +138,7 @@ def _same(text: str, _label: str) -> str:
 
 
 def declared(default: Any, *, option: str, help: str, check: Callable[[Any, str], Any],
-             parse: Callable[[str, str], Any] = _same, show: Callable[[Any], str] = _text,
+             parse: Callable[[str, str], Any] = _same, show: Callable[[Any], str] = shown,
              to_json: Callable[[Any], Any] | None = None, metavar: str | None = None,
              choices: tuple[str, ...] | None = None, flag: bool = False) -> Any:
     """A :class:`Declaration` field: ``default`` is "not declared"; ``check(value, label)``
@@ -276,7 +276,7 @@ def _parse_fixed(text: str, label: str) -> dict[str, bool]:
 
 
 def _show_map(value: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={_text(v)}" for k, v in value.items())
+    return ",".join(f"{k}={shown(v)}" for k, v in value.items())
 
 
 def _check_axis(value: Any, label: str) -> int:
@@ -365,7 +365,7 @@ class Declaration:
         help="What the target stores: the running variance (default) or running std.")
     momentum: float | None | NotSet = declared(
         not_set, option="--momentum", metavar="M", check=_check_momentum, parse=_parse_momentum,
-        show=lambda v: "none" if v is None else _text(v),
+        show=lambda v: "none" if v is None else shown(v),
         to_json=lambda v: "none" if v is None else v,
         help="The target's momentum (a number, or 'none': the cumulative average); declared, "
         "it is always passed to the constructor and never drawn. Default: the convention's "
@@ -374,7 +374,7 @@ class Declaration:
         None, option="--eps", metavar="EPS", check=_check_eps, parse=_parse_float,
         help="The target's eps; declared, it is always passed to the constructor and never "
         "drawn. Default: the convention's (drawn when the constructor takes eps).")
-    dims: tuple[int, ...] | None = declared(
+    dims: Sequence[int] | None = declared(
         None, option="--dims", metavar="2,4", check=_check_dims, parse=_parse_ints, show=_comma,
         to_json=list, help="Input ranks the target supports. Default: 2,4, restricted to the "
         "ranks the target accepts when built and tried.")
@@ -398,7 +398,7 @@ class Declaration:
         None, option="--empty-batches", flag=True, check=_check_bool,
         help="The target accepts empty batches (checked by empty_batch). Default: true for "
         "torch's BatchNorm classes.")
-    dtypes: tuple[str, ...] | None = declared(
+    dtypes: Sequence[str] | None = declared(
         None, option="--dtypes", metavar="LIST", check=_check_dtypes, parse=_parse_list,
         show=_comma, to_json=list, help="Comma-separated dtypes to check. Default: "
         "float32,float64,float16,bfloat16.")

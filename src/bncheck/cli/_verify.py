@@ -156,7 +156,7 @@ def _jobs(text: str | None, world_size: int | None) -> int:
 def _replay_command(profile: str, target: str | None, declaration: Declaration) -> Any:
     """``bncheck verify`` with the target, its whole declaration (from flags or a config
     table), the other options the user gave, one property and the seed."""
-    from bncheck.declaration import SPECS
+    from bncheck.declaration import SPECS, shown
 
     ctx = click.get_current_context()
     args: list[str] = ["bncheck", "verify"]
@@ -169,7 +169,7 @@ def _replay_command(profile: str, target: str | None, declaration: Declaration) 
         if isinstance(param, click.Option) and param.is_flag:
             args.append(param.opts[0])
         elif isinstance(param, click.Option):
-            args += [param.opts[0], str(value)]
+            args += [param.opts[0], shown(value)]
     args[2:2] = [] if target is None else [target]
     args += declaration.cli_args()
     prof = [] if profile == "ci" else ["--profile", profile]
