@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from bncheck._validation import DEFAULT_TIMEOUT
 from bncheck.errors import WorkerDied
 
 __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_method_for",
@@ -44,7 +45,7 @@ __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_me
 #: tiny case takes milliseconds, but a ``torch.compile``-d target's first call per dtype compiles
 #: (21.5 s measured here for a BatchNorm2d on the loaded 2-core machine), which must not be
 #: reported as a hang.
-DEFAULT_TIMEOUT = 60.0
+# DEFAULT_TIMEOUT: decided in bncheck._validation (imported above), re-exported here
 #: Seconds a stopping worker gets to exit on its own, then after SIGTERM, before SIGKILL.
 _GRACE = 1.0
 #: How long the parent waits for a ``faulthandler`` stack dump.

@@ -32,8 +32,7 @@ from hypothesis.errors import Flaky
 from hypothesis.reporting import with_reporter
 
 from bncheck._preflight import CORE_FORWARD
-from bncheck._validation import check_finite_float, check_names, check_type
-from bncheck._workers import DEFAULT_TIMEOUT
+from bncheck._validation import DEFAULT_TIMEOUT, check_names, check_timeout, check_type
 from bncheck.adapter import Target, supported_dims
 from bncheck.declaration import Declaration
 from bncheck.errors import (
@@ -467,12 +466,6 @@ def check_jobs(jobs: Any, timeout: float | None) -> None:
         raise InvalidArgument(f"jobs={jobs} runs properties in worker processes, but "
                               "timeout=None runs them in this process: give a timeout, or "
                               "jobs=1")
-
-
-def check_timeout(timeout: Any) -> None:
-    """``timeout`` is a positive number of seconds or ``None`` (one rule for the API and CLI)."""
-    if timeout is not None:
-        check_finite_float(timeout, "timeout", min_value=0.0, exclude_min=True)
 
 
 def check_batchnorm(obj: Any, *, declaration: Declaration | None = None,

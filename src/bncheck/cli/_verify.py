@@ -12,6 +12,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from bncheck._validation import DEFAULT_TIMEOUT, default_timeout
 from bncheck.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -73,11 +74,11 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
     """
     from bncheck._io import check_output_path, write_json_atomic
     from bncheck.properties import get
-    from bncheck.verify import check_timeout, resolve_profile
+    from bncheck.verify import resolve_profile
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
-    check_timeout(timeout)  # click's range lets nan and inf through
+    timeout = default_timeout(timeout, ranks=bool(world_size))  # nan and inf refused too
     jobs = _jobs(jobs_text, world_size)
     profile = resolve_profile(profile)  # named in the replay even when it came from the env
     if world_size:
@@ -181,10 +182,9 @@ def _replay_command(profile: str, target: str | None, declaration: Declaration) 
 
 def _run(t: Any, spec: str, properties: list[str] | None, profile: str,
          examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
-         distributed: dict[str, Any] | None = None, timeout: float | None = None,
+         distributed: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
          jobs: int = 1) -> None:
     from bncheck._io import write_json_atomic
-    from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.verify import PropertyResult, Report, describe_target
     from bncheck.verify import verify as run
 
@@ -212,7 +212,7 @@ def _run(t: Any, spec: str, properties: list[str] | None, profile: str,
         else:
             report = run(t, properties=properties, profile=profile,
                          examples=examples, seed=seed, replay=replay, on_result=finished,
-                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout, jobs=jobs)
+                         timeout=timeout, jobs=jobs)
     except KeyboardInterrupt:
         partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
                          profile, done, declaration=t.declaration.to_json())

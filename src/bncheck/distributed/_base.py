@@ -313,7 +313,7 @@ def _expect_update(conv: Convention, sc: SyncCase, rank: int, exp: Expected,
     steps = count if count is not None else step + 1
     momentum = c.config.momentum
     w = conv.batch_weight(momentum, steps)
-    corr = n / (n - 1) if conv.running_var == "unbiased" else 1.0
+    corr = conv.correction(n)
     stat_dtype = c.dtype
     tm, tv = stats_tolerance(exp.raw, before[0], before[1], exp.mean, exp.var, weight=w,
                              correction=corr, stat_dtype=stat_dtype)
