@@ -388,7 +388,8 @@ def _cases(draw: st.DrawFn, shape_st: st.SearchStrategy[tuple[int, ...]],
     return BNCase(shape, dtype, mode, config, x, weight, bias, chans, layout)
 
 
-def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str] | None = None,
+def bn_cases(*, dims: Sequence[int] = (2, 4),
+             dtypes: Sequence[torch.dtype | str] | None = ("float32", "float64"),
              training: bool | None = None, grad_modes: Sequence[str] | None = None,
              configs: st.SearchStrategy[BNConfig] | None = None, min_batch: int | None = None,
              max_batch: int = 6, max_channels: int = 4, max_side: int = 4,
@@ -401,7 +402,8 @@ def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str
 
     Args:
         dims: input ranks (2 to 5).
-        dtypes: ``None`` means float32 and float64.
+        dtypes: default float32 and float64; ``None`` means every dtype, as for
+            :func:`dtypes` (one meaning of ``None`` for dtypes everywhere).
         training, grad_modes: as :func:`modes`.
         configs: ``None`` means ``bn_configs()``.
         min_batch: ``None`` means 1 when ``training=False``, else 2 (training needs two values
@@ -415,7 +417,7 @@ def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str
     if training is not False and min_batch < 2:
         raise InvalidArgument(f"Cannot have min_batch={min_batch} < 2 unless training=False: "
                               f"a training forward needs more than one value per channel")
-    dts = (torch.float32, torch.float64) if dtypes is None else _check_dtypes(dtypes)
+    dts = tuple(DTYPES.values()) if dtypes is None else _check_dtypes(dtypes)
     ks = KINDS if kinds is None else _check_choices(kinds, "kinds", KINDS)
     ls = LAYOUTS if layouts is None else _check_choices(layouts, "layouts", LAYOUTS)
     if configs is None:

@@ -338,7 +338,8 @@ def verify(obj: Any, *, declaration: Declaration | None = None,
         jobs: properties run at once, each in a worker process of its own (``1``: one after
             another in one worker). The report, and every result in it, is the same whatever
             ``jobs`` is: each property is drawn from ``seed`` alone and runs whole in one
-            process. Needs worker processes (``timeout`` not ``None``).
+            process. Needs worker processes (``timeout`` not ``None``). The CLI's default is
+            ``--jobs auto`` (one per CPU, at most 4); a library call takes one unless asked.
         label, debug: as :func:`build_target` (a prepared Target keeps its own).
         declared: the fields of :class:`~bncheck.declaration.Declaration` (``convention``,
             ``eps``, ``dims``, ``names``, ``dtypes``, ...), over ``declaration``; an unknown

@@ -88,7 +88,7 @@ def test_a_misspelled_key_exits_2_naming_it_the_table_and_the_file(project):
     ("eps = 'small'", "Key 'eps' in [[tool.bncheck.targets]] #1"),
     ("dims = '2,4'", "Key 'dims' in"),
     ("dims = [2, 7]", "Key 'dims' in"),
-    ("names = { gain = 'scale' }", "names key 'gain'"),
+    ("names = { gain = 'scale' }", "'gain' is not one of them"),
     ("fixed = { affine = 'yes' }", "fixed['affine']"),
     ("empty_batches = 1", "Key 'empty_batches' in"),
     ("convention = 'flax'", "Key 'convention' in"),

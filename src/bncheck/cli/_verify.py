@@ -49,8 +49,8 @@ _STYLE = {"passed": "green", "failed": "red", "skipped": "yellow", "error": "mag
               "table). Flags override the table of TARGET.")
 @click.option("--jobs", "jobs_text", metavar="N|auto", envvar=JOBS_ENV,
               help="Properties run at once, each in a worker process of its own (default "
-              "auto: one per CPU this process may use, at most 4; env BNCHECK_JOBS). The report "
-              "is the same whatever N is.")
+              "auto: one per CPU this process may use, at most 4; env BNCHECK_JOBS; the Python "
+              "API's default is jobs=1). The report is the same whatever N is.")
 @distributed_options()
 @debug_option
 @handles_errors
