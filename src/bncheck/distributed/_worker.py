@@ -136,14 +136,18 @@ class _Rank:
     def _step(self, bn: Any, step: Step, label: str) -> StepResult:
         module = bn.module
         self.where = f"{label} (module.train)"
-        bn.train(step.training)
+        module.train(step.training)
         for p in module.parameters():
             p.grad = None
         x = step.x.to(self.device)
         if step.grad is not None:
             x = x.detach().requires_grad_(True)
         self.where = f"{label} forward"
-        y = bn.call(x)  # the declared layout and mode argument; torch's layout back
+        mode = bn.target.mode_argument  # the declared mode argument and layout, torch's back
+        y = module(bn.to_target_layout(x), **({mode: step.training} if mode else {}))
+        if not isinstance(y, Tensor):
+            raise TypeError(f"the forward returned {type(y).__name__}, expected a Tensor")
+        y = bn.from_target_layout(y)
         out = StepResult(y.detach().cpu())
         if step.grad is not None:
             self.where = f"{label} backward"
