@@ -61,6 +61,7 @@ class FrozenMap(Mapping[str, Any]):
     ``names`` and ``fixed``."""
 
     __slots__ = ("_items",)
+    _items: tuple[tuple[str, Any], ...]
 
     def __init__(self, items: Mapping[str, Any] | Sequence[tuple[str, Any]] = ()) -> None:
         pairs = items.items() if isinstance(items, Mapping) else items

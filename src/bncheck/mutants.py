@@ -321,7 +321,7 @@ class Mutant:
 
     @property
     def dims(self) -> tuple[int, ...]:
-        return self.declaration.dims or (2, 4)
+        return tuple(self.declaration.dims or (2, 4))
 
 
 def _m(name: str, factory: Callable[..., nn.Module], defect: str, killer: str,

@@ -90,7 +90,7 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
     plan = _plan(target, config, declared, world_size)
     distributed = None if not world_size else {"world_size": world_size, "timeout": timeout,
                                                 "device": device}
-    reports = []
+    reports: list[Any] = []
     for arg, spec, declaration in plan:
         t = _target(arg, spec, declaration, world_size=world_size, device=device, debug=debug)
         reports.append(_run(t, spec, list(properties) or None, profile, examples, seed,
@@ -183,7 +183,7 @@ def _replay_command(profile: str, target: str | None, declaration: Declaration) 
 def _run(t: Any, spec: str, properties: list[str] | None, profile: str,
          examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
          distributed: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
-         jobs: int = 1) -> None:
+         jobs: int = 1) -> Any:
     from bncheck._io import write_json_atomic
     from bncheck.verify import PropertyResult, Report, describe_target
     from bncheck.verify import verify as run
