@@ -43,7 +43,7 @@ def check_timeout(timeout: Any, name: str = "timeout") -> None:
 def default_timeout(timeout: float | None, *, ranks: bool) -> float:
     """The CLI's ``--timeout``: the seconds given, else :data:`RANK_TIMEOUT` with ranks and
     :data:`DEFAULT_TIMEOUT` without (so no ``None`` reaches the library from the CLI)."""
-    check_timeout(timeout, "--timeout")
+    check_timeout(timeout)
     if timeout is not None:
         return timeout
     return RANK_TIMEOUT if ranks else DEFAULT_TIMEOUT
