@@ -93,11 +93,22 @@ def start_method_for(obj: Any = None) -> str | None:
 
     methods = multiprocessing.get_all_start_methods()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if "fork" in methods and threading.active_count() == 1 and not cuda:
+    if "fork" in methods and _only_thread() and not cuda:
         return "fork"
     if obj is None or reimport_spec(obj) is not None:
         return "forkserver" if "forkserver" in methods else "spawn"
     return "fork" if "fork" in methods and not cuda else None
+
+
+#: The name of a worker's own parent-watching thread: it only sleeps and polls, holds no lock,
+#: and so does not make forking from the worker unsafe (a watched command forks its workers).
+_WATCHER = "bncheck-parent-watch"
+
+
+def _only_thread() -> bool:
+    """Whether this is the process's only thread (bncheck's parent watcher aside)."""
+    return all(t is threading.current_thread() or t.name == _WATCHER
+               for t in threading.enumerate())
 
 
 # -- the child's side ------------------------------------------------------------------------
@@ -163,7 +174,8 @@ def _child(main: Callable[..., None], parent_pid: int, dump_path: str, conn: Con
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent(parent_pid)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name=_WATCHER).start()
     if hasattr(signal, "SIGUSR1"):
         dump = open(dump_path, "w")  # noqa: SIM115 - kept open for the handler, closed by exit
         faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)

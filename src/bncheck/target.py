@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from bncheck._user_import import importing
 from bncheck.errors import BNCheckError, TargetError
 
 __all__ = ["load_target", "bn_factory", "takes_num_dims", "Constructor", "inspect_constructor",
@@ -108,17 +109,20 @@ def _import_file(path: Path, spec: str) -> Any:
         raise TargetError(f"TARGET={spec!r}: cannot load {str(path)!r} as a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[modname] = module
-    sys.path.insert(0, str(path.resolve().parent))
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
     try:
-        loader_spec.loader.exec_module(module)
+        with importing(spec):
+            loader_spec.loader.exec_module(module)
     except BaseException as e:  # the user's module may raise anything, even SystemExit
         sys.modules.pop(modname, None)
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, (KeyboardInterrupt, BNCheckError)):
             raise
         raise TargetError(
             f"TARGET={spec!r}: importing {str(path)!r} raised {type(e).__name__}: {e}") from e
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        with contextlib.suppress(ValueError):  # the module may have edited sys.path itself
+            sys.path.remove(folder)
     return module
 
 
@@ -134,7 +138,10 @@ def load_target(spec: str) -> Any:
         module = _import_file(Path(where), spec)
     else:
         try:
-            module = importlib.import_module(where)
+            with importing(spec):
+                module = importlib.import_module(where)
+        except BNCheckError:
+            raise
         except ModuleNotFoundError as e:
             raise TargetError(f"TARGET={spec!r}: no module named {e.name!r}") from e
         except Exception as e:  # noqa: BLE001 - user code: report whatever it raised

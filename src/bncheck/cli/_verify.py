@@ -14,7 +14,6 @@ from rich.table import Table
 
 from bncheck._validation import not_set
 from bncheck.cli._common import (
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     JOBS_ENV,
     console,
@@ -24,6 +23,7 @@ from bncheck.cli._common import (
     resolve_jobs,
 )
 from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options
+from bncheck.cli._watched import runs_watched
 from bncheck.errors import InvalidArgument
 
 REFERENCE = "bncheck.reference:BatchNorm"
@@ -132,6 +132,7 @@ def _momentum(text: str | None) -> Any:
               "is the same whatever N is.")
 @distributed_options()
 @debug_option
+@runs_watched(lambda _: True)  # the target's module is imported in the watched worker
 @handles_errors
 def verify(target: str | None, convention: str, momentum_weights: str | None,
            running_var: str | None, running_stat: str | None, momentum_text: str | None,
@@ -172,7 +173,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
         check_property_names(properties)
     for name in () if world_size else properties:
         get(name)
-    spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
+    spec = target if target is not None else (SYNC_REFERENCE if world_size else REFERENCE)
     obj = load_target(spec)
     if world_size:
         from bncheck.distributed.verify import refuse_on_device
@@ -287,8 +288,11 @@ def _run(t: Any, properties: list[str] | None, dtypes: Any, profile: str,
         write_json_atomic(json_path, {**report.to_json(), "wall_seconds": wall,
                                       "command": shlex.join(["bncheck", "verify",
                                                              *sys.argv[2:]])})
-    if not report.ok:
-        sys.exit(EXIT_FAILED)
+    outcome = report.verdict()
+    if not outcome.ok:
+        if not report.failed:
+            err(outcome.reason)
+        sys.exit(outcome.code)
 
 
 def _table(report: Any) -> Table:
