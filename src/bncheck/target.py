@@ -94,6 +94,11 @@ def _split(spec: str) -> tuple[str, str]:
 
 
 def _import_file(path: Path, spec: str) -> Any:
+    from bncheck._io import describe_path
+
+    problem = describe_path(path)  # a name too long, a FIFO, a device: said as such
+    if problem is not None:
+        raise TargetError(f"TARGET={_short(spec)!r}: {problem}")
     if path.is_dir():
         raise TargetError(f"TARGET={spec!r}: {str(path)!r} is a directory, expected a Python "
                           f"file (path/to/file.py:Name)")
@@ -134,6 +139,11 @@ def load_target(spec: str) -> Any:
             or a missing name (the message lists the names that are there).
     """
     where, name = _split(spec)
+    if len(spec) > 1000:  # no module name is this long; a path this long the OS refuses
+        from bncheck._io import describe_path
+
+        raise TargetError(f"TARGET={_short(spec)!r}: "
+                          f"{describe_path(Path(where)) or 'no file or module has such a name'}")
     if where.endswith(".py") or "/" in where or "\\" in where or Path(where).is_file():
         module = _import_file(Path(where), spec)
     else:
@@ -155,6 +165,12 @@ def load_target(spec: str) -> Any:
         raise TargetError(f"TARGET={spec!r}: {name!r} is a {type(obj).__name__}, expected a "
                           f"Module class or a factory")
     return obj
+
+
+def _short(text: str) -> str:
+    from bncheck._io import _short as short
+
+    return short(text)
 
 
 def _suggest(module: Any, name: str) -> str:
