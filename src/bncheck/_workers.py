@@ -36,13 +36,17 @@ from typing import Any
 
 __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_method_for",
            "reimport_spec", "main_thread_frames", "stuck_at", "time_limited", "watch_with",
-           "TIMED_OUT", "DEFAULT_TIMEOUT"]
+           "TIMED_OUT", "DEFAULT_TIMEOUT", "MAX_TIMEOUT", "check_process_count"]
 
 #: Seconds one example (single-process verify) may take before the target counts as hung: a
 #: tiny case takes milliseconds, but a ``torch.compile``-d target's first call per dtype compiles
 #: (21.5 s measured here for a BatchNorm2d on the loaded 2-core machine), which must not be
 #: reported as a hang.
 DEFAULT_TIMEOUT = 60.0
+#: The longest time limit accepted (seconds, about 11.6 days): the operating system's waits take
+#: milliseconds as a C int (``poll``: at most 2**31 - 1 ms, 24.8 days), and a longer limit
+#: means "none" anyway.
+MAX_TIMEOUT = 1e6
 #: Seconds a stopping worker gets to exit on its own, then after SIGTERM, before SIGKILL.
 _GRACE = 1.0
 #: How long the parent waits for a ``faulthandler`` stack dump.
@@ -329,6 +333,51 @@ def stop_workers(workers: Iterable[Worker], *, grace: float = _GRACE, hung: bool
         with contextlib.suppress(OSError):
             os.unlink(w._dump_path)
         w.proc, w.conn = None, None
+
+
+#: Memory one rank's process takes, bytes: a fresh interpreter with torch, torch.distributed and
+#: bncheck's rank code imported peaks at 220 MB resident (ru_maxrss, Linux, torch 2.13 CPU).
+_RANK_BYTES = 220 * 2**20
+
+
+def check_process_count(count: int, name: str) -> None:
+    """Refuse to start ``count`` worker processes when this machine cannot hold them (the
+    memory each takes, and the processes this user may still start), before any is started.
+
+    Raises:
+        InvalidArgument: naming ``name=count``, what the machine has, and how many fit.
+    """
+    from bncheck.errors import InvalidArgument
+
+    fits: list[tuple[int, str]] = []
+    available = _available_memory()
+    if available is not None:
+        fits.append((available // _RANK_BYTES,
+                     f"each takes about {_RANK_BYTES // 2**20} MB and "
+                     f"{available / 2**30:.1f} GB of memory is available"))
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+        if soft != resource.RLIM_INFINITY:
+            fits.append((soft // 2, f"this user may run {soft} processes"))
+    for most, why in fits:
+        if count > most:
+            raise InvalidArgument(f"Expected {name} to be a number of processes this machine "
+                                  f"can run, received {name}={count}: {why}, so at most "
+                                  f"{max(most, 0)} fit here")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available for new processes (Linux's MemAvailable), else ``None``."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 # -- reading a stack dump --------------------------------------------------------------------

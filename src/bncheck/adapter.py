@@ -79,6 +79,13 @@ class Names:
             if not isinstance(value, str) or not value.replace(".", "_").isidentifier():
                 raise InvalidArgument(f"Expected names[{key!r}] to be an attribute name, "
                                       f"received {value!r}")
+        roles: dict[str, str] = {}
+        for key, value in mapping.items():  # one attribute cannot play two roles
+            if value in roles:
+                raise InvalidArgument(f"Expected names to map each role to its own attribute, "
+                                      f"received names={dict(mapping)!r} ({roles[value]!r} and "
+                                      f"{key!r} both name {value!r})")
+            roles[value] = key
         return cls(**dict(mapping))
 
     def declared(self) -> dict[str, str]:

@@ -504,7 +504,10 @@ def check_jobs(jobs: Any, timeout: float | None) -> None:
 def check_timeout(timeout: Any) -> None:
     """``timeout`` is a positive number of seconds or ``None`` (one rule for the API and CLI)."""
     if timeout is not None:
-        check_finite_float(timeout, "timeout", min_value=0.0, exclude_min=True)
+        from bncheck._workers import MAX_TIMEOUT
+
+        check_finite_float(timeout, "timeout", min_value=0.0, exclude_min=True,
+                           max_value=MAX_TIMEOUT)
 
 
 def _resolve_dtypes(dtypes: Sequence[str | torch.dtype]) -> tuple[torch.dtype, ...]:

@@ -41,11 +41,20 @@ def _ctrl_c_exits() -> Iterator[None]:
         sys.exit(EXIT_INTERRUPTED)
 
 
+def _survive_encoding() -> None:
+    """A terminal or pipe that cannot encode a character (an ASCII locale, a Unicode target
+    name) gets an escape for it, not a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+
+
 class _LazyGroup(click.Group):
     def make_context(self, info_name: str | None, args: list[str], *rest: Any,
                      **kwargs: Any) -> click.Context:
         # A shell cannot pass a NUL byte, but a caller of main() can; paths would then fail
         # deep inside os.stat (found by fuzz/fuzz_cli.py).
+        _survive_encoding()
         bad = next((a for a in args if "\x00" in a), None)
         if bad is not None:
             from bncheck.cli._common import EXIT_USAGE, err

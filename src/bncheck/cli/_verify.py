@@ -168,7 +168,10 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
     dtype_names = _names(dtypes_text)
     dtypes = _resolve_dtypes(dtype_names) if dtype_names is not None else None
     if world_size:
+        from bncheck._workers import check_process_count
         from bncheck.cli._distributed import check_property_names
+
+        check_process_count(world_size, "--world-size")
 
         check_property_names(properties)
     for name in () if world_size else properties:
@@ -202,7 +205,8 @@ def _jobs(text: str | None, world_size: int | None) -> int:
     if world_size and source is click.core.ParameterSource.COMMANDLINE:
         raise InvalidArgument(f"--jobs={text} runs properties side by side in one process each; "
                               "with --world-size the ranks are the processes: leave --jobs out")
-    return resolve_jobs(None if world_size else text)
+    named = JOBS_ENV if source is click.core.ParameterSource.ENVIRONMENT else "--jobs"
+    return resolve_jobs(None if world_size else text, named)
 
 
 def _shown(value: Any) -> str:
