@@ -34,7 +34,7 @@ from typing import Any
 
 from bncheck.errors import OutputError
 
-__all__ = ["check_output_path", "describe_path", "write_atomic", "write_text_atomic", "write_json_atomic",
+__all__ = ["check_output_path", "describe_path", "check_distinct", "hold_folder", "write_atomic", "write_text_atomic", "write_json_atomic",
            "file_mode", "ctrl_c_deferred"]
 
 
@@ -141,6 +141,69 @@ def write_atomic(files: Mapping[Path, bytes]) -> None:
         for tmp in temps.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def check_distinct(outputs: Mapping[str, str | os.PathLike[str] | None]) -> None:
+    """Two outputs of one run never share a file (the second would overwrite the first).
+
+    Args:
+        outputs: what names each output (an option, "the plot") -> its path (``None``: none).
+
+    Raises:
+        OutputError: naming both outputs and the file they share.
+    """
+    seen: dict[str, str] = {}
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        key = os.path.normcase(os.path.realpath(path))
+        if key in seen:
+            raise OutputError(f"Expected {seen[key]} and {name} to be different files, both are "
+                              f"{_short(str(path))!r}: the second would overwrite the first")
+        seen[key] = name
+
+
+#: Folders this process holds (:func:`hold_folder`): the open lock files, kept until exit.
+_held: dict[str, Any] = {}
+_LOCK_NAME = ".bncheck.lock"
+
+
+def hold_folder(folder: Path, name: str) -> None:
+    """Claim ``folder`` for this process's run until it exits: a second run into the same folder
+    is refused while the first runs, instead of the two mixing their files. Creates the folder.
+    The claim is an advisory lock (``flock``) on ``folder/.bncheck.lock``, released by the
+    operating system when the process ends, however it ends; where there is no ``flock``
+    (Windows) nothing is claimed.
+
+    Raises:
+        OutputError: another process holds it (naming its pid), or it cannot be created.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = os.path.realpath(folder)
+    if key in _held:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(folder / _LOCK_NAME, "a+")  # noqa: SIM115 - held until the process exits
+    except OSError as e:
+        raise OutputError(f"Cannot write {name}={_short(str(folder))!r}: "
+                          f"{e.strerror or type(e).__name__}") from None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        owner = fh.read().strip() or "unknown"
+        fh.close()
+        raise OutputError(f"{name}={_short(str(folder))!r} is in use by another bncheck run "
+                          f"(pid {owner}); wait for it to end, or give another {name}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _held[key] = fh
 
 
 def _destination(path: Path) -> Path:

@@ -104,6 +104,8 @@ def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
     failed verification (nothing trained) or its export failed (training kept), or --compare
     diverged, 2 bad option, bad data or diverged training, 130 interrupted.
     """
+    from bncheck._io import hold_folder
+    from bncheck.errors import InvalidArgument
     from bncheck.models import BUILTIN_BN, resolve_bn
     from bncheck.training import RunSettings, check_batch_size, find_data, plan_outputs
     from bncheck.verify import check_timeout
@@ -114,6 +116,9 @@ def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
             check_positive_int(value, name)
     check_batch_size(batch_size, "--batch-size")
     check_finite_float(lr, "--lr", min_value=0.0, exclude_min=True)
+    if limit is not None and limit < 2:
+        raise InvalidArgument(f"Expected --limit >= 2 (BatchNorm needs a batch of at least 2 "
+                              f"samples to train), received --limit={limit}")
     check_timeout(timeout)  # click's range lets nan and inf through
     outputs = plan_outputs(out_dir, checkpoint=checkpoint, metrics=json_out)
     loop = bn not in BUILTIN_BN and not compare  # verify, train, export
@@ -129,6 +134,8 @@ def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
     screen = _Screen(console(), source.label if source.stand_in else None)
     command = _command(data_dir, bn, settings, out_dir, checkpoint, json_out, compare, steps,
                        no_verify=no_verify and loop, convention=convention, timeout=timeout)
+    if not compare:
+        hold_folder(outputs.directory, "--out")  # until this process ends: one run per folder
     if compare:
         sys.exit(_compare(screen, settings, source, steps))
     recorded: dict[str, Any] = {}
