@@ -163,20 +163,19 @@ def check_distinct(outputs: Mapping[str, str | os.PathLike[str] | None]) -> None
         seen[key] = name
 
 
-#: Folders this process holds (:func:`hold_folder`): the open lock files, kept until exit.
-_held: dict[str, Any] = {}
-_LOCK_NAME = ".bncheck.lock"
+#: Folders this process holds (:func:`hold_folder`): their open descriptors, kept until exit.
+_held: dict[str, int] = {}
 
 
 def hold_folder(folder: Path, name: str) -> None:
     """Claim ``folder`` for this process's run until it exits: a second run into the same folder
     is refused while the first runs, instead of the two mixing their files. Creates the folder.
-    The claim is an advisory lock (``flock``) on ``folder/.bncheck.lock``, released by the
-    operating system when the process ends, however it ends; where there is no ``flock``
-    (Windows) nothing is claimed.
+    The claim is an advisory lock (``flock``) on the folder itself (no file is left in it),
+    released by the operating system when the process ends, however it ends; where there is
+    no ``flock`` (Windows) nothing is claimed.
 
     Raises:
-        OutputError: another process holds it (naming its pid), or it cannot be created.
+        OutputError: another process holds it, or it cannot be created.
     """
     try:
         import fcntl
@@ -187,23 +186,18 @@ def hold_folder(folder: Path, name: str) -> None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fh = open(folder / _LOCK_NAME, "a+")  # noqa: SIM115 - held until the process exits
+        fd = os.open(folder, os.O_RDONLY)
     except OSError as e:
         raise OutputError(f"Cannot write {name}={_short(str(folder))!r}: "
                           f"{e.strerror or type(e).__name__}") from None
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        fh.seek(0)
-        owner = fh.read().strip() or "unknown"
-        fh.close()
+        os.close(fd)
         raise OutputError(f"{name}={_short(str(folder))!r} is in use by another bncheck run "
-                          f"(pid {owner}); wait for it to end, or give another {name}") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    _held[key] = fh
+                          f"(it writes its files there now); wait for it to end, or give "
+                          f"another {name}") from None
+    _held[key] = fd
 
 
 def _destination(path: Path) -> Path:
