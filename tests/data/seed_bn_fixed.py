@@ -1,4 +1,4 @@
-# The seed notebook's BatchNorm (../shared/seed/000_3771f2572c08f1d3.txt, cells In[2] and In[7]),
+# The seed notebook's BatchNorm (docs/seed.md: 000_3771f2572c08f1d3.txt, cells In[2] and In[7]),
 # copied verbatim as test data: only the `from d2l import torch as d2l` line is left out (d2l is
 # not installed and the two cells do not use it). Only the typo is fixed (`bata` -> `beta`); every other defect remains.
 import torch

@@ -4,7 +4,7 @@ the documented exit code (2 usage error, 1 verification failed) or error type; n
 traceback, never a hang, never a silently wrong result.
 
 One table, run in-process (click's CliRunner) in a folder of bad files (:func:`make_bad_files`);
-the README's "Bad input" table is run the same way (:func:`test_readme_table`).
+docs/reliability.md's "Bad input" table is run the same way (:func:`test_readme_table`).
 ``fuzz/sweep_bad_input.py`` runs the same tables with a time limit per case and counts.
 """
 
@@ -566,9 +566,9 @@ def test_api(call: str, error: str, seen: str) -> None:
 
 
 def readme_rows() -> list[tuple[str, str, str]]:
-    """The README's bad-input table: (input, what the user sees, exit code or error type);
-    ``ok`` rows must return without an error."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """docs/reliability.md's bad-input table: (input, what the user sees, exit code or error
+    type); ``ok`` rows must return without an error."""
+    text = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
     section = text.split("### Bad input", 1)[-1].split("\n#", 1)[0] if "### Bad input" in \
         text else ""
     rows = re.findall(r"^\| `([^`]+)` \| (.+?) \| (\w+) \|$", section, re.M)
@@ -583,7 +583,7 @@ def test_readme_table(bad_files: Path, monkeypatch: pytest.MonkeyPatch, given: s
         assert run_api(given) is None
         return
     fragments = re.findall(r"`([^`]+)`", seen)
-    assert fragments, f"the README row for {given} shows no message"
+    assert fragments, f"the docs/reliability.md row for {given} shows no message"
     if given.startswith("bncheck "):
         for fragment in fragments:
             check_cli(given.removeprefix("bncheck "), int(code), fragment.removeprefix(
