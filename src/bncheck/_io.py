@@ -34,8 +34,9 @@ from typing import Any
 
 from bncheck.errors import OutputError
 
-__all__ = ["check_output_path", "describe_path", "check_distinct", "hold_folder", "write_atomic", "write_text_atomic", "write_json_atomic",
-           "file_mode", "ctrl_c_deferred"]
+__all__ = ["check_output_path", "describe_path", "check_distinct", "hold_folder",
+           "write_atomic", "write_text_atomic", "write_json_atomic", "file_mode",
+           "ctrl_c_deferred"]
 
 
 def file_mode() -> int:
