@@ -158,8 +158,6 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
     command = _command(data_dir, bn, settings, out_dir, checkpoint, json_out, compare, steps,
                        no_verify=no_verify and loop, declaration=declaration,
                        timeout=timeout)
-    if not compare:
-        hold_folder(outputs.directory, "--out")  # until this process ends: one run per folder
     if compare:
         sys.exit(_compare(screen, settings, source, steps))
     recorded: dict[str, Any] = {}
@@ -172,6 +170,7 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
         else:
             recorded["verify"] = verify_step(screen, bn, declaration=declaration,
                                              timeout=timeout)
+    hold_folder(outputs.directory, "--out")  # until this process ends: one run per folder
     result = _train(screen, settings, source, outputs, command, recorded)
     if loop:
         _export(screen, result, settings, source, command, timeout=timeout, debug=debug)
