@@ -36,7 +36,8 @@ from typing import Any
 
 __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_method_for",
            "reimport_spec", "main_thread_frames", "stuck_at", "time_limited", "watch_with",
-           "TIMED_OUT", "DEFAULT_TIMEOUT", "MAX_TIMEOUT", "check_process_count"]
+           "TIMED_OUT", "DEFAULT_TIMEOUT", "MAX_TIMEOUT", "check_process_count",
+           "check_fits_in_memory"]
 
 #: Seconds one example (single-process verify) may take before the target counts as hung: a
 #: tiny case takes milliseconds, but a ``torch.compile``-d target's first call per dtype compiles
@@ -366,6 +367,35 @@ def check_process_count(count: int, name: str) -> None:
             raise InvalidArgument(f"Expected {name} to be a number of processes this machine "
                                   f"can run, received {name}={count}: {why}, so at most "
                                   f"{max(most, 0)} fit here")
+
+
+#: An input may take at most this share of the available memory: a forward's activations (and
+#: the calibration's, and two runtimes' copies when a model is checked) take several times it.
+_INPUT_SHARE = 8
+
+
+def check_fits_in_memory(nbytes: int, given: str, what: str) -> None:
+    """Refuse an allocation of ``nbytes`` that this machine cannot hold with room to run.
+
+    Raises:
+        InvalidArgument: ``given`` (``name=value``), its size and what is available.
+    """
+    from bncheck.errors import InvalidArgument
+
+    available = _available_memory()
+    if available is not None and nbytes * _INPUT_SHARE > available:
+        raise InvalidArgument(f"Expected an input this machine can hold, received {given}: "
+                              f"{what} takes {_size(nbytes)}, and a forward needs several "
+                              f"times its input, while {_size(available)} of memory is "
+                              f"available (at most 1/{_INPUT_SHARE} of it for the input)")
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if nbytes < 1024 or unit == "TB":
+            return f"{nbytes:.1f} {unit}" if unit != "bytes" else f"{int(nbytes)} bytes"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"
 
 
 def _available_memory() -> int | None:
