@@ -182,7 +182,8 @@ def _what(value: Any) -> str:
         inner = ", ".join(type(v).__name__ for v in value[:4]) + (", ..." if len(value) > 4
                                                                    else "")
         return f"a {name} of {len(value)} ({inner})"
-    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+    module = type(value).__module__
+    return f"a {name if module == 'builtins' else f'{module}.{name}'}"
 
 
 def _frozen(t: Target, channels: int, x: torch.Tensor, guard: Guard) -> str | None:
