@@ -64,7 +64,7 @@ def check_output_path(path: str | os.PathLike[str], name: str, *,
         raise OutputError(f"Expected {name} to be a file path, received {shown} (a NUL byte)")
     try:
         st = os.stat(p)  # follows a symlink: its target is what gets written
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the folder checks below say which
         st = None
     except OSError as e:  # a name too long, a loop of symlinks, a folder that is a file...
         raise OutputError(f"Cannot write {shown}: {e.strerror or type(e).__name__}") from None
