@@ -30,15 +30,31 @@ _COMMANDS: dict[str, str] = {
 def _ctrl_c_exits() -> Iterator[None]:
     """Ctrl-C outside a command's own handling (parsing, importing the command): exit 130 with
     one line, not click's "Aborted!" and exit 1."""
+    from bncheck.cli._common import EXIT_INTERRUPTED
+
     try:
         yield
     except KeyboardInterrupt:
         if "--debug" in sys.argv[1:]:  # a command's --debug: the traceback it asked for
             raise
-        from bncheck.cli._common import EXIT_INTERRUPTED, err
+        from bncheck.cli._common import err
 
+        _deaf_to_ctrl_c()
         err("interrupted (Ctrl-C) before the command started; nothing was done")
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            _deaf_to_ctrl_c()
+        raise
+
+
+def _deaf_to_ctrl_c() -> None:
+    """The run is ending with exit 130: a second Ctrl-C now would only turn that into a
+    death by SIGINT (and a traceback), so it is ignored."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _survive_encoding() -> None:

@@ -143,24 +143,26 @@ def _stop_writing(stream: Any) -> None:
 
 def _interrupted(worker: Any, doing: list[str]) -> int:
     """Ctrl-C: ask the worker to end the command as it would in-process (it writes what it
-    keeps); kill it if it has not within the grace period or at a second Ctrl-C. Exit 130
-    whatever the worker's own code: an interrupted run is never evidence."""
+    keeps); it is killed when it has not within the grace period, or at once at a second
+    Ctrl-C (a target that ignores SIGINT cannot hold bncheck). Exit 130 whatever the worker's
+    own code: an interrupted run is never evidence."""
+    import time
+
     from bncheck._workers import TIMED_OUT, WorkerDied
 
+    again = threading.Event()  # from now on Ctrl-C only says "stop now", it raises nothing
+    signal.signal(signal.SIGINT, lambda *_: again.set())
     try:
         os.kill(worker.pid, signal.SIGINT)
-        import time
-
         deadline = time.monotonic() + _CTRL_C_GRACE
-        while time.monotonic() < deadline:
-            got = worker.receive(deadline - time.monotonic())
-            if got is TIMED_OUT:
-                break
-            if _handle(got, doing) is not None:
+        while not again.is_set() and time.monotonic() < deadline:
+            got = worker.receive(min(0.1, max(0.0, deadline - time.monotonic())))
+            if got is not TIMED_OUT and _handle(got, doing) is not None:
                 return EXIT_INTERRUPTED  # the worker said what it kept
-    except (OSError, WorkerDied, KeyboardInterrupt):
+    except (OSError, WorkerDied):
         pass
     err("interrupted (Ctrl-C)" + (f" while {doing[-1]}" if doing else "")
+        + ("; stopped at the second Ctrl-C" if again.is_set() else "")
         + "; nothing more was written")
     return EXIT_INTERRUPTED
 
