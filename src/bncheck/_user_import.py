@@ -33,11 +33,11 @@ __all__ = ["importing", "global_state", "IMPORTING"]
 IMPORTING = "importing the target"
 
 
-def _getters() -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
+def _getters() -> dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]]:
     """torch's process-wide settings that change what a layer computes: name -> (get, set)."""
     import torch
 
-    getters: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
+    getters: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
         "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
         "grad mode (torch.set_grad_enabled)": (torch.is_grad_enabled, torch.set_grad_enabled),
         "deterministic algorithms": (torch.are_deterministic_algorithms_enabled,

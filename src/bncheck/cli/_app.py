@@ -26,35 +26,74 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+#: Whether Ctrl-C reached this process during the command (see :func:`_ctrl_c_exits`).
+_ctrl_c_seen = False
+
+
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGINT: remembered, then raised as Python does (``KeyboardInterrupt``)."""
+    global _ctrl_c_seen
+    _ctrl_c_seen = True
+    raise KeyboardInterrupt
+
+
+def _listen_for_ctrl_c() -> None:
+    """Remember a Ctrl-C (:func:`_on_ctrl_c`) where Python's own handler is installed."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_ctrl_c)
+
+
 @contextlib.contextmanager
 def _ctrl_c_exits() -> Iterator[None]:
-    """Ctrl-C outside a command's own handling (parsing, importing the command): exit 130 with
-    one line, not click's "Aborted!" and exit 1."""
-    from bncheck.cli._common import EXIT_INTERRUPTED
+    """Once Ctrl-C reached bncheck, the exit code is 130, whatever the command did with the
+    interrupt (one swallowed by a library, e.g. inside a garbage-collector callback, would
+    otherwise end as a pass); Ctrl-C outside a command's own handling (parsing, importing the
+    command) exits 130 with one line, not click's "Aborted!" and exit 1."""
+    from bncheck.cli._common import EXIT_INTERRUPTED, err
 
+    _listen_for_ctrl_c()
     try:
         yield
     except KeyboardInterrupt:
         if "--debug" in sys.argv[1:]:  # a command's --debug: the traceback it asked for
             raise
-        from bncheck.cli._common import err
-
         _deaf_to_ctrl_c()
         err("interrupted (Ctrl-C) before the command started; nothing was done")
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit as e:
+        if e.code != EXIT_INTERRUPTED and _ctrl_c_seen:
+            _deaf_to_ctrl_c()
+            err("interrupted (Ctrl-C); the run is not a result")
+            sys.exit(EXIT_INTERRUPTED)
         if e.code == EXIT_INTERRUPTED:
             _deaf_to_ctrl_c()
         raise
+    if _ctrl_c_seen:
+        _deaf_to_ctrl_c()
+        err("interrupted (Ctrl-C); the run is not a result")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+#: Whether bncheck is the program (``bncheck ...``, ``python -m bncheck``), not a call of
+#: :func:`main` with arguments (click's test runner, an embedding program): only then does it
+#: change how the process answers SIGINT for good.
+_owns_process = False
 
 
 def _deaf_to_ctrl_c() -> None:
-    """The run is ending with exit 130: a second Ctrl-C now would only turn that into a
-    death by SIGINT (and a traceback), so it is ignored."""
+    """The command is over (or ending with exit 130): a Ctrl-C now could only turn its exit
+    code into a death by SIGINT with a traceback, so it is ignored. A caller of :func:`main`
+    gets Python's own handler back instead."""
     import signal
 
     with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _owns_process:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        elif signal.getsignal(signal.SIGINT) is _on_ctrl_c:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _survive_encoding() -> None:
@@ -66,6 +105,21 @@ def _survive_encoding() -> None:
 
 
 class _LazyGroup(click.Group):
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        global _owns_process, _ctrl_c_seen
+        _owns_process, _ctrl_c_seen = args is None, False
+        _listen_for_ctrl_c()
+        try:
+            return super().main(args, *rest, **kwargs)
+        except SystemExit as e:  # also click's own "Aborted!" (exit 1) for a Ctrl-C it caught
+            if _ctrl_c_seen and e.code != 130:
+                from bncheck.cli._common import EXIT_INTERRUPTED, err
+
+                _deaf_to_ctrl_c()
+                err("interrupted (Ctrl-C); the run is not a result")
+                sys.exit(EXIT_INTERRUPTED)
+            raise
+
     def make_context(self, info_name: str | None, args: list[str], *rest: Any,
                      **kwargs: Any) -> click.Context:
         # A shell cannot pass a NUL byte, but a caller of main() can; paths would then fail
@@ -81,8 +135,11 @@ class _LazyGroup(click.Group):
             return super().make_context(info_name, args, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _ctrl_c_exits():
-            return super().invoke(ctx)
+        try:
+            with _ctrl_c_exits():
+                return super().invoke(ctx)
+        finally:  # the command is over: a Ctrl-C now cannot stop anything, only kill the exit
+            _deaf_to_ctrl_c()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in _COMMANDS if self._available(name)]

@@ -18,9 +18,8 @@ generated data (``calibrate``) or loads a checkpoint, and puts it in eval mode.
 
 from __future__ import annotations
 
-import math
-
 import ast
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
