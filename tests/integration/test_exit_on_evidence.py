@@ -193,7 +193,7 @@ def ctrl_c(*args: str, cwd: Path, after: float, again: float | None = None) -> i
         proc.wait(60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"bncheck {' '.join(args)} did not end 60 s after Ctrl-C")
+        raise AssertionError(f"bncheck {' '.join(args)} did not end 60 s after Ctrl-C") from None
     return proc.returncode
 
 
