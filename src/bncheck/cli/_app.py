@@ -77,6 +77,17 @@ def _ctrl_c_exits() -> Iterator[None]:
         sys.exit(EXIT_INTERRUPTED)
 
 
+def forget_unhandled_ctrl_c() -> None:
+    """CPython marks a Ctrl-C that interrupted code it evaluates from C (an extension module
+    being imported) as unhandled, and at exit kills itself with SIGINT instead of returning the
+    exit code, even when bncheck handled the interrupt. bncheck, the program, handled it: the
+    mark is cleared (where this CPython exposes it)."""
+    with contextlib.suppress(Exception):  # not CPython, or a CPython without the symbol
+        import ctypes
+
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+
+
 #: Whether bncheck is the program (``bncheck ...``, ``python -m bncheck``), not a call of
 #: :func:`main` with arguments (click's test runner, an embedding program): only then does it
 #: change how the process answers SIGINT for good.
@@ -92,6 +103,7 @@ def _deaf_to_ctrl_c() -> None:
     with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
         if _owns_process:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            forget_unhandled_ctrl_c()
         elif signal.getsignal(signal.SIGINT) is _on_ctrl_c:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
