@@ -54,6 +54,19 @@ def test_a_report_with_every_property_skipped_is_not_ok() -> None:
     assert report.ok
 
 
+def test_onnx_reports_need_a_compared_output_too() -> None:
+    from bncheck.onnx._report import Report as OnnxReport
+    from bncheck.onnx._report import Row
+    from bncheck.onnx.gate import GateResult
+
+    empty = OnnxReport(rows=[Row("eval output", "onnxruntime", "", None, None, None, None,
+                                 "skipped", "not installed")])
+    assert not empty.ok and empty.verdict().code == 2
+    assert "not installed" in empty.verdict().reason
+    assert not GateResult(skipped=["monai: not installed"]).ok
+    assert GateResult(written=[Path("x.json")]).ok  # --update: judged by what it wrote
+
+
 # -- every way the battery found to a 0 without evidence --------------------------------------
 def test_os_exit_0_at_import_is_not_a_pass(tmp_path: Path) -> None:
     name = write(tmp_path, "exits.py", "import os\nos._exit(0)\n")

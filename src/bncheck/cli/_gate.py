@@ -85,6 +85,10 @@ def gate(exports: Path, only: tuple[str, ...], update: bool, debug: bool) -> Non
     if update:
         con.print(escape("updated: " + ", ".join(str(p) for p in result.written)))
         return
+    if not result.ok and not result.drift:  # nothing compared: not a pass
+        from bncheck.errors import UsageError
+
+        raise UsageError(f"gate: {result.verdict().reason}")
     if not result.ok:
         from bncheck.onnx.runtimes import TOLERANCES
 
