@@ -37,6 +37,27 @@ def _on_ctrl_c(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _from_ctrl_c(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions that led to ``error`` (one raised by
+    a handler other than bncheck's, which a library may have installed while running)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _exit_interrupted() -> None:
+    from bncheck.cli._common import EXIT_INTERRUPTED, err
+
+    _deaf_to_ctrl_c()
+    err("interrupted (Ctrl-C); the run is not a result")
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def _listen_for_ctrl_c() -> None:
     """Remember a Ctrl-C (:func:`_on_ctrl_c`) where Python's own handler is installed."""
     import signal
@@ -65,16 +86,16 @@ def _ctrl_c_exits() -> Iterator[None]:
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit as e:
         if e.code != EXIT_INTERRUPTED and _ctrl_c_seen:
-            _deaf_to_ctrl_c()
-            err("interrupted (Ctrl-C); the run is not a result")
-            sys.exit(EXIT_INTERRUPTED)
+            _exit_interrupted()
         if e.code == EXIT_INTERRUPTED:
             _deaf_to_ctrl_c()
         raise
+    except Exception:
+        if _ctrl_c_seen and "--debug" not in sys.argv[1:]:
+            _exit_interrupted()
+        raise
     if _ctrl_c_seen:
-        _deaf_to_ctrl_c()
-        err("interrupted (Ctrl-C); the run is not a result")
-        sys.exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
 
 
 def forget_unhandled_ctrl_c() -> None:
@@ -124,12 +145,12 @@ class _LazyGroup(click.Group):
         try:
             return super().main(args, *rest, **kwargs)
         except SystemExit as e:  # also click's own "Aborted!" (exit 1) for a Ctrl-C it caught
-            if _ctrl_c_seen and e.code != 130:
-                from bncheck.cli._common import EXIT_INTERRUPTED, err
-
-                _deaf_to_ctrl_c()
-                err("interrupted (Ctrl-C); the run is not a result")
-                sys.exit(EXIT_INTERRUPTED)
+            if e.code != 130 and (_ctrl_c_seen or _from_ctrl_c(e)):
+                _exit_interrupted()
+            raise
+        except Exception as e:  # a library turned the interrupt into another error (C++ code)
+            if _ctrl_c_seen or _from_ctrl_c(e):
+                _exit_interrupted()
             raise
 
     def make_context(self, info_name: str | None, args: list[str], *rest: Any,
@@ -147,6 +168,7 @@ class _LazyGroup(click.Group):
             return super().make_context(info_name, args, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
+        _listen_for_ctrl_c()  # again: the command's imports may have replaced the handler
         try:
             with _ctrl_c_exits():
                 return super().invoke(ctx)
