@@ -87,7 +87,7 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
     try:
         guard(f"{CORE_FORWARD} of {_call_text(t, channels)} on an input of shape "
               f"{tuple(x.shape)}")
-        y = bn.train(True).call(x, what="a training forward")
+        y = _first_forward(t, bn, x)
     except TargetHung:
         raise
     except TargetRaised:
@@ -136,6 +136,54 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
     return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels, guard),
                               mode_from_grad=_mode_from_grad(t, channels, x, guard),
                               no_stats=no_stats, frozen=frozen)
+
+
+def _first_forward(t: Target, bn: Any, x: torch.Tensor) -> torch.Tensor:
+    """The first training forward, refusing a target that is not a BatchNorm at all (one usage
+    error naming what it takes or returns, not the same failure in every property): a forward
+    that takes no input, returns something other than one tensor, or returns it elsewhere than
+    the input (a meta-device tensor has no values to check).
+
+    Raises:
+        TargetError: as above.
+        TargetRaised: the forward raised (a defect the properties report).
+    """
+    import inspect
+
+    module = bn.train(True).module
+    xt = bn.to_target_layout(x)
+    kwargs = {t.mode_argument: True} if t.mode_argument else {}
+    shown = f"an input of shape {tuple(xt.shape)}"
+    try:
+        inspect.signature(module.forward).bind(xt, **kwargs)
+    except TypeError as e:
+        raise TargetError(f"{t.label} is not a BatchNorm bncheck can call: its forward does not "
+                          f"take one input tensor ({e})") from None
+    except ValueError:  # no signature to read (a C extension): call it and see
+        pass
+    y = bn.invoke("a training forward", lambda: module(xt, **kwargs))
+    if not isinstance(y, torch.Tensor):
+        raise TargetError(f"{t.label} is not a BatchNorm: for {shown} its forward returned "
+                          f"{_what(y)}, expected one tensor of the input's shape")
+    if y.device != xt.device:
+        raise TargetError(f"{t.label} is not a BatchNorm bncheck can check: for {shown} on "
+                          f"device {xt.device} its forward returned a tensor on device "
+                          f"{y.device}" + (" (a meta tensor has a shape but no values)"
+                                            if y.device.type == "meta" else ""))
+    return bn.from_target_layout(y)
+
+
+def _what(value: Any) -> str:
+    """``a tuple of 2 (Tensor, Tensor)``, ``a ndarray``, ``None``."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(type(v).__name__ for v in value[:4]) + (", ..." if len(value) > 4
+                                                                   else "")
+        return f"a {name} of {len(value)} ({inner})"
+    module = type(value).__module__
+    return f"a {name if module == 'builtins' else f'{module}.{name}'}"
 
 
 def _frozen(t: Target, channels: int, x: torch.Tensor, guard: Guard) -> str | None:

@@ -31,13 +31,18 @@ DEFAULT_TIMEOUT: Final = 60.0
 #: Seconds one case may take on a rank (``--world-size``, ``verify_distributed``): every rank
 #: runs tiny tensors in milliseconds; a collective that never completes takes forever.
 RANK_TIMEOUT: Final = 10.0
+#: The longest time limit accepted (seconds, about 11.6 days): the operating system's waits take
+#: milliseconds as a C int (``poll``: at most 2**31 - 1 ms, 24.8 days), and a longer limit
+#: means "none" anyway.
+MAX_TIMEOUT: Final = 1e6
 
 
 def check_timeout(timeout: Any, name: str = "timeout") -> None:
     """``timeout`` is a positive, finite number of seconds, or ``None`` (the Python API's "no
     worker process, no limit"; the CLI has no such value)."""
     if timeout is not None:
-        check_finite_float(timeout, name, min_value=0.0, exclude_min=True)
+        check_finite_float(timeout, name, min_value=0.0, exclude_min=True,
+                           max_value=MAX_TIMEOUT)
 
 
 def default_timeout(timeout: float | None, *, ranks: bool) -> float:

@@ -34,18 +34,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bncheck._validation import DEFAULT_TIMEOUT
+from bncheck._validation import DEFAULT_TIMEOUT, MAX_TIMEOUT
 from bncheck.errors import WorkerDied
 
 __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_method_for",
            "reimport_spec", "main_thread_frames", "stuck_at", "time_limited", "watch_with",
-           "TIMED_OUT", "DEFAULT_TIMEOUT"]
+           "TIMED_OUT", "DEFAULT_TIMEOUT", "MAX_TIMEOUT", "check_process_count",
+           "check_fits_in_memory"]
 
 #: Seconds one example (single-process verify) may take before the target counts as hung: a
 #: tiny case takes milliseconds, but a ``torch.compile``-d target's first call per dtype compiles
 #: (21.5 s measured here for a BatchNorm2d on the loaded 2-core machine), which must not be
 #: reported as a hang.
-# DEFAULT_TIMEOUT: decided in bncheck._validation (imported above), re-exported here
+# DEFAULT_TIMEOUT and MAX_TIMEOUT: decided in bncheck._validation (imported above)
 #: Seconds a stopping worker gets to exit on its own, then after SIGTERM, before SIGKILL.
 _GRACE = 1.0
 #: How long the parent waits for a ``faulthandler`` stack dump.
@@ -92,11 +93,22 @@ def start_method_for(obj: Any = None) -> str | None:
 
     methods = multiprocessing.get_all_start_methods()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if "fork" in methods and threading.active_count() == 1 and not cuda:
+    if "fork" in methods and _only_thread() and not cuda:
         return "fork"
     if obj is None or reimport_spec(obj) is not None:
         return "forkserver" if "forkserver" in methods else "spawn"
     return "fork" if "fork" in methods and not cuda else None
+
+
+#: The name of a worker's own parent-watching thread: it only sleeps and polls, holds no lock,
+#: and so does not make forking from the worker unsafe (a watched command forks its workers).
+_WATCHER = "bncheck-parent-watch"
+
+
+def _only_thread() -> bool:
+    """Whether this is the process's only thread (bncheck's parent watcher aside)."""
+    return all(t is threading.current_thread() or t.name == _WATCHER
+               for t in threading.enumerate())
 
 
 # -- the child's side ------------------------------------------------------------------------
@@ -162,7 +174,8 @@ def _child(main: Callable[..., None], parent_pid: int, dump_path: str, conn: Con
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent(parent_pid)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name=_WATCHER).start()
     if hasattr(signal, "SIGUSR1"):
         dump = open(dump_path, "w")  # noqa: SIM115 - kept open for the handler, closed by exit
         faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
@@ -316,6 +329,80 @@ def stop_workers(workers: Iterable[Worker], *, grace: float = _GRACE, hung: bool
         with contextlib.suppress(OSError):
             os.unlink(w._dump_path)
         w.proc, w.conn = None, None
+
+
+#: Memory one rank's process takes, bytes: a fresh interpreter with torch, torch.distributed and
+#: bncheck's rank code imported peaks at 220 MB resident (ru_maxrss, Linux, torch 2.13 CPU).
+_RANK_BYTES = 220 * 2**20
+
+
+def check_process_count(count: int, name: str) -> None:
+    """Refuse to start ``count`` worker processes when this machine cannot hold them (the
+    memory each takes, and the processes this user may still start), before any is started.
+
+    Raises:
+        InvalidArgument: naming ``name=count``, what the machine has, and how many fit.
+    """
+    from bncheck.errors import InvalidArgument
+
+    fits: list[tuple[int, str]] = []
+    available = _available_memory()
+    if available is not None:
+        fits.append((available // _RANK_BYTES,
+                     f"each takes about {_RANK_BYTES // 2**20} MB and "
+                     f"{available / 2**30:.1f} GB of memory is available"))
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+        if soft != resource.RLIM_INFINITY:
+            fits.append((soft // 2, f"this user may run {soft} processes"))
+    for most, why in fits:
+        if count > most:
+            raise InvalidArgument(f"Expected {name} to be a number of processes this machine "
+                                  f"can run, received {name}={count}: {why}, so at most "
+                                  f"{max(most, 0)} fit here")
+
+
+#: An input may take at most this share of the available memory: a forward's activations (and
+#: the calibration's, and two runtimes' copies when a model is checked) take several times it.
+_INPUT_SHARE = 8
+
+
+def check_fits_in_memory(nbytes: int, given: str, what: str) -> None:
+    """Refuse an allocation of ``nbytes`` that this machine cannot hold with room to run.
+
+    Raises:
+        InvalidArgument: ``given`` (``name=value``), its size and what is available.
+    """
+    from bncheck.errors import InvalidArgument
+
+    available = _available_memory()
+    if available is not None and nbytes * _INPUT_SHARE > available:
+        raise InvalidArgument(f"Expected an input this machine can hold, received {given}: "
+                              f"{what} takes {_size(nbytes)}, and a forward needs several "
+                              f"times its input, while {_size(available)} of memory is "
+                              f"available (at most 1/{_INPUT_SHARE} of it for the input)")
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if nbytes < 1024 or unit == "TB":
+            return f"{nbytes:.1f} {unit}" if unit != "bytes" else f"{int(nbytes)} bytes"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available for new processes (Linux's MemAvailable), else ``None``."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 # -- reading a stack dump --------------------------------------------------------------------

@@ -248,6 +248,12 @@ def _check_names(value: Any, label: str) -> FrozenMap:
         if not isinstance(name, str) or not name.replace(".", "_").isidentifier():
             raise InvalidArgument(f"Expected {label}[{key!r}] to be an attribute name, received "
                                   f"{name!r} (a dotted name reaches into a submodule)")
+    roles: dict[str, str] = {}
+    for key, name in mapping.items():  # one attribute cannot play two roles
+        if name in roles:
+            raise InvalidArgument(f"Expected {label} to map each role to its own attribute, "
+                                  f"received {roles[name]!r} and {key!r} both as {name!r}")
+        roles[name] = key
     return FrozenMap(mapping)
 
 

@@ -441,9 +441,9 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
     survives it meets the rest of the catalogue (:func:`meant_first`). ``every_property``: the
     whole catalogue against every mutant, to see everything that catches each (slower).
     ``timeout`` is :func:`bncheck.verify.verify`'s."""
-    from bncheck._validation import unknown_name
+    from bncheck._validation import check_timeout, unknown_name
     from bncheck.properties import names as catalogue
-    from bncheck.verify import check_timeout, verify
+    from bncheck.verify import verify
 
     check_timeout(timeout)
     chosen = list(MUTANTS) if not names else list(names)

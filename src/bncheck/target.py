@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from bncheck._user_import import importing
 from bncheck.errors import BNCheckError, TargetError
 
 __all__ = ["load_target", "bn_factory", "takes_num_dims", "Constructor", "inspect_constructor",
@@ -93,6 +94,11 @@ def _split(spec: str) -> tuple[str, str]:
 
 
 def _import_file(path: Path, spec: str) -> Any:
+    from bncheck._io import describe_path
+
+    problem = describe_path(path)  # a name too long, a FIFO, a device: said as such
+    if problem is not None:
+        raise TargetError(f"TARGET={_short(spec)!r}: {problem}")
     if path.is_dir():
         raise TargetError(f"TARGET={spec!r}: {str(path)!r} is a directory, expected a Python "
                           f"file (path/to/file.py:Name)")
@@ -108,17 +114,20 @@ def _import_file(path: Path, spec: str) -> Any:
         raise TargetError(f"TARGET={spec!r}: cannot load {str(path)!r} as a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[modname] = module
-    sys.path.insert(0, str(path.resolve().parent))
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
     try:
-        loader_spec.loader.exec_module(module)
+        with importing(spec):
+            loader_spec.loader.exec_module(module)
     except BaseException as e:  # the user's module may raise anything, even SystemExit
         sys.modules.pop(modname, None)
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, (KeyboardInterrupt, BNCheckError)):
             raise
         raise TargetError(
             f"TARGET={spec!r}: importing {str(path)!r} raised {type(e).__name__}: {e}") from e
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        with contextlib.suppress(ValueError):  # the module may have edited sys.path itself
+            sys.path.remove(folder)
     return module
 
 
@@ -130,11 +139,19 @@ def load_target(spec: str) -> Any:
             or a missing name (the message lists the names that are there).
     """
     where, name = _split(spec)
+    if len(spec) > 1000:  # no module name is this long; a path this long the OS refuses
+        from bncheck._io import describe_path
+
+        raise TargetError(f"TARGET={_short(spec)!r}: "
+                          f"{describe_path(Path(where)) or 'no file or module has such a name'}")
     if where.endswith(".py") or "/" in where or "\\" in where or Path(where).is_file():
         module = _import_file(Path(where), spec)
     else:
         try:
-            module = importlib.import_module(where)
+            with importing(spec):
+                module = importlib.import_module(where)
+        except BNCheckError:
+            raise
         except ModuleNotFoundError as e:
             raise TargetError(f"TARGET={spec!r}: no module named {e.name!r}") from e
         except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
@@ -148,6 +165,12 @@ def load_target(spec: str) -> Any:
         raise TargetError(f"TARGET={spec!r}: {name!r} is a {type(obj).__name__}, expected a "
                           f"Module class or a factory")
     return obj
+
+
+def _short(text: str) -> str:
+    from bncheck._io import _short as short
+
+    return short(text)
 
 
 def _suggest(module: Any, name: str) -> str:

@@ -110,7 +110,17 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(r.status in (Status.PASSED, Status.SKIPPED) for r in self.results)
+        """At least one property passed and none failed (:func:`bncheck._evidence.verdict`)."""
+        return self.verdict().ok
+
+    def verdict(self) -> Any:
+        """The run's :class:`~bncheck._evidence.Verdict` (exit code, and why when not ok)."""
+        from bncheck._evidence import verdict
+
+        skipped = "; ".join(f"{r.name}: {r.message}" for r in self.results
+                            if r.status is Status.SKIPPED)
+        return verdict(passed=self.count(Status.PASSED), failed=len(self.failed),
+                       skipped=skipped)
 
     @property
     def failed(self) -> list[PropertyResult]:

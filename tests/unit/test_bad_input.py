@@ -396,6 +396,7 @@ def make_bad_files(root: Path) -> None:
         "import torch\n\n\nclass RaisingBN(torch.nn.BatchNorm2d):\n"
         "    def forward(self, x):\n"
         "        raise RuntimeError('the layer is broken')\n")
+    _round_two_files(root)
     # ONNX files
     (root / "empty.onnx").write_bytes(b"")
     (root / "random.onnx").write_bytes(bytes(range(256)) * 4)
@@ -423,6 +424,44 @@ def make_bad_files(root: Path) -> None:
     folder = root / "idx_not_gzip"
     _idx_folder(folder)
     (folder / "train-images-idx3-ubyte").rename(folder / "train-images-idx3-ubyte.gz")
+
+
+def _round_two_files(root: Path) -> None:
+    """The second battery's files (issue 19): modules that misbehave at import, targets that
+    are not BatchNorms, a FIFO, a truncated golden."""
+    import os
+    import shutil
+
+    (root / "exits_0_on_import.py").write_text("import os\nos._exit(0)\n")
+    (root / "loops_on_import.py").write_text("while True:\n    pass\n")
+    (root / "thread_on_import.py").write_text(
+        "import threading, time\nimport torch\n"
+        "threading.Thread(target=time.sleep, args=(10**6,)).start()  # not a daemon\n"
+        "BN = torch.nn.BatchNorm1d\n")
+    (root / "float64_on_import.py").write_text(
+        "import torch\ntorch.set_default_dtype(torch.float64)\nBN = torch.nn.BatchNorm1d\n")
+    (root / "no_grad_on_import.py").write_text(
+        "import torch\ntorch.set_grad_enabled(False)\nBN = torch.nn.BatchNorm1d\n")
+    (root / "chdir_on_import.py").write_text(
+        "import os\nimport torch\nos.chdir('/')\nBN = torch.nn.BatchNorm1d\n")
+    (root / "not_bn.py").write_text(
+        "import torch\n\n\nclass Tuple(torch.nn.BatchNorm1d):\n"
+        "    def forward(self, x):\n        return super().forward(x), x\n\n\n"
+        "class Array(torch.nn.BatchNorm1d):\n"
+        "    def forward(self, x):\n        return super().forward(x).detach().numpy()\n\n\n"
+        "class NoInput(torch.nn.Module):\n    def __init__(self, num_features):\n"
+        "        super().__init__()\n\n    def forward(self):\n        return torch.zeros(1)\n"
+        "\n\nclass Meta(torch.nn.BatchNorm1d):\n"
+        "    def forward(self, x):\n        return torch.empty_like(x, device='meta')\n")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / "fifo.py")
+        os.mkfifo(root / "fifo.onnx")
+    goldens = root / "goldens_truncated"
+    goldens.mkdir()
+    for name in ("lenet_scratch.json", "lenet_scratch.npz"):
+        shutil.copy(ROOT / "exports" / name, goldens / name)
+    npz = goldens / "lenet_scratch.npz"
+    npz.write_bytes(npz.read_bytes()[:300])
 
 
 def _idx(body: bytes, dims: tuple[int, ...], code: int = 0x08) -> bytes:

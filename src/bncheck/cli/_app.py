@@ -26,26 +26,138 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+#: Whether Ctrl-C reached this process during the command (see :func:`_ctrl_c_exits`).
+_ctrl_c_seen = False
+
+
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGINT: remembered, then raised as Python does (``KeyboardInterrupt``)."""
+    global _ctrl_c_seen
+    _ctrl_c_seen = True
+    raise KeyboardInterrupt
+
+
+def _from_ctrl_c(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions that led to ``error`` (one raised by
+    a handler other than bncheck's, which a library may have installed while running)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _exit_interrupted() -> None:
+    from bncheck.cli._common import EXIT_INTERRUPTED, err
+
+    _deaf_to_ctrl_c()
+    err("interrupted (Ctrl-C); the run is not a result")
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _listen_for_ctrl_c() -> None:
+    """Remember a Ctrl-C (:func:`_on_ctrl_c`) where Python's own handler is installed."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_ctrl_c)
+
+
 @contextlib.contextmanager
 def _ctrl_c_exits() -> Iterator[None]:
-    """Ctrl-C outside a command's own handling (parsing, importing the command): exit 130 with
-    one line, not click's "Aborted!" and exit 1."""
+    """Once Ctrl-C reached bncheck, the exit code is 130, whatever the command did with the
+    interrupt (one swallowed by a library, e.g. inside a garbage-collector callback, would
+    otherwise end as a pass); Ctrl-C outside a command's own handling (parsing, importing the
+    command) exits 130 with one line, not click's "Aborted!" and exit 1."""
+    from bncheck.cli._common import EXIT_INTERRUPTED, err
+
+    _listen_for_ctrl_c()
     try:
         yield
     except KeyboardInterrupt:
         if "--debug" in sys.argv[1:]:  # a command's --debug: the traceback it asked for
             raise
-        from bncheck.cli._common import EXIT_INTERRUPTED, err
-
+        _deaf_to_ctrl_c()
         err("interrupted (Ctrl-C) before the command started; nothing was done")
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as e:
+        if e.code != EXIT_INTERRUPTED and _ctrl_c_seen:
+            _exit_interrupted()
+        if e.code == EXIT_INTERRUPTED:
+            _deaf_to_ctrl_c()
+        raise
+    except Exception:
+        if _ctrl_c_seen and "--debug" not in sys.argv[1:]:
+            _exit_interrupted()
+        raise
+    if _ctrl_c_seen:
+        _exit_interrupted()
+
+
+def forget_unhandled_ctrl_c() -> None:
+    """CPython marks a Ctrl-C that interrupted code it evaluates from C (an extension module
+    being imported) as unhandled, and at exit kills itself with SIGINT instead of returning the
+    exit code, even when bncheck handled the interrupt. bncheck, the program, handled it: the
+    mark is cleared (where this CPython exposes it)."""
+    with contextlib.suppress(Exception):  # not CPython, or a CPython without the symbol
+        import ctypes
+
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+
+
+#: Whether bncheck is the program (``bncheck ...``, ``python -m bncheck``), not a call of
+#: :func:`main` with arguments (click's test runner, an embedding program): only then does it
+#: change how the process answers SIGINT for good.
+_owns_process = False
+
+
+def _deaf_to_ctrl_c() -> None:
+    """The command is over (or ending with exit 130): a Ctrl-C now could only turn its exit
+    code into a death by SIGINT with a traceback, so it is ignored. A caller of :func:`main`
+    gets Python's own handler back instead."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
+        if _owns_process:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            forget_unhandled_ctrl_c()
+        elif signal.getsignal(signal.SIGINT) is _on_ctrl_c:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _survive_encoding() -> None:
+    """A terminal or pipe that cannot encode a character (an ASCII locale, a Unicode target
+    name) gets an escape for it, not a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
 
 class _LazyGroup(click.Group):
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        global _owns_process, _ctrl_c_seen
+        _owns_process, _ctrl_c_seen = args is None, False
+        _listen_for_ctrl_c()
+        try:
+            return super().main(args, *rest, **kwargs)
+        except SystemExit as e:  # also click's own "Aborted!" (exit 1) for a Ctrl-C it caught
+            if e.code != 130 and (_ctrl_c_seen or _from_ctrl_c(e)):
+                _exit_interrupted()
+            raise
+        except Exception as e:  # a library turned the interrupt into another error (C++ code)
+            if _ctrl_c_seen or _from_ctrl_c(e):
+                _exit_interrupted()
+            raise
+
     def make_context(self, info_name: str | None, args: list[str], *rest: Any,
                      **kwargs: Any) -> click.Context:
         # A shell cannot pass a NUL byte, but a caller of main() can; paths would then fail
         # deep inside os.stat (found by fuzz/fuzz_cli.py).
+        _survive_encoding()
         bad = next((a for a in args if "\x00" in a), None)
         if bad is not None:
             from bncheck.cli._common import EXIT_USAGE, err
@@ -56,8 +168,12 @@ class _LazyGroup(click.Group):
             return super().make_context(info_name, args, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _ctrl_c_exits():
-            return super().invoke(ctx)
+        _listen_for_ctrl_c()  # again: the command's imports may have replaced the handler
+        try:
+            with _ctrl_c_exits():
+                return super().invoke(ctx)
+        finally:  # the command is over: a Ctrl-C now cannot stop anything, only kill the exit
+            _deaf_to_ctrl_c()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in _COMMANDS if self._available(name)]

@@ -136,7 +136,12 @@ def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...]
                                        training_graph=training_graph)
         title = f"{model_path.name}: no source and no manifest, runtimes vs each other"
     render_report(con, report, title=title)
-    if not report.ok:
+    outcome = report.verdict()
+    if not outcome.ok and outcome.code != 1:  # nothing compared: not a pass
+        from bncheck.errors import UsageError
+
+        raise UsageError(f"{model_path.name}: {outcome.reason}")
+    if not outcome.ok:
         raise VerificationFailed(f"{model_path.name} failed verification\n"
                                  f"{report.failure_message()}")
     con.print(f"[green]verified[/]: {escape(model_path.name)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from bncheck.cli._common import console, debug_option, handles_errors, interrupted
 from bncheck.errors import VerificationFailed
@@ -78,12 +79,16 @@ def gate(exports: Path, only: tuple[str, ...], update: bool, debug: bool) -> Non
                           tol_text(rows[0].tolerance), verdict(v))
         con.print(table)
         if skipped:
-            con.print(f"skipped or not applicable here: {', '.join(skipped)}")
+            con.print(escape(f"skipped or not applicable here: {', '.join(skipped)}"))
     for why in result.skipped:
-        con.print(f"skipped: {why}")
+        con.print(escape(f"skipped: {why}"))  # "[models]" is text, not markup
     if update:
-        con.print("updated: " + ", ".join(str(p) for p in result.written))
+        con.print(escape("updated: " + ", ".join(str(p) for p in result.written)))
         return
+    if not result.ok and not result.drift:  # nothing compared: not a pass
+        from bncheck.errors import UsageError
+
+        raise UsageError(f"gate: {result.verdict().reason}")
     if not result.ok:
         from bncheck.onnx.runtimes import TOLERANCES
 

@@ -58,6 +58,10 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
     timeout = default_timeout(timeout, ranks=bool(world_size))  # nan and inf refused too
+    if world_size:
+        from bncheck._workers import check_process_count
+
+        check_process_count(world_size, "--world-size")
     done: list[MutantResult] = []
     out = console()
     try:

@@ -124,9 +124,11 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
     failed verification (nothing trained) or its export failed (training kept), or --compare
     diverged, 2 bad option, bad data or diverged training, 130 interrupted.
     """
+    from bncheck._io import hold_folder
+    from bncheck._validation import check_timeout
+    from bncheck.errors import InvalidArgument
     from bncheck.models import BUILTIN_BN, resolve_bn
     from bncheck.training import RunSettings, check_batch_size, find_data, plan_outputs
-    from bncheck.verify import check_timeout
 
     # Options and output paths are checked before any work, with the names the user typed.
     for value, name in ((epochs, "--epochs"), (limit, "--limit"), (steps, "--steps")):
@@ -134,6 +136,9 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
             check_positive_int(value, name)
     check_batch_size(batch_size, "--batch-size")
     check_finite_float(lr, "--lr", min_value=0.0, exclude_min=True)
+    if limit is not None and limit < 2:
+        raise InvalidArgument(f"Expected --limit >= 2 (BatchNorm needs a batch of at least 2 "
+                              f"samples to train), received --limit={limit}")
     check_timeout(timeout)  # click's range lets nan and inf through
     loop = bn not in BUILTIN_BN and not compare  # verify, train, export
     declaration = train_declaration(
@@ -165,6 +170,7 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
         else:
             recorded["verify"] = verify_step(screen, bn, declaration=declaration,
                                              timeout=timeout)
+    hold_folder(outputs.directory, "--out")  # until this process ends: one run per folder
     result = _train(screen, settings, source, outputs, command, recorded)
     if loop:
         _export(screen, result, settings, source, command, timeout=timeout, debug=debug)

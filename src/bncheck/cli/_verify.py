@@ -14,7 +14,6 @@ from rich.table import Table
 
 from bncheck._validation import DEFAULT_TIMEOUT, default_timeout
 from bncheck.cli._common import (
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     JOBS_ENV,
     console,
@@ -24,6 +23,7 @@ from bncheck.cli._common import (
     resolve_jobs,
 )
 from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options
+from bncheck.cli._watched import runs_watched
 from bncheck.declaration import Declaration, declaration_options
 from bncheck.errors import InvalidArgument
 
@@ -53,6 +53,7 @@ _STYLE = {"passed": "green", "failed": "red", "skipped": "yellow", "error": "mag
               "API's default is jobs=1). The report is the same whatever N is.")
 @distributed_options()
 @debug_option
+@runs_watched(lambda _: True)  # the target's module is imported in the watched worker
 @handles_errors
 def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
            examples: int | None, seed: int | None, json_path: Path | None,
@@ -82,7 +83,10 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
     jobs = _jobs(jobs_text, world_size)
     profile = resolve_profile(profile)  # named in the replay even when it came from the env
     if world_size:
+        from bncheck._workers import check_process_count
         from bncheck.cli._distributed import check_property_names
+
+        check_process_count(world_size, "--world-size")
 
         check_property_names(properties)
     for name in () if world_size else properties:
@@ -104,8 +108,12 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
         if json_path is not None:
             write_json_atomic(json_path, {"ok": not failed,
                                           "reports": [r.to_json() for r in reports]})
-    if not all(r.ok for r in reports):
-        sys.exit(EXIT_FAILED)
+    outcomes = [r.verdict() for r in reports]  # exit 0 only on evidence (bncheck._evidence)
+    for report, outcome in zip(reports, outcomes, strict=True):
+        if not outcome.ok and not report.failed:
+            err(f"{report.target}: {outcome.reason}" if len(reports) > 1 else outcome.reason)
+    if not all(o.ok for o in outcomes):
+        sys.exit(max(o.code for o in outcomes))
 
 
 def _plan(target: str | None, config: Path | None, declared: dict[str, Any],
@@ -123,7 +131,7 @@ def _plan(target: str | None, config: Path | None, declared: dict[str, Any],
         return [(t.spec, t.spec, Declaration.from_cli(declared, base=t.declaration))
                 for t in tables]
     base = next((t.declaration for t in tables if target and t.matches(target)), None)
-    spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
+    spec = target if target is not None else (SYNC_REFERENCE if world_size else REFERENCE)
     return [(target, spec, Declaration.from_cli(declared, base=base))]
 
 
@@ -151,7 +159,8 @@ def _jobs(text: str | None, world_size: int | None) -> int:
     if world_size and source is click.core.ParameterSource.COMMANDLINE:
         raise InvalidArgument(f"--jobs={text} runs properties side by side in one process each; "
                               "with --world-size the ranks are the processes: leave --jobs out")
-    return resolve_jobs(None if world_size else text)
+    named = JOBS_ENV if source is click.core.ParameterSource.ENVIRONMENT else "--jobs"
+    return resolve_jobs(None if world_size else text, named)
 
 
 def _replay_command(profile: str, target: str | None, declaration: Declaration) -> Any:

@@ -13,6 +13,7 @@ one that cannot (stuck in C code) is killed after a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -52,8 +53,8 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from bncheck._validation import check_timeout
             from bncheck.errors import UsageError
-            from bncheck.verify import check_timeout
 
             try:
                 check_timeout(kwargs["timeout"])  # click's range lets nan and inf through
@@ -62,7 +63,10 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
                 sys.exit(EXIT_USAGE)
             if not needs_watch(kwargs) or not can_watch(debug=kwargs.get("debug", False)):
                 return fn(*args, **kwargs)
-            code = run_watched(lambda: fn(*args, **kwargs), timeout=kwargs["timeout"])
+            from bncheck._workers import DEFAULT_TIMEOUT
+
+            code = run_watched(lambda: fn(*args, **kwargs),
+                               timeout=kwargs["timeout"] or DEFAULT_TIMEOUT)
             if code:
                 sys.exit(code)
             return None
@@ -115,8 +119,11 @@ def _handle(got: tuple[str, Any], doing: list[str]) -> int | None:
     kind, payload = got
     if kind in ("out", "err"):
         stream = sys.stdout if kind == "out" else sys.stderr
-        stream.write(payload)
-        stream.flush()
+        try:
+            stream.write(payload)
+            stream.flush()
+        except BrokenPipeError:  # e.g. piped into `head`: the command goes on, its files too
+            _stop_writing(stream)
     elif kind == "enter":
         doing.append(payload)
     elif kind == "leave":
@@ -126,25 +133,36 @@ def _handle(got: tuple[str, Any], doing: list[str]) -> int | None:
     return None
 
 
+def _stop_writing(stream: Any) -> None:
+    """The reader of ``stream`` is gone: what is still written there goes nowhere (not an
+    error at exit either)."""
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull.fileno(), stream.fileno())
+
+
 def _interrupted(worker: Any, doing: list[str]) -> int:
-    """Ctrl-C: ask the worker to end the command as it would in-process; kill it if it cannot."""
+    """Ctrl-C: ask the worker to end the command as it would in-process (it writes what it
+    keeps); it is killed when it has not within the grace period, or at once at a second
+    Ctrl-C (a target that ignores SIGINT cannot hold bncheck). Exit 130 whatever the worker's
+    own code: an interrupted run is never evidence."""
+    import time
+
     from bncheck._workers import TIMED_OUT, WorkerDied
 
+    again = threading.Event()  # from now on Ctrl-C only says "stop now", it raises nothing
+    signal.signal(signal.SIGINT, lambda *_: again.set())
     try:
         os.kill(worker.pid, signal.SIGINT)
-        import time
-
         deadline = time.monotonic() + _CTRL_C_GRACE
-        while time.monotonic() < deadline:
-            got = worker.receive(deadline - time.monotonic())
-            if got is TIMED_OUT:
-                break
-            code = _handle(got, doing)
-            if code is not None:
-                return code
-    except (OSError, WorkerDied, KeyboardInterrupt):
+        while not again.is_set() and time.monotonic() < deadline:
+            got = worker.receive(min(0.1, max(0.0, deadline - time.monotonic())))
+            if got is not TIMED_OUT and _handle(got, doing) is not None:
+                return EXIT_INTERRUPTED  # the worker said what it kept
+    except (OSError, WorkerDied):
         pass
     err("interrupted (Ctrl-C)" + (f" while {doing[-1]}" if doing else "")
+        + ("; stopped at the second Ctrl-C" if again.is_set() else "")
         + "; nothing more was written")
     return EXIT_INTERRUPTED
 
@@ -185,6 +203,9 @@ def _serve(conn: Connection, body: Callable[[], Any], out_tty: bool, err_tty: bo
         with lock:
             conn.send_bytes(pickle.dumps((kind, payload)))
 
+    # The command starts workers of its own (verify's properties, distributed ranks), which
+    # multiprocessing refuses to a daemonic process; this one is stopped by its parent anyway.
+    multiprocessing.current_process().daemon = False
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which passes it on once
     signal.signal(signal.SIGINT, signal.default_int_handler)
     watch_with(lambda doing: send("leave", None) if doing is None else send("enter", doing))

@@ -249,11 +249,10 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
     """Run each mutant (without shrinking) against the distributed property meant to kill it,
     the rest of the catalogue only when it survives (:func:`bncheck.mutants.meant_first`;
     ``every_property``: all of it), on one set of ``world_size`` ranks started once."""
-    from bncheck._validation import unknown_name
+    from bncheck._validation import check_timeout, unknown_name
     from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
     from bncheck.distributed.properties import names as catalogue
     from bncheck.distributed.verify import target_spec, verify_distributed
-    from bncheck.verify import check_timeout
 
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]

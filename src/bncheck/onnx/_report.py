@@ -76,7 +76,18 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and all(r.verdict != "FAIL" for r in self.rows)
+        """At least one check ran and passed, none failed (:func:`bncheck._evidence.verdict`)."""
+        return self.verdict().ok
+
+    def verdict(self) -> Any:
+        """The :class:`~bncheck._evidence.Verdict` of the rows and failures."""
+        from bncheck._evidence import verdict
+
+        failed = len(self.failures) + sum(r.verdict == "FAIL" for r in self.rows)
+        return verdict(passed=sum(r.verdict == "ok" for r in self.rows), failed=failed,
+                       skipped="; ".join(dict.fromkeys(
+                           f"{r.check} {r.runtime}: {r.note}".strip() for r in self.rows
+                           if r.verdict in ("skipped", "n/a"))))
 
     def failure_message(self) -> str:
         """The message a failed verification raises: localization first, then the reports."""

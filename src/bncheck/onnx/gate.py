@@ -104,7 +104,16 @@ class GateResult:
 
     @property
     def ok(self) -> bool:
-        return not self.drift
+        """No drift, and at least one output compared (:func:`bncheck._evidence.verdict`);
+        ``--update`` (which compares nothing) is judged by what it wrote."""
+        return self.verdict().ok
+
+    def verdict(self) -> Any:
+        from bncheck._evidence import verdict
+
+        compared = sum(row.verdict == "ok" for _, row in self.rows) or len(self.written)
+        return verdict(passed=compared, failed=len(self.drift),
+                       skipped="; ".join(self.skipped))
 
 
 def _compare_eager(result: GateResult, group: str, items: list[tuple[str, Any, np.ndarray]],

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import platform
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +170,9 @@ def read_golden(manifest_path: str | Path, manifest: dict[str, Any]) -> dict[str
     try:
         with np.load(p, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"golden {str(p)!r} is not an npz archive: {e}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, corrupt
+        raise ModelFileError(f"golden {str(p)!r} is not a readable npz archive "
+                             f"({type(e).__name__}: {e}); recreate it") from None
 
 
 def check_seed(seed: Any) -> None:

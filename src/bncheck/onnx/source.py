@@ -19,6 +19,7 @@ generated data (``calibrate``) or loads a checkpoint, and puts it in eval mode.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,9 @@ def parse_shape(text: str, name: str = "--input-shape") -> tuple[int, ...]:
     if not dims or any(d < 1 for d in dims):
         raise InvalidArgument(f"Expected {name} as comma-separated positive integers, batch "
                               f"first (e.g. 1,3,224,224), received {name}={text!r}")
+    from bncheck._workers import check_fits_in_memory
+
+    check_fits_in_memory(math.prod(dims) * 4, f"{name}={text}", "a float32 input of that shape")
     return dims
 
 

@@ -69,7 +69,12 @@ def load_onnx(path: str | Path) -> tuple[bytes, Any]:
     import onnx
     from google.protobuf.message import DecodeError
 
+    from bncheck._io import describe_path
+
     p = Path(path)
+    problem = describe_path(p)  # a FIFO, a device, a name too long: said as such
+    if problem is not None:
+        raise ModelFileError(f"{problem}, expected an ONNX file")
     if p.is_dir():
         raise ModelFileError(f"{str(p)!r} is a directory, expected an ONNX file")
     if not p.is_file():

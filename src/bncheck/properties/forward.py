@@ -217,8 +217,11 @@ def _check_reduced_stats(ctx: Context, bn: Adapted, drawn: PropertyCase,
                 f"{name} {stat} is {float(got[c]):g} at channel {c} where the exact value "
                 f"{float(exp[c]):g} and the batch statistic {float(batch[c]):g} fit in "
                 f"{dtype_name(sdt)}: the statistics overflowed, computed in 16 bits (e.g. "
-                f"squares of deviations above {torch.finfo(case.dtype).max ** 0.5:g}); "
-                f"accumulate them in float32")
+                f"squares of deviations above {torch.finfo(case.dtype).max ** 0.5:g}) "
+                f"overflowed {dtype_name(case.dtype)}; accumulate them in float32 (as torch "
+                f"and Keras do), or, if the layer is meant for float32 and float64 only, "
+                f"declare that scope: --dtypes float32,float64 (dtypes=['float32', "
+                f"'float64'])")
             continue
         checks.close(got[keep], exp.to(sdt).to(torch.float64)[keep], tol.restricted(keep),
                      f"{stat} (representable channels)")

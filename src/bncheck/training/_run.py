@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bncheck._io import (
+    check_distinct,
     check_output_path,
     ctrl_c_deferred,
     write_atomic,
@@ -153,7 +154,10 @@ def plan_outputs(out: str | os.PathLike[str] | None = None, *,
         if path is not None:
             check_output_path(path, name)
     plot = directory / "curves.png" if plotting_available() else None
-    return RunOutputs(directory, ckpt, json, plot, directory / "command.txt")
+    planned = RunOutputs(directory, ckpt, json, plot, directory / "command.txt")
+    check_distinct({names[0]: ckpt, names[1]: json, "the plot": plot,
+                    "the command file": planned.command})
+    return planned
 
 
 def versions() -> dict[str, str]:

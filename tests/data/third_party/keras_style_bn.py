@@ -1,7 +1,11 @@
 # A Keras-style layer written in torch: channels last, gamma/beta/moving_mean/moving_variance,
 # moving = momentum * moving + (1 - momentum) * batch with momentum 0.99, epsilon 1e-3, biased
-# variance, and the mode as a call argument (`training=`), not module.train(). Correct under
+# variance, and the mode as a call argument (`training=`), not module.train(). Correct in
+# float32 and float64 under
 #   --convention keras --mode-argument training --names running_var=moving_variance
+# In float16 it computes the batch variance in 16 bits, where squared deviations above 255.9
+# overflow (Keras itself computes the moments of float16 inputs in float32): reduced_precision
+# fails unless --dtypes float32,float64 declares the scope it is written for.
 import torch
 from torch import nn
 
