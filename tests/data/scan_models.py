@@ -208,3 +208,15 @@ def normalizer(channels=4):
     """A Normalize input layer (not a BatchNorm) and one BatchNorm2d."""
     return nn.Sequential(Normalize(3), nn.Conv2d(3, channels, 3, padding=1),
                          nn.BatchNorm2d(channels))
+
+
+def hanging_on_float16(channels=4):
+    """torch's BatchNorm2d, except that float16 inputs never return (tests/data/hanging_bn.py):
+    the model runs; verifying its class hangs in reduced_precision (for the Ctrl-C tests)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hanging_bn import LoopsOnFloat16
+
+    return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), LoopsOnFloat16(channels))
