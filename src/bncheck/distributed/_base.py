@@ -84,8 +84,9 @@ class SyncContext:
         for rank in range(sc.world_size):
             block = sc.group_of(rank)
             tasks[rank] = RankTask(
-                self.spec, c.num_features, c.ndim, c.dtype, cfg.eps, cfg.momentum, cfg.affine,
-                cfg.track_running_stats, None if len(block) == self.max_world_size else block,
+                self.spec, self.base.target.declaration, c.num_features, c.ndim, c.dtype,
+                cfg.eps, cfg.momentum, cfg.affine, cfg.track_running_stats,
+                None if len(block) == self.max_world_size else block,
                 c.weight, c.bias, sc.stats, steps(rank, inputs[rank]))
         self.examples += 1
         try:
