@@ -131,8 +131,8 @@ def test_layers_of_one_class_and_config_share_a_group_and_declarations():
     groups = group_layers(model, layers, observe(model, (torch.rand(2, 3, 4, 4),),
                                                  paths=["0", "1"]))
     assert [[lay.path for lay in g.layers] for g in groups] == [["0", "2"], ["1"]]
-    assert declarations(groups[0]) == {
-        "label": "torch.nn:BatchNorm2d", "momentum": 0.01, "eps": 1e-3, "dims": (4,),
+    assert declarations(groups[0]).declared() == {
+        "momentum": 0.01, "eps": 1e-3, "dims": (4,),
         "fixed": {"affine": True, "track_running_stats": True}}
     assert replay_command(groups[0], "eval_forward", 3, profile="ci", examples=None) == (
         "bncheck verify torch.nn:BatchNorm2d --momentum 0.01 --eps 0.001 --dims 4 --fixed "

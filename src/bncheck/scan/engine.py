@@ -241,6 +241,6 @@ def _verify_class(result: ClassResult, *, properties: Sequence[str] | None,
         obj = load_target(group.spec)
         result.report = verify(obj, properties=chosen, profile=profile, examples=examples,
                                seed=seed, replay=replay, timeout=timeout, jobs=jobs,
-                               **declarations(group))
+                               label=group.name, declaration=declarations(group))
     except UsageError as e:
         result.error = f"cannot verify {group.name} alone: {e}"

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from bncheck._validation import not_set
+from bncheck.declaration import Declaration
 from bncheck.scan.inventory import Config, NormLayer
 
 __all__ = ["Observation", "Group", "observe", "group_layers", "declarations",
@@ -167,23 +168,23 @@ def _shaped_rank(module: nn.Module) -> tuple[int, ...]:
     return ()
 
 
-def declarations(group: Group) -> dict[str, Any]:
-    """The declarations ``bncheck verify`` gets for ``group``, as :func:`bncheck.verify.verify`
-    keyword arguments (``label``, ``momentum``, ``eps``, ``dims``, ``fixed``): the one place
-    a scan turns what an instance says into what its class is verified against."""
+def declarations(group: Group) -> Declaration:
+    """What ``group``'s class is verified as: the :class:`~bncheck.declaration.Declaration`
+    its instances show (momentum, eps, the ranks they see, affine and track_running_stats as
+    fixed flags); the one place a scan turns an instance into declarations."""
     cfg = group.config
-    out: dict[str, Any] = {"label": group.name}
+    given: dict[str, Any] = {}
     if cfg.momentum is not not_set:
-        out["momentum"] = cfg.momentum
+        given["momentum"] = cfg.momentum
     if cfg.eps is not not_set:
-        out["eps"] = cfg.eps
+        given["eps"] = cfg.eps
     if group.dims:
-        out["dims"] = group.dims
+        given["dims"] = group.dims
     fixed = {flag: value for flag in ("affine", "track_running_stats")
              if (value := getattr(cfg, flag)) is not None}
     if fixed:
-        out["fixed"] = fixed
-    return out
+        given["fixed"] = fixed
+    return Declaration.from_kwargs(given, where=f" (inferred from {group.layers[0].shown})")
 
 
 def replay_command(group: Group, prop: str, seed: int, *, profile: str,
@@ -193,16 +194,7 @@ def replay_command(group: Group, prop: str, seed: int, *, profile: str,
     if spec is None:
         return (f"(no replay: {group.cls_name} is defined inside a function; move it to "
                 f"module level to verify it alone)")
-    decl = declarations(group)
-    args = ["bncheck", "verify", spec]
-    if "momentum" in decl:
-        args += ["--momentum", "none" if decl["momentum"] is None else f"{decl['momentum']!r}"]
-    if "eps" in decl:
-        args += ["--eps", repr(decl["eps"])]
-    if "dims" in decl:
-        args += ["--dims", ",".join(map(str, decl["dims"]))]
-    if "fixed" in decl:
-        args += ["--fixed", ",".join(f"{k}={str(v).lower()}" for k, v in decl["fixed"].items())]
+    args = ["bncheck", "verify", spec, *declarations(group).cli_args()]
     if profile != "ci":
         args += ["--profile", profile]
     if examples is not None:

@@ -40,12 +40,11 @@ class ClassResult:
         return (own or failed or [None])[0]
 
     def to_json(self) -> dict[str, Any]:
-        decl = declarations(self.group)
+        decl = declarations(self.group).to_json()
         return {"class": self.group.cls_name, "spec": self.group.spec,
                 "config": self.group.config.to_json(), "frozen": self.group.frozen,
                 "dims": list(self.group.dims), "paths": [lay.path for lay in self.group.layers],
-                "declarations": {k: (list(v) if isinstance(v, tuple) else v)
-                                 for k, v in decl.items()},
+                "declarations": {k: v for k, v in decl.items() if v is not None},
                 "ok": self.ok, "error": self.error or None, "replays": self.replays,
                 "report": None if self.report is None else self.report.to_json()}
 
