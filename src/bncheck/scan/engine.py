@@ -12,8 +12,8 @@ True
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +218,8 @@ def _verify_class(result: ClassResult, *, properties: Sequence[str] | None,
     """Run the catalogue on the group's class with the declarations its instances show."""
     from bncheck.errors import UsageError
     from bncheck.properties import CATALOGUE
-    from bncheck.verify import verify
-
     from bncheck.target import load_target
+    from bncheck.verify import verify
 
     group = result.group
     if group.spec is None:

@@ -37,7 +37,8 @@ class ClassResult:
             return None
         failed = self.report.failed
         own = [r for r in failed if r.consequence_of is None]
-        return (own or failed or [None])[0]
+        chosen = own or failed
+        return chosen[0] if chosen else None
 
     def to_json(self) -> dict[str, Any]:
         decl = declarations(self.group).to_json()
@@ -91,10 +92,10 @@ class ScanReport:
     def verdicts(self) -> list[LayerVerdict]:
         """Each layer's verdict, in module order: its class's verification first, then any
         model-level check that names it."""
-        blamed: dict[str, Check] = {}
-        for check in self.checks:
-            for path in check.paths:
-                blamed.setdefault(path, check)
+        blamed: dict[str, Check] = {}  # a failed check first, then a note
+        for named in sorted(self.checks, key=lambda x: x.status != "failed"):
+            for path in named.paths:
+                blamed.setdefault(path, named)
         out = []
         for c in self.classes:
             first = c.first_failure
@@ -110,9 +111,11 @@ class ScanReport:
                     out.append(LayerVerdict(lay, "failed", f"check {check.name}"))
                 elif c.report is None:
                     out.append(LayerVerdict(lay, "not verified", "interrupted"))
-                elif c.group.frozen or (check is not None and check.status == "note"):
-                    out.append(LayerVerdict(lay, "frozen", "class passed; " + (
-                        "a frozen class" if c.group.frozen else f"noted by {check.name}")))
+                elif c.group.frozen:
+                    out.append(LayerVerdict(lay, "frozen", "class passed; a frozen class"))
+                elif check is not None and check.status == "note":
+                    out.append(LayerVerdict(lay, "frozen", f"class passed; noted by "
+                                                           f"{check.name}"))
                 else:
                     out.append(LayerVerdict(lay, "passed"))
         order = {path: i for i, path in enumerate(self.order)}
