@@ -35,18 +35,23 @@ class ScratchBN(nn.Module):
     def forward(self, x):
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
+        # statistics in float32 for float16/bfloat16 inputs, as torch computes them
+        wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        xf = x.to(wide)
         if self.training:
-            mean = x.mean(dim=dims)
-            var = x.var(dim=dims, unbiased=False)
+            mean = xf.mean(dim=dims)
+            var = xf.var(dim=dims, unbiased=False)
             n = x.numel() // x.shape[1]
             with torch.no_grad():
-                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
-                self.running_var.mul_(1 - self.momentum).add_(
-                    self.momentum * self._unbiased(var, n))
+                m = self.momentum
+                self.running_mean.copy_((1 - m) * self.running_mean.to(wide) + m * mean)
+                self.running_var.copy_((1 - m) * self.running_var.to(wide)
+                                       + m * self._unbiased(var, n))
         else:
-            mean, var = self.running_mean, self.running_var
-        x_hat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        return x_hat * self.weight.view(shape) + self.bias.view(shape)
+            mean, var = self.running_mean.to(wide), self.running_var.to(wide)
+        x_hat = (xf - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        y = x_hat * self.weight.to(wide).view(shape) + self.bias.to(wide).view(shape)
+        return y.to(x.dtype)
 
 
 class BiasedVarBN(ScratchBN):
