@@ -225,3 +225,14 @@ def hanging_on_float16(channels=4):
     from hanging_bn import LoopsOnFloat16
 
     return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), LoopsOnFloat16(channels))
+
+
+class _Spins(nn.Module):
+    def forward(self, x):
+        while True:
+            pass
+
+
+def hanging_forward(channels=4):
+    """A model whose forward never returns (for the --timeout test)."""
+    return nn.Sequential(nn.Conv2d(3, channels, 3), nn.BatchNorm2d(channels), _Spins())

@@ -165,6 +165,7 @@ def test_efficientnet_b0_passes(cli_subprocess, tmp_path):
     ((f"{MODELS}:mixed_custom", "--input-shape", "2,x"), "--input-shape"),
     (("tests/data/models.py:not_a_module", *SHAPE), "expected a torch.nn.Module"),
     ((f"{MODELS}:mixed_custom", "--bn", "torch", *SHAPE), "--bn"),
+    ((f"{MODELS}:mixed_custom", *SHAPE, "--timeout", "nan"), "timeout=nan"),
 ])
 def test_usage_errors_exit_2_with_one_line(cli, args, message):
     r = cli("scan", *args)
@@ -203,3 +204,9 @@ def test_ctrl_c_while_verifying_exits_130_with_a_partial_report(tmp_path):
     data = json.loads(out.read_text())
     assert data["interrupted"] is True and data["ok"] is False
     assert data["layers"][0]["verdict"] == "not verified"
+
+
+def test_a_model_that_hangs_is_stopped_after_timeout_and_exits_2(cli):
+    r = cli("scan", f"{MODELS}:hanging_forward", *SHAPE, "--timeout", "2")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "did not return within 2 s" in r.stderr and "scan_models.py" in r.stderr

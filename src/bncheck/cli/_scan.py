@@ -108,8 +108,9 @@ def scan(model_spec: str | None, model_args: tuple[str, ...], input_shapes: tupl
     from bncheck.properties import get
     from bncheck.scan import ScanReport
     from bncheck.scan.engine import verify_classes
-    from bncheck.verify import check_jobs, resolve_run
+    from bncheck.verify import check_jobs, check_timeout, resolve_run
 
+    check_timeout(timeout)  # click's range lets nan and inf through
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
     jobs = resolve_jobs(jobs_text)
