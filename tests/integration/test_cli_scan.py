@@ -116,14 +116,17 @@ def test_the_seed_lenet_is_found_at_its_module_paths_and_fails(cli_subprocess, t
     assert "Traceback" not in r.stdout + r.stderr
 
 
-def test_the_typo_fixed_seed_fails_the_grad_mode_check_without_being_named(cli, tmp_path):
+def test_the_typo_fixed_seed_fails_the_model_checks_and_its_export_is_localized(cli, tmp_path):
     out = tmp_path / "scan.json"
     r = cli("scan", "tests/data/models.py:seed_bn_cnn", *SHAPE, *FEW, "--property",
-            "grad_mode_independence", "--json", out)
+            "stats_are_buffers", "--onnx", "--json", out)
     assert r.returncode == 1
-    checks = {c["name"]: c["status"] for c in json.loads(out.read_text())["checks"]}
-    assert checks["eval_grad_mode_independence"] == "failed"
-    assert checks["eval_per_sample"] == "failed"
+    checks = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
+    assert checks["eval_grad_mode_independence"]["status"] == "failed"
+    assert checks["eval_per_sample"]["status"] == "failed"
+    assert checks["onnx_export"]["status"] == "failed"
+    assert checks["onnx_export"]["paths"] == ["stem.1"]
+    assert checks["onnx_export"]["message"].startswith("first diverging layer: stem.1")
 
 
 @pytest.mark.slow
