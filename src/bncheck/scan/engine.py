@@ -161,29 +161,20 @@ def _model_checks(model: nn.Module, inputs: Any, groups: list[Group],
                          for n in skipped]
     frozen = [lay.path for g in groups if g.frozen for lay in g.layers]
     checks = [mc.Check("model_forward", "passed", "training-mode and eval forwards ran")]
-    for fn in (lambda: mc.eval_reaches_norm_layers(model, inputs, layers),
-               lambda: mc.eval_per_sample(model, inputs),
-               lambda: mc.eval_grad_mode_independence(model, inputs),
-               lambda: mc.frozen_layers(model, inputs, layers, frozen_classes=frozen,
-                                        strict=strict_frozen),
-               lambda: mc.fusion_matches_eval(model, inputs)):
-        checks.append(_guarded(fn))
+    runs: list[tuple[str, Callable[[], mc.Check]]] = [
+        ("eval_reaches_norm_layers", lambda: mc.eval_reaches_norm_layers(model, inputs, layers)),
+        ("eval_per_sample", lambda: mc.eval_per_sample(model, inputs)),
+        ("eval_grad_mode_independence", lambda: mc.eval_grad_mode_independence(model, inputs)),
+        ("frozen_layers", lambda: mc.frozen_layers(model, inputs, layers, frozen_classes=frozen,
+                                                   strict=strict_frozen)),
+        ("fusion_matches_eval", lambda: mc.fusion_matches_eval(model, inputs)),
+    ]
+    for name, run in runs:
+        try:
+            checks.append(run())
+        except TargetError as e:  # the model's code raised inside the check: it fails
+            checks.append(mc.Check(name, "failed", str(e)))
     return checks
-
-
-def _guarded(fn: Callable[[], mc.Check]) -> mc.Check:
-    """A check whose model code raised fails with the file and line (its name from the
-    function's)."""
-    try:
-        return fn()
-    except TargetError as e:
-        name = str(e).split(":")[0]
-        return mc.Check(_name_of(fn), "failed", f"the model raised during {name}: {e}")
-
-
-def _name_of(fn: Callable[[], mc.Check]) -> str:
-    code = fn.__code__
-    return next((n for n in code.co_names if n in mc.__all__), "model_check")
 
 
 def _onnx_check(model: nn.Module, source: Any, seed: int, layers: Any,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,7 +200,3 @@ def replay_command(group: Group, prop: str, seed: int, *, profile: str,
     if examples is not None:
         args += ["--examples", str(examples)]
     return shlex.join([*args, "--property", prop, "--seed", str(seed)])
-
-
-def iter_paths(layers: Sequence[NormLayer]) -> Iterator[str]:
-    return (layer.path for layer in layers)

@@ -16,7 +16,7 @@ worker): an exception in the model fails the check that ran it, with its file an
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,5 +351,3 @@ def fusion_matches_eval(model: nn.Module, inputs: Sequence[Tensor]) -> Check:
     return Check(name, "passed", f"{names} equals the unfused eval model in float32 and "
                                  f"float64")
 
-
-CheckFn = Callable[..., Check]
