@@ -180,8 +180,8 @@ class Target:
     obj: Callable[..., Any]
     label: str
     convention: Convention = TORCH
-    momentum: float | None = 0.1
-    eps: float = 1e-5
+    momentum: float | None = TORCH.momentum
+    eps: float = TORCH.eps
     dims: tuple[int, ...] = (2, 4)
     constructor: Constructor = field(
         default_factory=lambda: Constructor(False, frozenset(), False, False))

@@ -124,7 +124,7 @@ class DeclarationSpec:
                             metavar=self.metavar, help=self.help)
 
 
-def _text(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as one would type it (``1`` for 1.0; every float round-trips)."""
     if isinstance(value, bool):
         return str(value).lower()
@@ -138,7 +138,7 @@ def _same(text: str, _label: str) -> str:
 
 
 def declared(default: Any, *, option: str, help: str, check: Callable[[Any, str], Any],
-             parse: Callable[[str, str], Any] = _same, show: Callable[[Any], str] = _text,
+             parse: Callable[[str, str], Any] = _same, show: Callable[[Any], str] = shown,
              to_json: Callable[[Any], Any] | None = None, metavar: str | None = None,
              choices: tuple[str, ...] | None = None, flag: bool = False) -> Any:
     """A :class:`Declaration` field: ``default`` is "not declared"; ``check(value, label)``
@@ -206,7 +206,7 @@ def _check_dims(value: Any, label: str) -> tuple[int, ...]:
     dims = tuple(value)
     if not dims or any(d not in RANKS for d in dims):
         raise InvalidArgument(f"Expected {label} to be input ranks from 2 to 5, received "
-                              f"{label}={value!r}")
+                              f"{label}={dims!r}")
     return tuple(sorted(set(dims)))
 
 
@@ -241,12 +241,12 @@ def _check_names(value: Any, label: str) -> FrozenMap:
     for key, name in mapping.items():
         if key not in NAME_KEYS:
             close = close_matches(str(key), NAME_KEYS)
-            raise InvalidArgument(f"Expected {label} keys from {', '.join(NAME_KEYS)}, received "
-                                  f"{label} key {key!r}"
-                                  + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise InvalidArgument(f"Expected {label} keys from {list(NAME_KEYS)}, received "
+                                  f"{label}={dict(mapping)!r} ({key!r} is not one of them"
+                                  + (f"; did you mean {', '.join(close)}?)" if close else ")"))
         if not isinstance(name, str) or not name.replace(".", "_").isidentifier():
-            raise InvalidArgument(f"Expected {label}[{key!r}] to be an attribute name (dotted "
-                                  f"for a submodule's), received {name!r}")
+            raise InvalidArgument(f"Expected {label}[{key!r}] to be an attribute name, received "
+                                  f"{name!r} (a dotted name reaches into a submodule)")
     return FrozenMap(mapping)
 
 
@@ -258,9 +258,9 @@ def _check_fixed(value: Any, label: str) -> FrozenMap:
     mapping = _mapping(value, label, "{'affine': True}")
     for key, flag in mapping.items():
         if key not in FLAG_TYPES:
-            raise InvalidArgument(f"Expected {label} keys from {', '.join(FLAG_TYPES)} (eps and "
-                                  f"momentum have their own declarations), received {label} key "
-                                  f"{key!r}")
+            raise InvalidArgument(f"Expected {label} keys from {sorted(FLAG_TYPES)} (eps and "
+                                  f"momentum have their own declarations), received "
+                                  f"{label}={dict(mapping)!r}")
         check_type(FLAG_TYPES[key], flag, f"{label}[{key!r}]")
     return FrozenMap(mapping)
 
@@ -276,7 +276,7 @@ def _parse_fixed(text: str, label: str) -> dict[str, bool]:
 
 
 def _show_map(value: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={_text(v)}" for k, v in value.items())
+    return ",".join(f"{k}={shown(v)}" for k, v in value.items())
 
 
 def _check_axis(value: Any, label: str) -> int:
@@ -316,7 +316,7 @@ def _check_dtypes(value: Any, label: str) -> tuple[str, ...]:
     for d in value:
         name = d if isinstance(d, str) else dtype_name(d) if d in DTYPES.values() else None
         if name not in DTYPES:
-            raise InvalidArgument(f"Expected {label} from {', '.join(DTYPES)}, received {d!r}")
+            raise InvalidArgument(f"Expected {label} from {sorted(DTYPES)}, received {d!r}")
         out.append(name)
     if not out:
         raise InvalidArgument(f"Expected at least one dtype, received {label}=[]")
@@ -365,7 +365,7 @@ class Declaration:
         help="What the target stores: the running variance (default) or running std.")
     momentum: float | None | NotSet = declared(
         not_set, option="--momentum", metavar="M", check=_check_momentum, parse=_parse_momentum,
-        show=lambda v: "none" if v is None else _text(v),
+        show=lambda v: "none" if v is None else shown(v),
         to_json=lambda v: "none" if v is None else v,
         help="The target's momentum (a number, or 'none': the cumulative average); declared, "
         "it is always passed to the constructor and never drawn. Default: the convention's "
@@ -374,7 +374,7 @@ class Declaration:
         None, option="--eps", metavar="EPS", check=_check_eps, parse=_parse_float,
         help="The target's eps; declared, it is always passed to the constructor and never "
         "drawn. Default: the convention's (drawn when the constructor takes eps).")
-    dims: tuple[int, ...] | None = declared(
+    dims: Sequence[int] | None = declared(
         None, option="--dims", metavar="2,4", check=_check_dims, parse=_parse_ints, show=_comma,
         to_json=list, help="Input ranks the target supports. Default: 2,4, restricted to the "
         "ranks the target accepts when built and tried.")
@@ -398,7 +398,7 @@ class Declaration:
         None, option="--empty-batches", flag=True, check=_check_bool,
         help="The target accepts empty batches (checked by empty_batch). Default: true for "
         "torch's BatchNorm classes.")
-    dtypes: tuple[str, ...] | None = declared(
+    dtypes: Sequence[str] | None = declared(
         None, option="--dtypes", metavar="LIST", check=_check_dtypes, parse=_parse_list,
         show=_comma, to_json=list, help="Comma-separated dtypes to check. Default: "
         "float32,float64,float16,bfloat16.")
@@ -435,7 +435,7 @@ class Declaration:
             if text is None:
                 continue
             value = text if spec.flag or spec.choices else spec.parse(text, spec.option)
-            given[name] = spec.check(value, spec.option)
+            given[name] = spec.check(value, spec.name)  # named as in Python and the config
         return dataclasses.replace(base, **given) if base is not None else cls(**given)
 
     def replace(self, **changes: Any) -> Declaration:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncheck._workers import DEFAULT_TIMEOUT
+from bncheck._validation import DEFAULT_TIMEOUT
 from bncheck.conventions import ONNX, TORCH, Convention
 from bncheck.declaration import Declaration
 

@@ -84,8 +84,8 @@ class Mode:
 class BNConfig:
     """Constructor arguments, in torch's names; ``momentum`` in the convention's own meaning."""
 
-    eps: float = 1e-5
-    momentum: float | None = 0.1
+    eps: float = TORCH.eps
+    momentum: float | None = TORCH.momentum
     affine: bool = True
     track_running_stats: bool = True
     bias: bool = True
@@ -258,8 +258,7 @@ def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
         check_finite_float(value, name, min_value=0.0, max_value=1.0)
     check_min_max("min_batch_weight", min_batch_weight, "max_batch_weight", max_batch_weight)
 
-    def from_weight(w: float) -> float:
-        return w if convention.momentum_weights == "batch" else 1.0 - w
+    from_weight = convention.momentum_for  # the inverse of batch_weight, decided there
 
     if momentum is not_set:
         default_w = convention.batch_weight(convention.momentum, 1)

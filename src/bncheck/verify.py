@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import secrets
+import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +32,7 @@ from hypothesis.errors import Flaky
 from hypothesis.reporting import with_reporter
 
 from bncheck._preflight import CORE_FORWARD
-from bncheck._validation import check_finite_float, check_names, check_type
-from bncheck._workers import DEFAULT_TIMEOUT
+from bncheck._validation import DEFAULT_TIMEOUT, check_names, check_timeout, check_type
 from bncheck.adapter import Target, supported_dims
 from bncheck.declaration import Declaration
 from bncheck.errors import (
@@ -170,8 +171,9 @@ def build_target(obj: Any, *, label: str | None = None,
         known = supported_dims(obj)
         if known is not None and not set(decl.dims) <= set(known):
             raise InvalidArgument(
-                f"Expected dims among the input ranks {label or obj.__qualname__} accepts when "
-                f"tried ({', '.join(map(str, known))}), received dims={list(decl.dims)!r}")
+                f"Expected dims among the input ranks {label or obj.__qualname__} accepts "
+                f"({', '.join(map(str, known))}), received dims={decl.dims!r} (its ranks found "
+                f"by trying it)")
     return Target.from_object(obj, decl, label=label, debug=debug)
 
 
@@ -466,12 +468,6 @@ def check_jobs(jobs: Any, timeout: float | None) -> None:
                               "jobs=1")
 
 
-def check_timeout(timeout: Any) -> None:
-    """``timeout`` is a positive number of seconds or ``None`` (one rule for the API and CLI)."""
-    if timeout is not None:
-        check_finite_float(timeout, "timeout", min_value=0.0, exclude_min=True)
-
-
 def check_batchnorm(obj: Any, *, declaration: Declaration | None = None,
                     properties: Sequence[str] | None = None, profile: str | None = None,
                     examples: int | None = None, seed: int | None = None,
@@ -539,3 +535,16 @@ def describe_target(t: Target) -> str:
     return (f"{momentum}, {eps}, dims {','.join(map(str, t.dims))}; drawn: "
             f"{', '.join(drawn) or 'nothing (built with defaults)'}"
             + (f"; declared: {', '.join(extras)}" if extras else ""))
+
+
+class _CallableModule(types.ModuleType):
+    """``bncheck.verify(...)`` is :func:`verify`, whether ``bncheck.verify`` was imported as a
+    submodule or reached as the package's entry point. (The engine module and the function share
+    a name; this goes once the engine module is renamed in the layout regroup, issue 16 item 4:
+    ``bncheck/__init__.py`` then defines ``verify`` as a plain function.)"""
+
+    def __call__(self, obj: Any, **kwargs: Any) -> Report:
+        return verify(obj, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

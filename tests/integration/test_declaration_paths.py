@@ -55,7 +55,7 @@ def test_accepted_ranks_are_found_by_trying_the_layer():
     assert ok.exit_code == 0, ok.output
     refused = _verify(f"{LAYERS}:FlatOrImageBN", "--dims", "3,4")
     assert refused.exit_code == 2
-    assert "accepts when tried (2, 4), received dims=[3, 4]" in refused.stderr
+    assert "accepts (2, 4), received dims=(3, 4)" in refused.stderr
 
 
 def test_verify_honours_declarations_given_with_a_prepared_target():

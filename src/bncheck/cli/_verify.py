@@ -12,6 +12,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from bncheck._validation import DEFAULT_TIMEOUT, default_timeout
 from bncheck.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -42,6 +43,10 @@ _STYLE = {"passed": "green", "failed": "red", "skipped": "yellow", "error": "mag
 @click.option("--seed", type=int, help="Hypothesis seed (default 0 under ci, else random).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here (checked before any work).")
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.toml",
+              help="Read the [[tool.bncheck.targets]] tables from this file (default: the "
+              "nearest pyproject.toml, here or in a parent folder, with a [tool.bncheck] "
+              "table). Flags override the table of TARGET.")
 @click.option("--jobs", "jobs_text", metavar="N|auto", envvar=JOBS_ENV,
               help="Properties run at once, each in a worker process of its own (default "
               "auto: one per CPU this process may use, at most 4; env BNCHECK_JOBS). The report "
@@ -51,51 +56,92 @@ _STYLE = {"passed": "green", "failed": "red", "skipped": "yellow", "error": "mag
 @handles_errors
 def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
            examples: int | None, seed: int | None, json_path: Path | None,
-           jobs_text: str | None, world_size: int | None, timeout: float | None, device: str,
-           debug: bool, **declared: Any) -> None:
+           config: Path | None, jobs_text: str | None, world_size: int | None,
+           timeout: float | None, device: str, debug: bool, **declared: Any) -> None:
     """Check a BatchNorm implementation against the property catalogue.
 
     TARGET is path/to/file.py:Name or package.module:Name, a Module class or a factory, built as
     Name(num_features) or, when its signature has num_dims, Name(num_features, num_dims).
-    Without TARGET, bncheck's reference BatchNorm is checked. With --world-size N, the
-    distributed properties run on N local processes (TARGET defaults to bncheck.SyncBatchNorm).
+    Without TARGET, every target declared in the config file ([[tool.bncheck.targets]] tables
+    in the nearest pyproject.toml, or --config FILE.toml) is checked, one report each; with no
+    such tables, bncheck's reference BatchNorm. With TARGET, the table that declares it applies
+    and the flags override it. With --world-size N, the distributed properties run on N local
+    processes (TARGET defaults to bncheck.SyncBatchNorm).
     The target runs in a worker process: one that does not return within --timeout seconds
     fails that property and the run goes on.
 
     Exit status: 0 all properties pass, 1 some property fails, 2 usage error, 130 Ctrl-C.
     """
-    from bncheck._io import check_output_path
+    from bncheck._io import check_output_path, write_json_atomic
     from bncheck.properties import get
-    from bncheck.target import load_target
-    from bncheck.verify import build_target, check_timeout, resolve_profile
+    from bncheck.verify import resolve_profile
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
-    check_timeout(timeout)  # click's range lets nan and inf through
+    timeout = default_timeout(timeout, ranks=bool(world_size))  # nan and inf refused too
     jobs = _jobs(jobs_text, world_size)
     profile = resolve_profile(profile)  # named in the replay even when it came from the env
-    declaration = Declaration.from_cli(declared)
     if world_size:
         from bncheck.cli._distributed import check_property_names
 
         check_property_names(properties)
     for name in () if world_size else properties:
         get(name)
+    plan = _plan(target, config, declared, world_size)
+    distributed = None if not world_size else {"world_size": world_size, "timeout": timeout,
+                                                "device": device}
+    reports = []
+    for arg, spec, declaration in plan:
+        t = _target(arg, spec, declaration, world_size=world_size, device=device, debug=debug)
+        reports.append(_run(t, spec, list(properties) or None, profile, examples, seed,
+                            json_path if len(plan) == 1 else None,
+                            replay=_replay_command(profile, arg, declaration),
+                            distributed=distributed, timeout=timeout, jobs=jobs))
+    if len(plan) > 1:
+        failed = [r.target for r in reports if not r.ok]
+        console().print(f"{len(plan)} declared targets: {len(plan) - len(failed)} passed"
+                        + (f", {len(failed)} failed ({', '.join(failed)})" if failed else ""))
+        if json_path is not None:
+            write_json_atomic(json_path, {"ok": not failed,
+                                          "reports": [r.to_json() for r in reports]})
+    if not all(r.ok for r in reports):
+        sys.exit(EXIT_FAILED)
+
+
+def _plan(target: str | None, config: Path | None, declared: dict[str, Any],
+          world_size: int | None) -> list[tuple[str | None, str, Declaration]]:
+    """What to verify: ``(TARGET as typed or None, spec to import, declaration)`` for TARGET
+    (its config table, if any, under the flags), or for every declared target when TARGET is
+    left out (none declared: the reference)."""
+    from bncheck.config import declared_targets
+
+    tables = declared_targets(config)
+    if config is not None and not tables:
+        raise InvalidArgument(f"--config={str(config)!r} declares no targets: expected "
+                              f"[[tool.bncheck.targets]] tables with a target key")
+    if target is None and tables:
+        return [(t.spec, t.spec, Declaration.from_cli(declared, base=t.declaration))
+                for t in tables]
+    base = next((t.declaration for t in tables if target and t.matches(target)), None)
     spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
+    return [(target, spec, Declaration.from_cli(declared, base=base))]
+
+
+def _target(arg: str | None, spec: str, declaration: Declaration, *, world_size: int | None,
+            device: str, debug: bool) -> Any:
+    from bncheck.target import load_target
+    from bncheck.verify import build_target
+
     obj = load_target(spec)
     if world_size:
         from bncheck.distributed.verify import refuse_on_device
 
         refuse_on_device(obj, device)
-    if target is None and not world_size and declaration.dims is None:
+    reference = arg is None and not world_size
+    if reference and declaration.dims is None:
         declaration = declaration.replace(dims=(2, 3, 4, 5))  # the reference takes every rank
-    label = "bncheck reference BatchNorm" if target is None and not world_size else spec
-    t = build_target(obj, label=label, declaration=declaration, debug=debug)
-    distributed = None if not world_size else {"spec": spec, "world_size": world_size,
-                                                "timeout": timeout, "device": device}
-    _run(t, list(properties) or None, profile, examples, seed, json_path,
-         replay=_replay_command(profile, declaration), distributed=distributed,
-         timeout=timeout, jobs=jobs)
+    label = "bncheck reference BatchNorm" if reference else spec
+    return build_target(obj, label=label, declaration=declaration, debug=debug)
 
 
 def _jobs(text: str | None, world_size: int | None) -> int:
@@ -108,25 +154,24 @@ def _jobs(text: str | None, world_size: int | None) -> int:
     return resolve_jobs(None if world_size else text)
 
 
-def _replay_command(profile: str, declaration: Declaration) -> Any:
+def _replay_command(profile: str, target: str | None, declaration: Declaration) -> Any:
     """``bncheck verify`` with the target, its whole declaration (from flags or a config
     table), the other options the user gave, one property and the seed."""
-    from bncheck.declaration import SPECS
+    from bncheck.declaration import SPECS, shown
 
     ctx = click.get_current_context()
     args: list[str] = ["bncheck", "verify"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
-        if param.name in ("properties", "seed", "json_path", "profile", "debug", "jobs_text",
-                          "config") or param.name in SPECS or \
+        if param.name in ("target", "properties", "seed", "json_path", "profile", "debug",
+                          "jobs_text", "config") or param.name in SPECS or \
                 value is None or value == param.default:
             continue
-        if isinstance(param, click.Argument):
-            args.insert(2, str(value))
-        elif isinstance(param, click.Option) and param.is_flag:
+        if isinstance(param, click.Option) and param.is_flag:
             args.append(param.opts[0])
         elif isinstance(param, click.Option):
-            args += [param.opts[0], str(value)]
+            args += [param.opts[0], shown(value)]
+    args[2:2] = [] if target is None else [target]
     args += declaration.cli_args()
     prof = [] if profile == "ci" else ["--profile", profile]
 
@@ -135,12 +180,11 @@ def _replay_command(profile: str, declaration: Declaration) -> Any:
     return replay
 
 
-def _run(t: Any, properties: list[str] | None, profile: str,
+def _run(t: Any, spec: str, properties: list[str] | None, profile: str,
          examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
-         distributed: dict[str, Any] | None = None, timeout: float | None = None,
+         distributed: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
          jobs: int = 1) -> None:
     from bncheck._io import write_json_atomic
-    from bncheck._workers import DEFAULT_TIMEOUT
     from bncheck.verify import PropertyResult, Report, describe_target
     from bncheck.verify import verify as run
 
@@ -161,14 +205,14 @@ def _run(t: Any, properties: list[str] | None, profile: str,
         if distributed:
             from bncheck.cli._distributed import run_verify
 
-            report = run_verify(distributed["spec"], t, world_size=distributed["world_size"],
+            report = run_verify(spec, t, world_size=distributed["world_size"],
                                 timeout=distributed["timeout"], device=distributed["device"],
                                 properties=properties, profile=profile,
                                 examples=examples, seed=seed, replay=replay, on_result=finished)
         else:
             report = run(t, properties=properties, profile=profile,
                          examples=examples, seed=seed, replay=replay, on_result=finished,
-                         timeout=DEFAULT_TIMEOUT if timeout is None else timeout, jobs=jobs)
+                         timeout=timeout, jobs=jobs)
     except KeyboardInterrupt:
         partial = Report(t.label, t.convention.describe(), -1 if seed is None else seed,
                          profile, done, declaration=t.declaration.to_json())
@@ -189,8 +233,7 @@ def _run(t: Any, properties: list[str] | None, profile: str,
         write_json_atomic(json_path, {**report.to_json(), "wall_seconds": wall,
                                       "command": shlex.join(["bncheck", "verify",
                                                              *sys.argv[2:]])})
-    if not report.ok:
-        sys.exit(EXIT_FAILED)
+    return report
 
 
 def _table(report: Any) -> Table:
