@@ -114,7 +114,8 @@ def verify_classes(findings: Findings, report: ScanReport, *,
     """Verify each group's class once, loaded by its spec as ``bncheck verify SPEC`` loads it
     (so the replay command reproduces what the scan saw), filling ``report`` as it goes: on
     Ctrl-C it holds every class finished."""
-    from bncheck.verify import check_jobs, check_timeout
+    from bncheck._validation import check_timeout
+    from bncheck.verify import check_jobs
 
     check_timeout(timeout)
     check_jobs(jobs, timeout)
