@@ -23,6 +23,7 @@ _COMMANDS: dict[str, str] = {
     "gate": "bncheck.cli._gate:gate",
     "train": "bncheck.cli._train:train",
     "bench": "bncheck.cli._bench:bench",
+    "scan": "bncheck.cli._scan:scan",
 }
 
 
