@@ -70,7 +70,7 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
             differs from the input's (exit code 2 in the CLI).
     """
     obj = t.obj
-    if isinstance(obj, type) and not issubclass(obj, nn.Module):
+    if t.framework == "torch" and isinstance(obj, type) and not issubclass(obj, nn.Module):
         raise TargetError(f"{t.label} is a class but not a torch.nn.Module: expected a BatchNorm "
                           f"Module class or a factory returning one")
     if t.constructor.required:

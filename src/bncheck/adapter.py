@@ -172,6 +172,8 @@ class Target:
         fixed: constructor flags never drawn (``{"affine": True}``).
         empty_batches: it declares that an empty batch is valid input (torch's classes do).
         debug: failures show the user-side traceback.
+        framework: ``torch`` (also Keras 3 on its torch backend), ``flax-nnx`` or
+            ``flax-linen`` (:mod:`bncheck.frameworks`).
     """
 
     obj: Callable[..., Any]
@@ -189,6 +191,7 @@ class Target:
     fixed: tuple[tuple[str, Any], ...] = ()
     empty_batches: bool = False
     debug: bool = False
+    framework: str = "torch"
 
     @classmethod
     def from_object(cls, obj: Callable[..., Any], *, label: str | None = None,
@@ -201,7 +204,9 @@ class Target:
             known = supported_dims(obj)
             dims = (2, 4) if known is None else (tuple(d for d in (2, 4) if d in known)
                                                  or known)
-        info = inspect_constructor(obj)
+        framework = kwargs.get("framework", "torch")
+        info = (inspect_constructor(obj) if framework == "torch"
+                else _framework_adapter(framework).inspect_constructor(obj))
         name: str = label or getattr(obj, "__qualname__", None) or repr(obj)
         kwargs.setdefault("channel_axis", convention.channel_axis)
         # torch's classes accept empty batches; a class may say so with a class attribute
@@ -244,6 +249,9 @@ class Target:
             else momentum,
             "affine": affine, "track_running_stats": track_running_stats, "bias": bias,
             **self.fixed_flags}
+        if self.framework != "torch":
+            return _framework_adapter(self.framework).build(  # type: ignore[no-any-return]
+                self, num_features, ndim=ndim, wanted=wanted, dtype=dtype)
         kwargs = {k: v for k, v in wanted.items() if k in self.constructor.accepts}
         if not kwargs.get("affine", True):
             kwargs.pop("bias", None)  # torch: bias= only where affine
@@ -258,6 +266,13 @@ class Target:
         if dtype is not None:
             bn.to(dtype)
         return bn
+
+
+def _framework_adapter(name: str) -> Any:
+    """The adapter module of framework ``name`` (imported here, on first use)."""
+    from bncheck.frameworks import framework
+
+    return framework(name).adapter()
 
 
 def _find_pair(module: nn.Module, pairs: tuple[tuple[str, str], ...],

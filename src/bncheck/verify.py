@@ -149,7 +149,8 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
                  dims: Sequence[int] | None = None,
                  names: Mapping[str, str] | None = None, channel_axis: int | None = None,
                  mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
-                 empty_batches: bool | None = None, debug: bool = False) -> Target:
+                 empty_batches: bool | None = None, debug: bool = False,
+                 framework: str = "torch") -> Target:
     """A :class:`~bncheck.adapter.Target` for ``obj`` (a Module class or factory), every
     declaration validated by the same rule the CLI uses.
 
@@ -168,12 +169,20 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
         fixed: constructor flags never to draw, ``{"affine": True}``.
         empty_batches: it accepts empty batches (default: True for torch's classes).
         debug: failures show the user-side traceback of exceptions in the target.
+        framework: ``"torch"`` (also Keras 3 on its torch backend), ``"flax-nnx"`` or
+            ``"flax-linen"``; a Flax target follows the ``flax`` convention unless another is
+            given, and its ``fixed`` flags are Flax's (``use_fast_variance``, ``use_bias``,
+            ``use_scale``, ``axis``, ``axis_name``).
 
     Raises:
         InvalidArgument: a value breaks its rule (``name=value`` and the rule).
     """
     from bncheck.conventions import convention as preset
+    from bncheck.frameworks import framework as framework_named
 
+    fw = framework_named(framework)
+    if fw.name != "torch" and convention == "torch":
+        convention = fw.convention
     conv = preset(convention) if isinstance(convention, str) else convention
     check_type(Convention, conv, "convention")
     if isinstance(obj, torch.nn.Module):
@@ -200,6 +209,9 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
             raise InvalidArgument(
                 f"Expected dims among the input ranks {label or obj.__qualname__} accepts "
                 f"({', '.join(map(str, known))}), received dims={dims!r}")
+    flags = _check_fixed(fixed, fw.flag_types)
+    if channel_axis is None and "axis" in dict(flags):
+        channel_axis = dict(flags)["axis"]
     axis = conv.channel_axis if channel_axis is None else channel_axis
     if axis not in (1, -1):
         raise InvalidArgument(f"Expected channel_axis to be 1 or -1, received "
@@ -208,9 +220,9 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
                                       or not mode_argument.isidentifier()):
         raise InvalidArgument(f"Expected mode_argument to be a keyword name like 'training', "
                               f"received mode_argument={mode_argument!r}")
-    flags = _check_fixed(fixed)
     extra: dict[str, Any] = {"names": Names.from_mapping(names), "channel_axis": axis,
-                             "mode_argument": mode_argument, "fixed": flags, "debug": debug}
+                             "mode_argument": mode_argument, "fixed": flags, "debug": debug,
+                             "framework": fw.name}
     if empty_batches is not None:
         check_type(bool, empty_batches, "empty_batches")
         extra["empty_batches"] = empty_batches
@@ -218,18 +230,20 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
                               dims=dims, **extra)
 
 
-def _check_fixed(fixed: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+def _check_fixed(fixed: Mapping[str, Any] | None,
+                 types: Mapping[str, type | tuple[type, ...]] = FLAG_TYPES,
+                 ) -> tuple[tuple[str, Any], ...]:
     if fixed is None:
         return ()
     if not isinstance(fixed, Mapping):
         raise InvalidArgument(f"Expected fixed to be a mapping like {{'affine': True}}, "
                               f"received fixed={fixed!r}")
     for key, value in fixed.items():
-        if key not in FLAG_TYPES:
-            raise InvalidArgument(f"Expected fixed keys from {sorted(FLAG_TYPES)} (eps and "
+        if key not in types:
+            raise InvalidArgument(f"Expected fixed keys from {sorted(types)} (eps and "
                                   f"momentum have their own arguments), received "
                                   f"fixed={dict(fixed)!r}")
-        check_type(FLAG_TYPES[key], value, f"fixed[{key!r}]")
+        check_type(types[key], value, f"fixed[{key!r}]")
     return tuple(sorted(fixed.items()))
 
 

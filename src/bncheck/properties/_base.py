@@ -27,7 +27,7 @@ from bncheck.strategies import BNCase, BNConfig, Mode, bn_cases, bn_configs, dty
 
 __all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
            "register", "check_output", "expect_close", "stat_values", "needs_full", "needs_stats",
-           "FULL", "REDUCED", "activation_after"]
+           "FULL", "REDUCED", "activation_after", "one_pass_variance"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
@@ -227,6 +227,12 @@ class Property:
     trains: bool = True
 
     def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.target.framework != "torch":
+            from bncheck.frameworks import framework
+
+            reason = framework(ctx.target.framework).skip_reason(self.name)
+            if reason is not None:
+                return reason
         if ctx.facts.frozen and self.trains:
             return ("checks training behaviour, and the target is frozen: it never normalizes "
                     "with batch statistics (see training_mode)")
@@ -239,7 +245,12 @@ class Property:
         """Run the property once on ``case``; raise :class:`PropertyFailure` with every
         independent failure."""
         checks = Checks()
-        self.run(ctx, case, checks)
+        run = self.run
+        if ctx.target.framework != "torch":  # a torch-only property's meaning there
+            from bncheck.frameworks import framework
+
+            run = framework(ctx.target.framework).run_for(self.name) or run
+        run(ctx, case, checks)
         checks.raise_if_failed()
 
 
@@ -351,3 +362,48 @@ def activation_after(actual: Tensor, expected: Tensor, tol: Tolerance) -> str:
                     f"the normalization (a norm+activation block is not a plain BatchNorm); "
                     f"verify the layer built without its activation")
     return ""
+
+
+def one_pass_variance(x: Tensor, actual: Tensor, expected: Tensor, tol: Tolerance, *,
+                      eps: float, weight: Tensor | None, bias: Tensor | None) -> str:
+    """A line naming a one-pass variance (``E[x^2] - E[x]^2``) when it explains the mismatch,
+    else ``""``: on every mismatched channel the output is the expected one scaled by a factor
+    ``sqrt((var + eps) / (var' + eps))`` that such a variance's rounding allows, ``var'`` within
+    ``d = 2 n u (mean^2 + var)`` of ``var`` (clamped at 0; ``u`` the accumulation dtype's
+    roundoff), where a two-pass variance would have been within the tolerance."""
+    from bncheck.properties._tolerance import roundoff
+
+    nd = x.dim()
+    if nd < 2 or actual.shape != expected.shape or x.numel() == 0:
+        return ""
+    dims = oracle.reduce_dims(nd)
+    mean, var = oracle.batch_stats(x)
+    n = oracle.count_per_channel(x.shape)
+    u = roundoff(torch.float32 if x.dtype in REDUCED else x.dtype)
+    d = 2 * n * u * (mean.square() + var)
+    f_lo = torch.sqrt((var + eps) / (var + d + eps))
+    f_hi = torch.sqrt((var + eps) / ((var - d).clamp_min(0) + eps))
+    y, e = actual.detach().to(torch.float64), expected.to(torch.float64)
+    b = oracle.channel_view(bias, nd) if bias is not None else 0.0
+    w = oracle.channel_view(weight, nd) if weight is not None else 1.0
+    a, c = (y - b) / w, (e - b) / w
+    over = (y - e).abs() > tol.atol + tol.rtol * e.abs()
+    bad = over.transpose(0, 1).reshape(over.shape[1], -1).any(dim=1)
+    if not bool(bad.any()):
+        return ""
+    for ch in bad.nonzero().flatten().tolist():
+        ac, cc = a.select(1, ch), c.select(1, ch)
+        norm = float(cc.norm())
+        if not norm > 0 or not bool(torch.isfinite(ac).all()):
+            return ""
+        f = float(ac.flatten() @ cc.flatten()) / norm**2
+        scaled = float((ac - f * cc).abs().max()) <= 1e-3 * float(cc.abs().max()) * max(1, f)
+        if not (scaled and float(f_lo[ch]) * (1 - 1e-3) <= f <= float(f_hi[ch]) * (1 + 1e-3)):
+            return ""
+    worst = int(bad.nonzero()[0])
+    ratio = float(mean[worst].abs() / var[worst].sqrt()) if var[worst] > 0 else float("inf")
+    return (f"The output is the expected one scaled per channel, on channels whose mean is "
+            f"large against their spread (channel {worst}: |mean|/std = {ratio:.3g}), by as "
+            f"much as a one-pass variance E[x^2] - E[x]^2 loses there to cancellation: compute "
+            f"the variance from the centred values, mean((x - mean)^2) (two passes; Flax: "
+            f"use_fast_variance=False)")
