@@ -59,16 +59,30 @@ def _pairs(text: str | None, name: str) -> dict[str, str] | None:
     return out
 
 
-def _flags(text: str | None) -> dict[str, bool] | None:
+def _flags(text: str | None, framework: str = "torch") -> dict[str, Any] | None:
+    """``--fixed`` pairs: true/false; for a flag whose type is not bool (Flax's ``axis``,
+    ``axis_name``) an int or a name."""
+    from bncheck.frameworks import framework as framework_named
+
     pairs = _pairs(text, "--fixed")
     if pairs is None:
         return None
-    out = {}
+    types = framework_named(framework).flag_types
+    out: dict[str, Any] = {}
     for key, value in pairs.items():
-        if value.lower() not in ("true", "false"):
+        if types.get(key, bool) is int:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise InvalidArgument(f"Expected --fixed {key}=INT, received "
+                                      f"--fixed={text!r}") from None
+        elif types.get(key, bool) is str:
+            out[key] = value
+        elif value.lower() not in ("true", "false"):
             raise InvalidArgument(f"Expected --fixed {key}=true or {key}=false, received "
                                   f"--fixed={text!r}")
-        out[key] = value.lower() == "true"
+        else:
+            out[key] = value.lower() == "true"
     return out
 
 
@@ -87,11 +101,17 @@ def _momentum(text: str | None) -> Any:
 # -- the command -------------------------------------------------------------------------------
 @click.command()
 @click.argument("target", required=False)
-@click.option("--convention", type=click.Choice(["torch", "onnx", "keras"]), default="torch",
-              show_default=True, help="Running-statistics rule the target follows: torch "
-              "(new = (1-m)*old + m*batch, unbiased, m=0.1), onnx (new = m*old + (1-m)*batch, "
-              "biased, m=0.9; the seed notebook, old d2l) or keras (onnx's rule, m=0.99, "
-              "eps 1e-3, channels last).")
+@click.option("--convention", type=click.Choice(["torch", "onnx", "keras", "flax"]),
+              default="torch", show_default=True, help="Running-statistics rule the target "
+              "follows: torch (new = (1-m)*old + m*batch, unbiased, m=0.1), onnx (new = m*old + "
+              "(1-m)*batch, biased, m=0.9; the seed notebook, old d2l), keras (onnx's rule, "
+              "m=0.99, eps 1e-3, channels last) or flax (onnx's rule, m=0.99, eps 1e-5, "
+              "channels last; the default with a flax --framework).")
+@click.option("--framework", type=click.Choice(["torch", "flax-nnx", "flax-linen"]),
+              default="torch", show_default=True, help="What TARGET is written in: torch "
+              "(also Keras 3 on its torch backend), flax-nnx (a flax.nnx.Module, built as "
+              "Name(num_features, rngs=...)) or flax-linen (a flax.linen.Module, built as "
+              "Name()). Needs the jax extra (pip install 'bncheck[jax]').")
 @click.option("--momentum-weights", type=click.Choice(["batch", "old"]),
               help="Override: which value the momentum weights.")
 @click.option("--running-var", type=click.Choice(["unbiased", "biased"]),
@@ -133,7 +153,7 @@ def _momentum(text: str | None) -> Any:
 @distributed_options()
 @debug_option
 @handles_errors
-def verify(target: str | None, convention: str, momentum_weights: str | None,
+def verify(target: str | None, convention: str, framework: str, momentum_weights: str | None,
            running_var: str | None, running_stat: str | None, momentum_text: str | None,
            eps: float | None, dims_text: str | None, names_text: str | None,
            channel_axis: int | None, mode_argument: str | None, fixed_text: str | None,
@@ -172,12 +192,23 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
         check_property_names(properties)
     for name in () if world_size else properties:
         get(name)
+    if framework != "torch":
+        from bncheck.frameworks import framework as framework_named
+
+        if target is None:
+            raise InvalidArgument(f"--framework {framework} verifies a TARGET written in Flax, "
+                                  f"e.g. bncheck verify flax.nnx:BatchNorm --framework flax-nnx; "
+                                  f"received no TARGET")
+        framework_named(framework).adapter()  # jax and flax installed, else a clear error
     spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
     obj = load_target(spec)
     if world_size:
         from bncheck.distributed.verify import refuse_on_device
 
         refuse_on_device(obj, device)
+    if framework != "torch" and click.get_current_context().get_parameter_source(
+            "convention") is not click.core.ParameterSource.COMMANDLINE:
+        convention = "flax"
     conv = preset(convention, momentum_weights=momentum_weights, running_var=running_var,
                   running_stat=running_stat)
     label = "bncheck reference BatchNorm" if target is None and not world_size else spec
@@ -186,8 +217,8 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
         momentum=_momentum(momentum_text), eps=not_set if eps is None else eps,
         dims=(2, 3, 4, 5) if target is None and dims is None and not world_size else dims,
         names=_pairs(names_text, "--names"), channel_axis=channel_axis,
-        mode_argument=mode_argument, fixed=_flags(fixed_text), empty_batches=empty_batches,
-        debug=debug)
+        mode_argument=mode_argument, fixed=_flags(fixed_text, framework),
+        empty_batches=empty_batches, debug=debug, framework=framework)
     distributed = None if not world_size else {"spec": spec, "world_size": world_size,
                                                 "timeout": timeout, "device": device}
     _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bncheck.errors import InvalidArgument
+from bncheck.errors import InvalidArgument, TargetError
 
 __all__ = ["FRAMEWORKS", "Framework", "BuiltTarget", "framework", "check_framework"]
 
@@ -89,8 +89,18 @@ class Framework:
     convention: str = "torch"
 
     def adapter(self) -> Any:
-        """The adapter module (``bncheck.frameworks.flax``); imports the framework."""
-        return importlib.import_module(self.module)
+        """The adapter module (``bncheck.frameworks.flax``); imports the framework.
+
+        Raises:
+            TargetError: the framework is not installed (the message names the extra).
+        """
+        try:
+            return importlib.import_module(self.module)
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] not in ("jax", "jaxlib", "flax"):
+                raise
+            raise TargetError(f"framework={self.name!r} needs jax and flax, and {e.name!r} is "
+                              f"not installed: pip install 'bncheck[jax]'") from None
 
     def skip_reason(self, prop: str) -> str | None:
         """Why property ``prop`` does not apply to this framework's targets, else None."""

@@ -119,6 +119,7 @@ def _check_grads(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     if bn.has_stats and drawn.installed is not None:
         bn.set_stats(*drawn.installed)
     bn.train(training)
+    bn.jit = True  # check_grads runs many forwards: compiled once per shape
     names = bn.param_names()
     mode = "train" if training else "eval"
     start = bn.variables
