@@ -191,16 +191,23 @@ class ModeFromTracing(JaxClean):
 
 
 class Float16Accumulation(JaxClean):
-    # XLA on CPU computes float16 arithmetic in float32 and rounds the result, so the 16-bit
-    # rounding (squares above 65504 overflow) is made explicit with lax.reduce_precision, as a
-    # GPU kernel accumulating in float16 would round.
+    # XLA on CPU computes float16 arithmetic in float32 and rounds only the result, so a 16-bit
+    # accumulator is written out: a running sum rounded to the input's dtype after every
+    # addition (lax.reduce_precision), as a kernel accumulating in float16 rounds it.
     def batch_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         if x.dtype not in (jnp.float16, jnp.bfloat16):
             return super().batch_stats(x)
         bits = (5, 10) if x.dtype == jnp.float16 else (8, 7)
         r = partial(jax.lax.reduce_precision, exponent_bits=bits[0], mantissa_bits=bits[1])
-        mean = r(x.astype(jnp.float32).mean(axis=_axes(x)))
-        return mean, r(r(jnp.square(r(x.astype(jnp.float32) - mean))).mean(axis=_axes(x)))
+        rows = x.astype(jnp.float32).reshape(-1, x.shape[-1])
+
+        def total(values: jax.Array) -> jax.Array:
+            out, _ = jax.lax.scan(lambda acc, v: (r(acc + v), None),
+                                  jnp.zeros(values.shape[1], jnp.float32), values)
+            return out
+
+        mean = r(total(rows) / rows.shape[0])
+        return mean, r(total(r(jnp.square(r(rows - mean)))) / rows.shape[0])
 
 
 class ZeroInitRunningVar(JaxClean):
