@@ -128,7 +128,7 @@ def to_torch(a: Any) -> Tensor:
     import jax.numpy as jnp
 
     if a.dtype == jnp.bfloat16:
-        return torch.from_numpy(np.asarray(a.astype(jnp.float32))).to(torch.bfloat16)
+        return torch.from_numpy(np.array(a.astype(jnp.float32))).to(torch.bfloat16)
     return torch.from_numpy(np.array(a))
 
 
