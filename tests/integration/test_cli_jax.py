@@ -75,3 +75,20 @@ def test_bad_input_is_a_usage_error(cli, args, message):
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_synchronised_flax_batchnorm_over_shards(cli):
+    """axis_name under jax.vmap and shard_map on 2 CPU devices (a fresh interpreter with
+    XLA_FLAGS); a BatchNorm without axis_name (JaxClean) normalizes each shard alone."""
+    r = cli("verify", "flax.linen:BatchNorm", "--framework", "flax-linen", "--world-size", "2",
+            "--fixed", "use_fast_variance=false", "--examples", "3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 passed, 0 failed, 0 skipped" in r.stdout
+    r = cli("verify", "bncheck.frameworks.flax_mutants:JaxClean", "--framework", "flax-nnx",
+            "--world-size", "2", "--property", "sync_forward", "--examples", "5")
+    assert r.returncode == 1, r.stdout + r.stderr
+    text = " ".join(r.stdout.split())
+    assert "property sync_forward failed" in text
+    assert "(global batch statistics)" in text
+    assert ("Reproduce: bncheck verify bncheck.frameworks.flax_mutants:JaxClean --framework "
+            "flax-nnx --examples 5 --world-size 2 --property sync_forward --seed 0") in text

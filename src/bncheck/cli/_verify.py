@@ -200,6 +200,9 @@ def verify(target: str | None, convention: str, framework: str, momentum_weights
                                   f"e.g. bncheck verify flax.nnx:BatchNorm --framework flax-nnx; "
                                   f"received no TARGET")
         framework_named(framework).adapter()  # jax and flax installed, else a clear error
+        if world_size:
+            return _run_flax_sync(target, framework, world_size, properties, examples, seed,
+                                  _flags(fixed_text, framework), json_path, profile)
     spec = target or (SYNC_REFERENCE if world_size else REFERENCE)
     obj = load_target(spec)
     if world_size:
@@ -223,6 +226,36 @@ def verify(target: str | None, convention: str, framework: str, momentum_weights
                                                 "timeout": timeout, "device": device}
     _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,
          replay=_replay_command(profile), distributed=distributed, timeout=timeout, jobs=jobs)
+
+
+def _run_flax_sync(target: str, framework: str, world_size: int, properties: tuple[str, ...],
+                   examples: int | None, seed: int | None, fixed: dict[str, Any] | None,
+                   json_path: Path | None, profile: str) -> None:
+    """``--world-size N`` for a Flax target: its ``axis_name`` synchronisation over ``jax.vmap``
+    and ``shard_map`` on N CPU devices (:mod:`bncheck.frameworks.flax_sync`)."""
+    from bncheck._io import write_json_atomic
+    from bncheck.frameworks.flax_sync import verify_synchronised
+
+    out = console()
+    out.print(f"bncheck verify {escape(target)} ({world_size} shards, jax.vmap and shard_map)")
+    start = time.perf_counter()
+    report = verify_synchronised(target, framework=framework, world_size=world_size,
+                                 properties=list(properties) or None, examples=examples,
+                                 seed=0 if seed is None else seed, fixed=fixed)
+    replay = _replay_command(profile)
+    for r in report.failed:
+        r.replay = replay(r.name, report.seed)
+    wall = time.perf_counter() - start
+    out.print(f"  convention: {escape(report.convention)}")
+    out.print(_table(report))
+    for r in report.failed:
+        out.print(escape(r.render(target)), soft_wrap=True)
+        out.print()
+    out.print(f"{report.summary()} in {wall:.1f}s")
+    if json_path is not None:
+        write_json_atomic(json_path, {**report.to_json(), "wall_seconds": wall})
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
 
 
 def _jobs(text: str | None, world_size: int | None) -> int:

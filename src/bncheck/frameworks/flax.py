@@ -110,7 +110,8 @@ def _kwargs(obj: Any, wanted: Mapping[str, Any], fixed: Mapping[str, Any]) -> di
                 out.setdefault("use_bias", bool(value))
         else:
             out[name] = value
-    out.update(fixed)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out.update({k: v for k, v in fixed.items() if k in params or takes_any})
     return out
 
 
