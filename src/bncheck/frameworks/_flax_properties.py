@@ -39,7 +39,9 @@ def _jit_independence(ctx: Context, drawn: PropertyCase, checks: Checks) -> None
     case = drawn.case
     assert drawn.installed is not None
     training, cfg, x = case.mode.training, case.config, case.x
-    outputs, stats = {}, {}
+    outputs: dict[str, torch.Tensor] = {}
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    start: tuple[torch.Tensor, torch.Tensor] | None = None
     for how in ("eagerly", "under jax.jit"):
         bn = ctx.build(case)
         assert isinstance(bn, FlaxAdapted)
@@ -50,6 +52,7 @@ def _jit_independence(ctx: Context, drawn: PropertyCase, checks: Checks) -> None
         outputs[how] = bn.call(x, what=f"a forward {how}").to(torch.float64)
         stats[how] = bn.require_stats()
     w, b = bn.params()
+    assert start is not None
     if training:
         mean, var = oracle.batch_stats(x)
         tol = forward_tolerance(x, mean, var, eps=cfg.eps, weight=w, bias=b, dtype=case.dtype)
