@@ -215,6 +215,9 @@ def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor,
     try:
         bn.train(True).call(x, what="a training forward")
     except TargetRaised as e:
+        if flag == "momentum":  # not a --fixed flag: momentum has its own declaration
+            return (f"with {flag}={value!r} {e}; momentum=None is not drawn for it (declare "
+                    f"its momentum, momentum=0.1 or --momentum 0.1, to draw no momentum)")
         return (f"with {flag}={value!r} {e}; declare fixed={{{flag!r}: {not value!r}}} "
                 f"(--fixed {flag}={str(not value).lower()}) if the layer does not support it")
     return None

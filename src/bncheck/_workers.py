@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from bncheck.errors import WorkerDied
+
 __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_method_for",
            "reimport_spec", "main_thread_frames", "stuck_at", "time_limited", "watch_with",
            "TIMED_OUT", "DEFAULT_TIMEOUT"]
@@ -47,10 +49,6 @@ DEFAULT_TIMEOUT = 60.0
 _GRACE = 1.0
 #: How long the parent waits for a ``faulthandler`` stack dump.
 _DUMP_WAIT = 1.0
-
-
-class WorkerDied(Exception):
-    """The worker process exited (or closed its pipe) instead of answering."""
 
 
 def exit_description(exitcode: int | None) -> str:

@@ -30,9 +30,10 @@ running_var="biased")``; its older version (and the seed notebook) is the ``onnx
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from bncheck.errors import InvalidArgument
 

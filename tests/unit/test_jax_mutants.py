@@ -21,9 +21,8 @@ def test_jax_mutant_is_killed_by_its_property(name):
     # float16 cases alone (bfloat16 has float32's range; in all four dtypes the first such
     # case comes after the ci profile's 20 examples for this seed)
     dtypes = ["float16"] if m.killer == "reduced_precision" else None
-    report = verify(m.factory, label=name, convention=m.convention, dims=m.dims,
-                    properties=[m.killer], profile="ci", shrink=False, timeout=None,
-                    dtypes=dtypes, **dict(m.declarations))
+    report = verify(m.factory, label=name, declaration=m.declaration, properties=[m.killer],
+                    profile="ci", shrink=False, timeout=None, dtypes=dtypes)
     (result,) = [r for r in report.results if r.name == m.killer]
     assert result.status == "failed", f"{name} survived {m.killer}"
 

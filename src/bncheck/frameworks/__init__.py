@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 from bncheck.errors import InvalidArgument, TargetError
 
-__all__ = ["FRAMEWORKS", "Framework", "BuiltTarget", "framework", "check_framework"]
+__all__ = ["FRAMEWORKS", "Framework", "BuiltTarget", "framework", "check_framework",
+           "all_flag_types"]
 
 #: Every framework ``--framework`` names, torch first (the default).
 FRAMEWORKS = ("torch", "flax-nnx", "flax-linen")
@@ -137,3 +138,11 @@ def check_framework(name: Any) -> str:
 def framework(name: str) -> Framework:
     """The :class:`Framework` called ``name``."""
     return _REGISTRY[check_framework(name)]
+
+
+def all_flag_types() -> dict[str, type | tuple[type, ...]]:
+    """The flags a target of any framework may fix, with their types."""
+    out: dict[str, type | tuple[type, ...]] = {}
+    for fw in _REGISTRY.values():
+        out.update(fw.flag_types)
+    return out

@@ -24,6 +24,7 @@ from flax import nnx
 
 from bncheck._workers import DEFAULT_TIMEOUT
 from bncheck.conventions import FLAX
+from bncheck.declaration import Declaration
 from bncheck.mutants import Mutant, MutantResult, judge
 
 __all__ = ["JaxClean", "JAX_MUTANTS", "run_jax_mutants"]
@@ -240,8 +241,8 @@ class BackwardMissingTerm(JaxClean):
 
 
 def _m(name: str, factory: Callable[..., Any], defect: str, killer: str) -> tuple[str, Mutant]:
-    return name, Mutant(name, factory, defect, killer, FLAX,
-                        declarations=(("framework", "flax-nnx"),))
+    return name, Mutant(name, factory, defect, killer,
+                        Declaration(framework="flax-nnx", convention=FLAX.name, dims=(2, 4)))
 
 
 JAX_MUTANTS: dict[str, Mutant] = dict([
@@ -305,9 +306,9 @@ def run_jax_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
         m = JAX_MUTANTS[name]
 
         def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
-            return verify(m.factory, label=m.name, convention=m.convention, dims=m.dims,
+            return verify(m.factory, label=m.name, declaration=m.declaration,
                           properties=properties, profile=profile, examples=examples, seed=seed,
-                          shrink=False, timeout=timeout, **dict(m.declarations)).results
+                          shrink=False, timeout=timeout).results
 
         results.append(judge(m, verify_some, catalogue(), on_result=on_result))
     return results
