@@ -24,7 +24,7 @@ def test_flax_batchnorm_one_pass_variance_fails_and_two_pass_passes(cli, target,
            "m = 0.99" in r.stdout
     assert "property train_forward failed" in r.stdout
     assert "one-pass variance E[x^2] - E[x]^2" in " ".join(r.stdout.split())
-    assert (f"Reproduce: bncheck verify {target} --framework {framework} --examples 10 "
+    assert (f"Reproduce: bncheck verify {target} --examples 10 --framework {framework} "
             f"--property train_forward --seed 0") in r.stdout
     fixed = cli("verify", target, "--framework", framework, "--property", "train_forward",
                 "--examples", "5", "--fixed", "use_fast_variance=false")
@@ -90,5 +90,5 @@ def test_synchronised_flax_batchnorm_over_shards(cli):
     text = " ".join(r.stdout.split())
     assert "property sync_forward failed" in text
     assert "(global batch statistics)" in text
-    assert ("Reproduce: bncheck verify bncheck.frameworks.flax_mutants:JaxClean --framework "
-            "flax-nnx --examples 5 --world-size 2 --property sync_forward --seed 0") in text
+    assert ("Reproduce: bncheck verify bncheck.frameworks.flax_mutants:JaxClean --examples 5 "
+            "--world-size 2 --framework flax-nnx --property sync_forward --seed 0") in text
