@@ -270,7 +270,12 @@ def _check_any_fixed(value: Any, label: str) -> FrozenMap:
     framework's, :mod:`bncheck.frameworks`)."""
     from bncheck.frameworks import all_flag_types
 
-    return _check_fixed(value, label, all_flag_types())
+    types = all_flag_types()
+    mapping = _mapping(value, label, "{'affine': True}")
+    for key, flag in mapping.items():  # unknown keys: named with the framework's list after
+        if key in types:
+            check_type(types[key], flag, f"{label}[{key!r}]")
+    return FrozenMap(mapping)
 
 
 def _parse_fixed(text: str, label: str) -> dict[str, Any]:

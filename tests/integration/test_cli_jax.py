@@ -66,7 +66,7 @@ def test_user_classes_from_a_file(cli):
      "Expected fixed keys from ['axis', 'axis_name', 'use_bias', 'use_fast_variance', "
      "'use_scale']"),
     (["flax.nnx:BatchNorm", "--framework", "flax-nnx", "--fixed", "axis=last"],
-     "Expected --fixed axis=INT"),
+     "Expected --fixed axis to be a whole number"),
     (["flax.nnx:BatchNorm"], "it is a Flax module: give --framework flax-nnx or flax-linen"),
     (["torch.nn:BatchNorm1d", "--framework", "flax-nnx"], "expected a flax.nnx.Module"),
 ])
