@@ -91,7 +91,7 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("verify --fixed affine=yes", 2, "--fixed affine=true or affine=false"),
     ("verify --fixed eps=true", 2, "Expected fixed keys from"),
     ("verify --mode-argument 1x", 2, "mode_argument='1x'"),
-    ("verify --convention flax", 2, "Invalid value for '--convention'"),
+    ("verify --convention caffe", 2, "Invalid value for '--convention'"),
     ("verify --momentum-weights sideways", 2, "Invalid value for '--momentum-weights'"),
     ("verify --running-var sample", 2, "Invalid value for '--running-var'"),
     ("verify --running-stat mean", 2, "Invalid value for '--running-stat'"),
