@@ -328,7 +328,7 @@ API_CASES: list[tuple[str, str, str]] = [
     ("bncheck.check_batchnorm(BN, examples=1.5)", "InvalidArgumentType", "examples=1.5"),
     ("bncheck.check_batchnorm(BN, seed='x')", "InvalidArgumentType", "seed='x'"),
     ("bncheck.check_batchnorm(BN, profile='fast')", "InvalidArgument", "profile='fast'"),
-    ("bncheck.check_batchnorm(BN, convention='flax')", "InvalidArgument", "flax"),
+    ("bncheck.check_batchnorm(BN, convention='caffe')", "InvalidArgument", "caffe"),
     ("bncheck.check_batchnorm(BN, names={'gain': 'g'})", "InvalidArgument",
      "'gain' is not one of them"),
     ("bncheck.check_batchnorm(BN, fixed={'eps': 1.0})", "InvalidArgument", "Expected fixed keys"),
