@@ -91,11 +91,19 @@ def start_method_for(obj: Any = None) -> str | None:
 
     methods = multiprocessing.get_all_start_methods()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if "fork" in methods and threading.active_count() == 1 and not cuda:
+    if "fork" in methods and threading.active_count() == 1 and not cuda \
+            and not _jax_started():
         return "fork"
     if obj is None or reimport_spec(obj) is not None:
         return "forkserver" if "forkserver" in methods else "spawn"
     return "fork" if "fork" in methods and not cuda else None
+
+
+def _jax_started() -> bool:
+    """Whether JAX has started a backend in this process: XLA's C++ threads (which
+    ``threading`` does not count) then make a forked child deadlock in its first JAX call."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(bridge, "_backends", None))
 
 
 # -- the child's side ------------------------------------------------------------------------
