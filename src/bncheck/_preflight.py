@@ -70,9 +70,12 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
             differs from the input's (exit code 2 in the CLI).
     """
     obj = t.obj
-    if isinstance(obj, type) and not issubclass(obj, nn.Module):
+    if t.framework == "torch" and isinstance(obj, type) and not issubclass(obj, nn.Module):
+        flax = any(c.__module__.startswith("flax.") for c in obj.__mro__)
         raise TargetError(f"{t.label} is a class but not a torch.nn.Module: expected a BatchNorm "
-                          f"Module class or a factory returning one")
+                          f"Module class or a factory returning one"
+                          + ("; it is a Flax module: give --framework flax-nnx or flax-linen "
+                             "(framework='flax-nnx')" if flax else ""))
     if t.constructor.required:
         raise TargetError(
             f"{t.label} cannot be built from num_features alone: it also needs "

@@ -93,7 +93,7 @@ def start_method_for(obj: Any = None) -> str | None:
 
     methods = multiprocessing.get_all_start_methods()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if "fork" in methods and _only_thread() and not cuda:
+    if "fork" in methods and _only_thread() and not cuda and not _jax_started():
         return "fork"
     if obj is None or reimport_spec(obj) is not None:
         return "forkserver" if "forkserver" in methods else "spawn"
@@ -109,6 +109,13 @@ def _only_thread() -> bool:
     """Whether this is the process's only thread (bncheck's parent watcher aside)."""
     return all(t is threading.current_thread() or t.name == _WATCHER
                for t in threading.enumerate())
+
+
+def _jax_started() -> bool:
+    """Whether JAX has started a backend in this process: XLA's C++ threads (which
+    ``threading`` does not count) then make a forked child deadlock in its first JAX call."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(bridge, "_backends", None))
 
 
 # -- the child's side ------------------------------------------------------------------------

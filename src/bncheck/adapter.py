@@ -209,7 +209,9 @@ class Target:
             known = supported_dims(obj)
             dims = (2, 4) if known is None else (tuple(d for d in (2, 4) if d in known)
                                                  or known)
-        info = inspect_constructor(obj)
+        framework = decl.framework or "torch"
+        info = (inspect_constructor(obj) if framework == "torch"
+                else _framework_adapter(framework).inspect_constructor(obj))
         name: str = label or getattr(obj, "__qualname__", None) or repr(obj)
         empty = decl.empty_batches
         if empty is None:
@@ -218,9 +220,16 @@ class Target:
                    conv.momentum if decl.momentum is not_set else decl.momentum,
                    conv.eps if decl.eps is None else decl.eps, tuple(dims), info,
                    decl.momentum is not not_set, Names.from_mapping(decl.names),
-                   conv.channel_axis if decl.channel_axis is None else decl.channel_axis,
+                   decl.channel_axis if decl.channel_axis is not None
+                   else (decl.fixed or {}).get("axis", conv.channel_axis),
                    decl.mode_argument, tuple(sorted((decl.fixed or {}).items())), empty,
                    debug, decl.eps is not None, decl)
+
+    @property
+    def framework(self) -> str:
+        """``torch`` (also Keras 3 on its torch backend), ``flax-nnx`` or ``flax-linen``
+        (:mod:`bncheck.frameworks`), as declared."""
+        return self.declaration.framework or "torch"
 
     @property
     def fixed_flags(self) -> dict[str, Any]:
@@ -257,6 +266,9 @@ class Target:
             else momentum,
             "affine": affine, "track_running_stats": track_running_stats, "bias": bias,
             **self.fixed_flags}
+        if self.framework != "torch":
+            return _framework_adapter(self.framework).build(  # type: ignore[no-any-return]
+                self, num_features, ndim=ndim, wanted=wanted, dtype=dtype)
         kwargs = {k: v for k, v in wanted.items() if k in self.constructor.accepts}
         if not kwargs.get("affine", True):
             kwargs.pop("bias", None)  # torch: bias= only where affine
@@ -272,6 +284,13 @@ class Target:
         if dtype is not None:
             bn.to(dtype)
         return bn
+
+
+def _framework_adapter(name: str) -> Any:
+    """The adapter module of framework ``name`` (imported here, on first use)."""
+    from bncheck.frameworks import framework
+
+    return framework(name).adapter()
 
 
 def _find_pair(module: nn.Module, pairs: tuple[tuple[str, str], ...],

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 from bncheck.errors import InvalidArgument
 
-__all__ = ["Convention", "TORCH", "ONNX", "KERAS", "PRESETS", "convention"]
+__all__ = ["Convention", "TORCH", "ONNX", "KERAS", "FLAX", "PRESETS", "convention"]
 
 MomentumWeights = Literal["batch", "old"]
 RunningVar = Literal["unbiased", "biased"]
@@ -170,13 +170,18 @@ ONNX = Convention("old", "biased", 0.9, "onnx")
 #: Keras/TensorFlow ``BatchNormalization``: weight on the old value 0.99, biased variance,
 #: epsilon 1e-3, channels last (``axis=-1``).
 KERAS = Convention("old", "biased", 0.99, "keras", eps=1e-3, channel_axis=-1)
-PRESETS: dict[str, Convention] = {"torch": TORCH, "onnx": ONNX, "keras": KERAS}
+#: Flax's ``BatchNorm`` (``flax.nnx`` and ``flax.linen``): ``ra = m * ra + (1 - m) * batch`` with
+#: m = 0.99, the biased batch variance, epsilon 1e-5, channels last (``axis=-1``); where each
+#: comes from in Flax's code: docs/jax.md.
+FLAX = Convention("old", "biased", 0.99, "flax", eps=1e-5, channel_axis=-1)
+PRESETS: dict[str, Convention] = {"torch": TORCH, "onnx": ONNX, "keras": KERAS, "flax": FLAX}
 
 
 def convention(name: str, *, momentum_weights: str | None = None,
                running_var: str | None = None, momentum: float | None = None,
                running_stat: str | None = None) -> Convention:
-    """The preset ``name`` (``"torch"``, ``"onnx"`` or ``"keras"``), with per-axis overrides.
+    """The preset ``name`` (``"torch"``, ``"onnx"``, ``"keras"`` or ``"flax"``), with per-axis
+    overrides.
 
     >>> convention("torch", running_var="biased").describe()  # d2l-en's current rule
     'torch+running_var=biased: new = (1 - m) * old + m * batch, biased running variance, m = 0.1'

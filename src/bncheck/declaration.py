@@ -261,24 +261,47 @@ def _parse_names(text: str, label: str) -> dict[str, str]:
     return _pairs(text, label, "weight=scale,running_var=exp_var")
 
 
-def _check_fixed(value: Any, label: str) -> FrozenMap:
+def _check_fixed(value: Any, label: str, types: Mapping[str, Any] = FLAG_TYPES) -> FrozenMap:
     mapping = _mapping(value, label, "{'affine': True}")
     for key, flag in mapping.items():
-        if key not in FLAG_TYPES:
-            raise InvalidArgument(f"Expected {label} keys from {sorted(FLAG_TYPES)} (eps and "
+        if key not in types:
+            raise InvalidArgument(f"Expected {label} keys from {sorted(types)} (eps and "
                                   f"momentum have their own declarations), received "
                                   f"{label}={dict(mapping)!r}")
-        check_type(FLAG_TYPES[key], flag, f"{label}[{key!r}]")
+        check_type(types[key], flag, f"{label}[{key!r}]")
     return FrozenMap(mapping)
 
 
-def _parse_fixed(text: str, label: str) -> dict[str, bool]:
-    out = {}
+def _check_any_fixed(value: Any, label: str) -> FrozenMap:
+    """The flags of any framework (``__post_init__`` then checks them against the declared
+    framework's, :mod:`bncheck.frameworks`)."""
+    from bncheck.frameworks import all_flag_types
+
+    types = all_flag_types()
+    mapping = _mapping(value, label, "{'affine': True}")
+    for key, flag in mapping.items():  # unknown keys: named with the framework's list after
+        if key in types:
+            check_type(types[key], flag, f"{label}[{key!r}]")
+    return FrozenMap(mapping)
+
+
+def _parse_fixed(text: str, label: str) -> dict[str, Any]:
+    """``key=true|false``; for a flag whose type is not bool (Flax's ``axis``, ``axis_name``)
+    an int or a name."""
+    from bncheck.frameworks import all_flag_types
+
+    types = all_flag_types()
+    out: dict[str, Any] = {}
     for key, value in _pairs(text, label, "affine=true").items():
-        if value.lower() not in ("true", "false"):
+        if types.get(key, bool) is int:
+            out[key] = _parse_int(value, f"{label} {key}")
+        elif types.get(key, bool) is str:
+            out[key] = value
+        elif value.lower() not in ("true", "false"):
             raise InvalidArgument(f"Expected {label} {key}=true or {key}=false, received "
                                   f"{label}={text!r}")
-        out[key] = value.lower() == "true"
+        else:
+            out[key] = value.lower() == "true"
     return out
 
 
@@ -359,7 +382,8 @@ class Declaration:
         to_json=lambda v: v if isinstance(v, str) else v.name,
         help="Running-statistics rule the target follows: torch (new = (1-m)*old + m*batch, "
         "unbiased, m=0.1), onnx (new = m*old + (1-m)*batch, biased, m=0.9; the seed notebook, "
-        "old d2l) or keras (onnx's rule, m=0.99, eps 1e-3, channels last). Default torch.")
+        "old d2l), keras (onnx's rule, m=0.99, eps 1e-3, channels last) or flax (onnx's rule, "
+        "m=0.99, eps 1e-5, channels last). Default torch (flax for a Flax --framework).")
     momentum_weights: str | None = declared(
         None, option="--momentum-weights", choices=("batch", "old"),
         check=_choice(("batch", "old")), help="Override: which value the momentum weights.")
@@ -397,14 +421,23 @@ class Declaration:
     mode_argument: str | None = declared(
         None, option="--mode-argument", metavar="NAME", check=_check_identifier,
         help="The call keyword that selects train/eval (Keras: training).")
-    fixed: Mapping[str, bool] | None = declared(
-        None, option="--fixed", metavar="K=V,...", check=_check_fixed, parse=_parse_fixed,
+    fixed: Mapping[str, Any] | None = declared(
+        None, option="--fixed", metavar="K=V,...", check=_check_any_fixed, parse=_parse_fixed,
         show=_show_map, to_json=dict, help="Constructor flags never to draw, e.g. "
-        "affine=true,track_running_stats=true (keys: affine, track_running_stats, bias).")
+        "affine=true,track_running_stats=true (keys: affine, track_running_stats, bias; Flax: "
+        "use_fast_variance, use_bias, use_scale, axis, axis_name).")
     empty_batches: bool | None = declared(
         None, option="--empty-batches", flag=True, check=_check_bool,
         help="The target accepts empty batches (checked by empty_batch). Default: true for "
         "torch's BatchNorm classes.")
+    framework: str | None = declared(
+        None, option="--framework", choices=("torch", "flax-nnx", "flax-linen"),
+        check=_choice(("torch", "flax-nnx", "flax-linen")),
+        help="What the target is written in: torch (also Keras 3 on its torch backend; the "
+        "default), flax-nnx (a flax.nnx.Module, built as Name(num_features, rngs=...)) or "
+        "flax-linen (a flax.linen.Module, built as Name()); a Flax target follows the flax "
+        "convention unless another is declared. Needs the jax extra: pip install "
+        "'bncheck[jax]' (docs/jax.md).")
     dtypes: Sequence[str] | None = declared(
         None, option="--dtypes", metavar="LIST", check=_check_dtypes, parse=_parse_list,
         show=_comma, to_json=list, help="Comma-separated dtypes to check. Default: "
@@ -415,6 +448,12 @@ class Declaration:
             value = getattr(self, spec.name)
             if value is not spec.unset:
                 object.__setattr__(self, spec.name, spec.check(value, spec.name))
+        if self.fixed:  # the declared framework's flags only
+            from bncheck.frameworks import framework
+
+            _check_fixed(self.fixed, "fixed", framework(self.framework or "torch").flag_types)
+            if "axis" in self.fixed:  # Flax's channel axis
+                _check_axis(self.fixed["axis"], "fixed['axis']")
 
     # -- builders --------------------------------------------------------------------------
     @classmethod
@@ -458,7 +497,10 @@ class Declaration:
     @property
     def rule(self) -> Convention:
         """The running-statistics convention: the preset with the declared overrides."""
-        base = PRESETS[self.convention] if isinstance(self.convention, str) else self.convention
+        name = self.convention
+        if name == "torch" and self.framework not in (None, "torch"):
+            name = "flax"  # a Flax target's default (only torch's default is overridden)
+        base = PRESETS[name] if isinstance(name, str) else name
         return base.with_(momentum_weights=self.momentum_weights, running_var=self.running_var,
                           running_stat=self.running_stat)
 

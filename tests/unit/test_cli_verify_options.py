@@ -27,7 +27,7 @@ from bncheck.cli import main
     (["--fixed", "affine=yes"], "--fixed affine=true or affine=false"),
     (["--fixed", "eps=true"], "Expected fixed keys from"),
     (["--json", "no/such/dir/r.json"], "does not exist"),
-    (["--convention", "flax"], "Invalid value for '--convention'"),
+    (["--convention", "caffe"], "Invalid value for '--convention'"),
     (["--running-var", "sample"], "Invalid value for '--running-var'"),
     (["--examples", "0"], "Invalid value for '--examples'"),
     (["--profile", "fast"], "Invalid value for '--profile'"),

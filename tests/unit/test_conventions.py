@@ -52,5 +52,5 @@ def test_invalid_conventions(kwargs, match):
 
 def test_unknown_preset():
     with pytest.raises(InvalidArgument,
-                       match=r"one of \['keras', 'onnx', 'torch'\].*convention='flax'"):
-        convention("flax")
+                       match=r"one of \['flax', 'keras', 'onnx', 'torch'\].*convention='caffe'"):
+        convention("caffe")

@@ -26,7 +26,7 @@ KEYED = re.compile(r"(?<![\w-])--(fixed|names)[ =]'?([a-z_]+)=")
 PY_KEYED = re.compile(r"\b(fixed|names)=\{\{?'?\"?([a-z_]+)")
 #: Flags of other programs that bncheck's texts name (as commands to run).
 FOREIGN = {"--onnxrt", "--load-inputs", "--load-outputs", "--save-inputs", "--save-outputs",
-           "--update-baseline"}
+           "--update-baseline", "--xla"}  # --xla_*: XLA_FLAGS (frameworks/flax_sync.py)
 
 
 def _options(command: click.Command) -> set[str]:
@@ -63,7 +63,9 @@ def test_every_flag_a_text_names_is_an_option_of_some_command():
 
 
 def test_every_declaration_key_a_text_names_is_accepted():
-    keys = {"fixed": set(FLAG_TYPES), "names": set(NAME_KEYS)}
+    from bncheck.frameworks import all_flag_types  # Flax's flags too (--framework flax-*)
+
+    keys = {"fixed": set(FLAG_TYPES) | set(all_flag_types()), "names": set(NAME_KEYS)}
     seen = []
     for where, text in _texts():
         for pattern in (KEYED, PY_KEYED):

@@ -84,7 +84,7 @@ def test_check_batchnorm_raises_an_assertion_with_the_report():
     ({"profile": "fast"}, "profile='fast'"),
     ({"examples": 0}, "examples=0"),
     ({"dims": (6,)}, "dims=\\(6,\\)"),
-    ({"convention": "flax"}, "convention='flax'"),
+    ({"convention": "caffe"}, "convention='caffe'"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(InvalidArgument, match=match):

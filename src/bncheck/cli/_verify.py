@@ -96,6 +96,14 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
                                                 "device": device}
     reports: list[Any] = []
     for arg, spec, declaration in plan:
+        if declaration.framework not in (None, "torch"):
+            _check_flax(arg, declaration)
+            if world_size:
+                reports.append(_run_flax_sync(
+                    spec, declaration, world_size, properties, examples, seed,
+                    json_path if len(plan) == 1 else None,
+                    _replay_command(profile, arg, declaration)))
+                continue
         t = _target(arg, spec, declaration, world_size=world_size, device=device, debug=debug)
         reports.append(_run(t, spec, list(properties) or None, profile, examples, seed,
                             json_path if len(plan) == 1 else None,
@@ -150,6 +158,47 @@ def _target(arg: str | None, spec: str, declaration: Declaration, *, world_size:
         declaration = declaration.replace(dims=(2, 3, 4, 5))  # the reference takes every rank
     label = "bncheck reference BatchNorm" if reference else spec
     return build_target(obj, label=label, declaration=declaration, debug=debug)
+
+
+def _check_flax(arg: str | None, declaration: Declaration) -> None:
+    """A Flax framework needs a TARGET written in Flax, and jax and flax installed."""
+    from bncheck.frameworks import framework
+
+    name = declaration.framework or "torch"
+    if arg is None:
+        raise InvalidArgument(f"--framework {name} verifies a TARGET written in Flax, e.g. "
+                              f"bncheck verify flax.nnx:BatchNorm --framework flax-nnx; "
+                              f"received no TARGET")
+    framework(name).adapter()  # jax and flax installed, else a clear error
+
+
+def _run_flax_sync(spec: str, declaration: Declaration, world_size: int,
+                   properties: tuple[str, ...], examples: int | None, seed: int | None,
+                   json_path: Path | None, replay: Any) -> Any:
+    """``--world-size N`` for a Flax target: its ``axis_name`` synchronisation over ``jax.vmap``
+    and ``shard_map`` on N CPU devices (:mod:`bncheck.frameworks.flax_sync`)."""
+    from bncheck._io import write_json_atomic
+    from bncheck.frameworks.flax_sync import verify_synchronised
+
+    out = console()
+    out.print(f"bncheck verify {escape(spec)} ({world_size} shards, jax.vmap and shard_map)")
+    start = time.perf_counter()
+    report = verify_synchronised(spec, framework=declaration.framework or "torch",
+                                 world_size=world_size, properties=list(properties) or None,
+                                 examples=examples, seed=0 if seed is None else seed,
+                                 fixed=dict(declaration.fixed or {}))
+    for r in report.failed:
+        r.replay = replay(r.name, report.seed)
+    wall = time.perf_counter() - start
+    out.print(f"  convention: {escape(report.convention)}")
+    out.print(_table(report))
+    for r in report.failed:
+        out.print(escape(r.render(spec)), soft_wrap=True)
+        out.print()
+    out.print(f"{report.summary()} in {wall:.1f}s")
+    if json_path is not None:
+        write_json_atomic(json_path, {**report.to_json(), "wall_seconds": wall})
+    return report
 
 
 def _jobs(text: str | None, world_size: int | None) -> int:

@@ -9,6 +9,7 @@ the collected findings as one :class:`~bncheck.errors.PropertyFailure`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from bncheck.strategies import BNCase, BNConfig, Mode, bn_cases, bn_configs, dty
 
 __all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
            "register", "check_output", "expect_close", "stat_values", "needs_full", "needs_stats",
-           "FULL", "REDUCED", "activation_after"]
+           "FULL", "REDUCED", "activation_after", "one_pass_variance"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
@@ -227,6 +228,12 @@ class Property:
     trains: bool = True
 
     def skip_reason(self, ctx: Context) -> str | None:
+        if ctx.target.framework != "torch":
+            from bncheck.frameworks import framework
+
+            reason = framework(ctx.target.framework).skip_reason(self.name)
+            if reason is not None:
+                return reason
         if ctx.facts.frozen and self.trains:
             return ("checks training behaviour, and the target is frozen: it never normalizes "
                     "with batch statistics (see training_mode)")
@@ -239,7 +246,12 @@ class Property:
         """Run the property once on ``case``; raise :class:`PropertyFailure` with every
         independent failure."""
         checks = Checks()
-        self.run(ctx, case, checks)
+        run = self.run
+        if ctx.target.framework != "torch":  # a torch-only property's meaning there
+            from bncheck.frameworks import framework
+
+            run = framework(ctx.target.framework).run_for(self.name) or run
+        run(ctx, case, checks)
         checks.raise_if_failed()
 
 
@@ -351,3 +363,58 @@ def activation_after(actual: Tensor, expected: Tensor, tol: Tolerance) -> str:
                     f"the normalization (a norm+activation block is not a plain BatchNorm); "
                     f"verify the layer built without its activation")
     return ""
+
+
+def one_pass_variance(x: Tensor, actual: Tensor, expected: Tensor, tol: Tolerance, *,
+                      eps: float, weight: Tensor | None, bias: Tensor | None) -> str:
+    """A line naming a one-pass variance (``E[x^2] - E[x]^2``) when it explains the mismatch,
+    else ``""``.
+
+    Its fingerprint, on every mismatched channel: the channel's mean is large against its
+    spread (``|mean| >= 10 std``); the output is the expected one times a per-channel factor
+    ``f``; and the variance that ``f`` implies, ``var' = (var + eps) / f^2 - eps``, is a whole
+    number of units in the last place of ``mean^2`` in the accumulation dtype (float32 for
+    16-bit and float32 inputs): ``E[x^2]`` and ``E[x]^2`` both round to that grid, and their
+    difference is exact. Other defects that scale a channel (eps outside the square root, the
+    unbiased variance) land between grid points."""
+    nd = x.dim()
+    if nd < 2 or actual.shape != expected.shape or x.numel() == 0:
+        return ""
+    mean, var = oracle.batch_stats(x)
+    mantissa = 52 if x.dtype == torch.float64 else 23
+    y, e = actual.detach().to(torch.float64), expected.to(torch.float64)
+    b = oracle.channel_view(bias, nd) if bias is not None else 0.0
+    w = oracle.channel_view(weight, nd) if weight is not None else 1.0
+    a, c = (y - b) / w, (e - b) / w
+    over = (y - e).abs() > tol.atol + tol.rtol * e.abs()
+    bad = over.transpose(0, 1).reshape(over.shape[1], -1).any(dim=1)
+    if not bool(bad.any()):
+        return ""
+    out_u = 2.0 ** -(52 if actual.dtype == torch.float64 else 23)
+    for ch in bad.nonzero().flatten().tolist():
+        m2, v = float(mean[ch]) ** 2, float(var[ch])
+        if not m2 >= 100 * (v + eps):
+            return ""  # |mean| < 10 std: a one-pass variance loses too little to be the cause
+        ac, cc = a.select(1, ch).flatten(), c.select(1, ch).flatten()
+        norm = float(cc.norm())
+        if not norm > 0 or not bool(torch.isfinite(ac).all()):
+            return ""
+        f = float(ac @ cc) / norm**2
+        if not f > 0 or float((ac - f * cc).abs().max()) > 1e-3 * float(cc.abs().max()) * f:
+            return ""  # not a per-channel scale
+        implied = (v + eps) / f**2 - eps
+        ulp = 2.0 ** (math.floor(math.log2(m2)) - mantissa)
+        # f is fitted from the output's values: its error, carried into units of the grid
+        spread = 8 * 2 * (implied + eps) * out_u / math.sqrt(cc.numel()) / ulp
+        units = implied / ulp
+        if spread > 0.1 or abs(units - round(units)) > max(0.02, 3 * spread):
+            return ""
+    worst = int(bad.nonzero()[0])
+    ratio = float(mean[worst].abs() / var[worst].sqrt()) if var[worst] > 0 else float("inf")
+    return (f"The output is the expected one scaled per channel, on channels whose mean is "
+            f"large against their spread (channel {worst}: |mean|/std = {ratio:.3g}), and the "
+            f"variance it was normalized with is a whole number of "
+            f"{'float64' if mantissa == 52 else 'float32'} units of "
+            f"mean^2, as a one-pass variance E[x^2] - E[x]^2 computes it (losing digits to "
+            f"cancellation): compute the variance from the centred values, mean((x - mean)^2) "
+            f"(two passes; Flax: use_fast_variance=False)")

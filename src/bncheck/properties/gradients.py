@@ -75,23 +75,33 @@ def gradients(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     y = f(x, *leaves)
     g = torch.cos(torch.arange(y.numel(), dtype=torch.float64) * 1.7).reshape(y.shape)
     dx = bn.grad(y, x, g, what="backward")
+    weight = leaves[0].detach() if names and bn.weight_name is not None else None
+    failure = zero_sum_failure(x.detach(), dx, g, case.config.eps, weight)
+    if failure:
+        checks.fail(failure)
+
+
+def zero_sum_failure(x: Tensor, dx: Tensor, g: Tensor, eps: float,
+                     weight: Tensor | None) -> str | None:
+    """Why the training input gradient ``dx`` (for output gradient ``g``) does not sum to zero
+    over each channel, or None when it does within its rounding bound (float64)."""
     dims = oracle.reduce_dims(x.dim())
     n = oracle.count_per_channel(x.shape)
     sums = dx.sum(dim=dims)
     # dx = weight / s * (g - mean(g) - xhat * mean(g * xhat)): its terms, not dx itself (which
     # cancels to ~0 for n = 2), set the rounding error; each term is a sum of n values.
     _, var = oracle.batch_stats(x)
-    xhat = (x.detach() - x.detach().mean(dim=dims, keepdim=True)) / oracle.channel_view(
-        torch.sqrt(var + case.config.eps), x.dim())
+    xhat = (x - x.mean(dim=dims, keepdim=True)) / oracle.channel_view(
+        torch.sqrt(var + eps), x.dim())
     terms = (g.abs().amax(dim=dims) * (2 + xhat.square().amax(dim=dims))
-             / torch.sqrt(var + case.config.eps))
-    if names and bn.weight_name is not None:
-        terms = terms * leaves[0].detach().reshape(-1).abs()
+             / torch.sqrt(var + eps))
+    if weight is not None:
+        terms = terms * weight.reshape(-1).abs()
     bound = SAFETY * n * n * roundoff(torch.float64) * terms + 1e-300
     bad = sums.abs() > bound
-    if bool(bad.any()):
-        c = int(bad.nonzero()[0])
-        checks.fail(
-            f"training input gradient does not sum to zero over channel {c}: sum = "
+    if not bool(bad.any()):
+        return None
+    c = int(bad.nonzero()[0])
+    return (f"training input gradient does not sum to zero over channel {c}: sum = "
             f"{float(sums[c]):.6g} (up to {float(bound[c]):.3g} allowed); the gradient through "
             f"the batch mean is missing or wrong")
