@@ -254,10 +254,39 @@ class Target:
             detail = describe_exception(cause, debug=self.debug) if cause else str(e)
             raise TargetRaised(f"{e.args[0].split(' raised ')[0]} raised {detail}"
                                if cause else str(e)) from None
+        try:
+            _materialize(module, num_features, ndim, self.channel_axis)
+        except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
+            raise TargetRaised(f"the target raised {describe_exception(e, debug=self.debug)} "
+                               f"while its state was made before the first call") from None
         bn = Adapted(module, num_features, self, affine=kwargs.get("affine") is not False)
         if dtype is not None:
             bn.to(dtype)
         return bn
+
+
+def is_keras_layer(module: Any) -> bool:
+    """Whether ``module`` is a Keras 3 layer (on the torch backend, also an ``nn.Module``)."""
+    return any(c.__module__.split(".")[0] == "keras" for c in type(module).__mro__)
+
+
+def _materialize(module: nn.Module, num_features: int, ndim: int, channel_axis: int) -> None:
+    """Make the state a framework makes at the first call, the way the framework makes it and
+    changing no statistics: a Keras layer's ``build(input_shape)``; a torch lazy module's first
+    call, in eval mode without autograd, on a batch of zeros (eval reads no batch statistics
+    into the running ones)."""
+    shape = [2, num_features] + [1] * (ndim - 2)
+    if channel_axis == -1 and ndim > 2:
+        shape = [2] + [1] * (ndim - 2) + [num_features]
+    if is_keras_layer(module) and getattr(module, "built", True) is False:
+        module.build(tuple(shape))  # type: ignore[operator]
+    elif (isinstance(module, nn.modules.lazy.LazyModuleMixin)
+          and module.has_uninitialized_params()):
+        training = module.training
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(shape))
+        module.train(training)
 
 
 def _find_pair(module: nn.Module, pairs: tuple[tuple[str, str], ...],
@@ -430,6 +459,22 @@ class Adapted:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.invoke("load_state_dict of its own state_dict into a fresh instance",
                     self.module.load_state_dict, state)
+
+    def save(self) -> Any:
+        """The state as the module's framework saves it: a Keras layer's ``get_weights()`` (its
+        ``state_dict`` keys name the instance: ``batch_normalization_3/gamma``), else
+        ``state_dict()``."""
+        if is_keras_layer(self.module):
+            return self.invoke("layer.get_weights()", self.module.get_weights)
+        return self.state_dict()
+
+    def load(self, saved: Any) -> None:
+        """Load what another instance's :meth:`save` returned."""
+        if is_keras_layer(self.module):
+            self.invoke("layer.set_weights() of another instance's get_weights() into a fresh "
+                        "instance", self.module.set_weights, saved)
+        else:
+            self.load_state_dict(saved)
 
     def backward(self, y: Tensor, grad: Tensor, *, what: str = "backward") -> None:
         self.invoke(what, y.backward, grad)

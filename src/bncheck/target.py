@@ -173,6 +173,24 @@ def takes_num_dims(obj: Callable[..., Any]) -> bool:
     return inspect_constructor(obj).takes_num_dims
 
 
+#: First constructor parameters that say the class infers its channel count at the first call
+#: (``torch.nn.LazyBatchNorm2d(eps=...)``, ``keras.layers.BatchNormalization(axis=-1, ...)``).
+_LAZY_FIRST = ("eps", "axis", "momentum")
+
+
+def takes_num_features(obj: Callable[..., Any]) -> bool:
+    """Whether ``obj(num_features, ...)`` passes the channel count: not for torch's lazy
+    classes nor for classes whose first parameter is ``eps``/``axis``/``momentum`` (they learn
+    it from the first input: :meth:`bncheck.adapter.Target.build` materializes them)."""
+    if isinstance(obj, type) and issubclass(obj, nn.modules.lazy.LazyModuleMixin):
+        return False
+    try:
+        first = next(iter(inspect.signature(obj).parameters.values()), None)
+    except (TypeError, ValueError):
+        return True
+    return first is None or first.name not in _LAZY_FIRST
+
+
 def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], nn.Module]:
     """A factory ``make(num_features, num_dims)`` for ``obj``; ``kwargs`` go to every call.
 
@@ -180,11 +198,14 @@ def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], n
     an ``nn.Module``.
     """
     with_dims = takes_num_dims(obj)
+    with_features = takes_num_features(obj)
     label = getattr(obj, "__qualname__", repr(obj))
 
     def make(num_features: int, num_dims: int) -> nn.Module:
         try:
-            if with_dims:
+            if not with_features:
+                module = obj(**kwargs)
+            elif with_dims:
                 module = obj(num_features, num_dims=num_dims, **kwargs)
             else:
                 module = obj(num_features, **kwargs)
