@@ -23,7 +23,7 @@ from bncheck.properties._base import (
     register,
 )
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance, std_tolerance
-from bncheck.strategies import BNConfig, dtype_name, modes, shapes
+from bncheck.strategies import BNCase, BNConfig, dtype_name, modes, shapes
 
 
 def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor, Tensor],
@@ -93,9 +93,60 @@ def running_stats_update(ctx: Context, drawn: PropertyCase, checks: Checks) -> N
         if not checks.that(count0 is None or count == count0 + step,
                            f"num_batches_tracked is {count} after {step} training step(s), "
                            f"expected {(count0 or 0) + step}"):
-            return
+            break
         if checks.failures:
-            return
+            break
+    _variance_form(ctx, case, checks)
+
+
+#: Offset data for the variance-form probe: the one-pass variance E[x^2] - E[x]^2 loses about
+#: u * mean^2 to rounding, so with mean^2 / std^2 = OFFSET_RATIO / u it is ~OFFSET_RATIO x the
+#: variance off, while a two-pass variance stays within stats_tolerance (n u max|x| std).
+OFFSET_RATIO = 1e3
+PROBE_STD = 1e-2
+
+
+def offset_batch(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, float]:
+    """A batch whose channels have mean ~ ``PROBE_STD * sqrt(OFFSET_RATIO / u)`` and std
+    ``PROBE_STD`` (fixed generator: the same probe every run), and that mean."""
+    from bncheck.properties._tolerance import accumulation_dtype, roundoff
+
+    u = roundoff(accumulation_dtype(dtype))
+    offset = 10.0 ** math.ceil(math.log10(PROBE_STD * math.sqrt(OFFSET_RATIO / u)))
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = z - z.mean(dim=oracle.reduce_dims(len(shape)), keepdim=True)
+    return (offset + PROBE_STD * z).to(dtype), offset
+
+
+def _variance_form(ctx: Context, case: BNCase, checks: Checks) -> None:
+    """One training step on offset data, judged apart from the drawn case (whose failure, a
+    biased variance say, would hide this one): names a one-pass running-variance update."""
+    if case.dtype not in (torch.float32, torch.float64) or oracle.count_per_channel(
+            case.shape) < 2:
+        return
+    x, offset = offset_batch(case.shape, case.dtype)
+    bn = ctx.build(case).train(True)
+    before = bn.require_stats()
+    count0 = bn.num_batches_tracked()
+    bn.call(x, what="a training step on offset data")
+    probe = Checks()
+    what = f"after a training step on offset data (mean {offset:g}, std {PROBE_STD:g})"
+    expect_update(ctx.target.convention, bn, x, before, case.config.momentum,
+                  (count0 or 0) + 1, what, probe)
+    if not probe.failures:
+        return
+    got = bn.require_stats()[1]
+    w = ctx.target.convention.batch_weight(case.config.momentum, (count0 or 0) + 1)
+    _, var = oracle.batch_stats(x)
+    off = float(((got - (1 - w) * before[1]) / w - var).abs().max() / var.max())
+    if off > 1.0:  # more than any correction factor or momentum slip explains
+        checks.fail(
+            f"running_var {what} is {off:.3g}x the batch variance off: the variance is "
+            f"computed in one pass, E[x^2] - E[x]^2, which cancels catastrophically when "
+            f"mean^2 >> var; compute it from the deviations, mean((x - mean)^2) (two passes "
+            f"or Welford)\n" + probe.failures[0])
+    elif not checks.failures:  # otherwise the drawn case's failure already says it
+        checks.fail(f"running statistics {what}: " + probe.failures[0])
 
 
 @dataclass(frozen=True)
