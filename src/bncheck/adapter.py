@@ -37,7 +37,14 @@ from torch import Tensor, nn
 from bncheck._validation import NotSet, not_set
 from bncheck.conventions import TORCH, Convention
 from bncheck.errors import InvalidArgument, PropertyFailure, TargetError, TargetRaised
-from bncheck.target import CONFIG_KWARGS, Constructor, bn_factory, inspect_constructor
+from bncheck.target import (
+    CONFIG_KWARGS,
+    Constructor,
+    bn_factory,
+    inspect_constructor,
+    variant_kwargs,
+)
+from bncheck.variants import Variant
 
 __all__ = ["Target", "Adapted", "attribute", "Names", "TargetRaised", "PropertyFailure",
            "CONFIG_KWARGS", "user_location", "is_user_file", "supported_dims"]
@@ -172,6 +179,8 @@ class Target:
         fixed: constructor flags never drawn (``{"affine": True}``).
         empty_batches: it declares that an empty batch is valid input (torch's classes do).
         debug: failures show the user-side traceback.
+        variant: the BatchNorm variant it is (:mod:`bncheck.variants`), judged by that
+            variant's oracle; its arguments the constructor takes are passed to it.
     """
 
     obj: Callable[..., Any]
@@ -189,6 +198,7 @@ class Target:
     fixed: tuple[tuple[str, Any], ...] = ()
     empty_batches: bool = False
     debug: bool = False
+    variant: Variant | None = None
 
     @classmethod
     def from_object(cls, obj: Callable[..., Any], *, label: str | None = None,
@@ -245,6 +255,8 @@ class Target:
             "affine": affine, "track_running_stats": track_running_stats, "bias": bias,
             **self.fixed_flags}
         kwargs = {k: v for k, v in wanted.items() if k in self.constructor.accepts}
+        if self.variant is not None:  # like momentum: passed where the constructor takes it
+            kwargs.update(variant_kwargs(self.obj, self.variant.kwargs))
         if not kwargs.get("affine", True):
             kwargs.pop("bias", None)  # torch: bias= only where affine
         try:
@@ -379,6 +391,7 @@ class Adapted:
         counts = ((names.num_batches_tracked,) if names.num_batches_tracked
                   else tuple(at + n for n in COUNT_NAMES))
         self.count_name = next((n for n in counts if _resolve(module, n) is not None), None)
+        self.before_call: tuple[tuple[Tensor, Tensor] | None, int | None] = (None, None)
 
     def _slots(self, declared: tuple[str | None, str | None],
                usual: tuple[tuple[str, str], ...]) -> tuple[str | None, str | None]:
@@ -418,9 +431,12 @@ class Adapted:
 
     def call(self, x: Tensor, *, what: str = "forward") -> Tensor:
         """``module(x)`` in the target's layout and mode convention; the output comes back in
-        torch's layout (channels in dim 1)."""
+        torch's layout (channels in dim 1). A training call of a variant records the running
+        statistics and count it started from (:attr:`before_call`: its oracle reads them)."""
         kwargs = ({self.target.mode_argument: self.training}
                   if self.target.mode_argument else {})
+        if self.training and self.target.variant is not None:
+            self.before_call = (self.stats(), self.num_batches_tracked())
         xt = self.to_target_layout(x)
         y = self.invoke(what, lambda: self.module(xt, **kwargs))
         if not isinstance(y, Tensor):

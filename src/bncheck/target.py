@@ -173,6 +173,15 @@ def takes_num_dims(obj: Callable[..., Any]) -> bool:
     return inspect_constructor(obj).takes_num_dims
 
 
+def variant_kwargs(obj: Callable[..., Any], args: dict[str, Any]) -> dict[str, Any]:
+    """The variant arguments ``obj``'s constructor takes by name (passed like momentum)."""
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in args.items() if k in params}
+
+
 #: First constructor parameters that say the class infers its channel count at the first call
 #: (``torch.nn.LazyBatchNorm2d(eps=...)``, ``keras.layers.BatchNormalization(axis=-1, ...)``).
 _LAZY_FIRST = ("eps", "axis", "momentum")

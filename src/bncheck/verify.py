@@ -149,7 +149,9 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
                  dims: Sequence[int] | None = None,
                  names: Mapping[str, str] | None = None, channel_axis: int | None = None,
                  mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
-                 empty_batches: bool | None = None, debug: bool = False) -> Target:
+                 empty_batches: bool | None = None, debug: bool = False,
+                 variant: str | None = None,
+                 variant_args: Mapping[str, Any] | None = None) -> Target:
     """A :class:`~bncheck.adapter.Target` for ``obj`` (a Module class or factory), every
     declaration validated by the same rule the CLI uses.
 
@@ -168,6 +170,10 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
         fixed: constructor flags never to draw, ``{"affine": True}``.
         empty_batches: it accepts empty batches (default: True for torch's classes).
         debug: failures show the user-side traceback of exceptions in the target.
+        variant: ``"batch-renorm"`` or ``"ghost"`` (:mod:`bncheck.variants`): judged by that
+            variant's oracle.
+        variant_args: its arguments, ``{"r_max": 3, "d_max": 5, "warmup": 0}`` or
+            ``{"virtual_batch": 4}``; those the constructor takes are passed to it.
 
     Raises:
         InvalidArgument: a value breaks its rule (``name=value`` and the rule).
@@ -208,9 +214,17 @@ def build_target(obj: Any, *, label: str | None = None, convention: Convention |
                                       or not mode_argument.isidentifier()):
         raise InvalidArgument(f"Expected mode_argument to be a keyword name like 'training', "
                               f"received mode_argument={mode_argument!r}")
+    if variant is not None:
+        from bncheck.variants import Variant
+
+        extra_variant = Variant.from_declaration(variant, variant_args)
+    elif variant_args:
+        raise InvalidArgument(f"variant_args={dict(variant_args)!r} given without a variant; "
+                              f"declare variant='batch-renorm' or variant='ghost'")
     flags = _check_fixed(fixed)
     extra: dict[str, Any] = {"names": Names.from_mapping(names), "channel_axis": axis,
-                             "mode_argument": mode_argument, "fixed": flags, "debug": debug}
+                             "mode_argument": mode_argument, "fixed": flags, "debug": debug,
+                             "variant": extra_variant if variant is not None else None}
     if empty_batches is not None:
         check_type(bool, empty_batches, "empty_batches")
         extra["empty_batches"] = empty_batches

@@ -149,6 +149,10 @@ class Context:
               ) -> st.SearchStrategy[BNCase]:
         if "max_channels" not in kwargs:  # sometimes past a vector width (channel tail bugs)
             kwargs.setdefault("wide_channels", WIDE_CHANNELS)
+        v = self.target.variant
+        if v is not None and v.name == "ghost":  # two or three virtual batches, whole
+            vb = v.virtual_batch
+            kwargs.update(min_batch=2 * vb, max_batch=3 * vb, batch_multiple=vb)
         return bn_cases(dims=self.target.dims, dtypes=dtypes or self.full_dtypes,
                         configs=configs if configs is not None else self.configs(), **kwargs)
 
@@ -302,6 +306,10 @@ def oracle_train(bn: Adapted, x: Tensor, eps: float, dtype: torch.dtype
                  ) -> tuple[Tensor, Tolerance]:
     """The training-mode output the oracle gives for ``x`` with ``bn``'s weight and bias, and
     its tolerance."""
+    if bn.target.variant is not None:  # judged by its own oracle
+        from bncheck.properties._variants import variant_train
+
+        return variant_train(bn, x, eps, dtype)
     mean, var = oracle.batch_stats(x)
     w, b = bn.params()
     return (oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b),

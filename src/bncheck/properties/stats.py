@@ -23,23 +23,34 @@ from bncheck.properties._base import (
     register,
 )
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance, std_tolerance
+from bncheck.properties._variants import pieces, updates_per_call
 from bncheck.strategies import BNCase, BNConfig, dtype_name, modes, shapes
 
 
 def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor, Tensor],
                   momentum: float | None, steps: int, what: str, checks: Checks) -> None:
     """The running statistics after a training step on ``x`` follow ``conv`` (``before``: the
-    running mean and variance before the step)."""
+    running mean and variance before the step; ``steps``: num_batches_tracked after it). A
+    ghost BatchNorm updates once per virtual batch, in order: the last of them is ``steps``."""
     got_mean, got_second = bn.stored_stats()
-    mean, var = oracle.batch_stats(x)
-    n = oracle.count_per_channel(x.shape)
-    w = conv.batch_weight(momentum, steps)
-    tm, tv = stats_tolerance(x, before[0], before[1], mean, var, weight=w,
-                             correction=conv.correction(n),
-                             stat_dtype=bn.stat_dtype() or torch.float32)
+    chunks = pieces(bn, x)
+    exp_m, exp_v = before
+    tm = tv = None
+    for i, piece in enumerate(chunks):
+        k = steps - len(chunks) + 1 + i
+        mean, var = oracle.batch_stats(piece)
+        n = oracle.count_per_channel(piece.shape)
+        a, b = stats_tolerance(piece, exp_m, exp_v, mean, var,
+                               weight=conv.batch_weight(momentum, k),
+                               correction=conv.correction(n),
+                               stat_dtype=bn.stat_dtype() or torch.float32)
+        tm, tv = (a, b) if tm is None or tv is None else (tm + a, tv + b)
+        exp_m, exp_v = conv.expected_stats(exp_m, exp_v, mean, var, count=n,
+                                           momentum=momentum, steps=k)
+    assert tm is not None and tv is not None
+    if len(chunks) > 1:
+        n = f"{len(chunks)} virtual batches of {oracle.count_per_channel(chunks[0].shape)}"
     rule = conv.describe().split(": ", 1)[1]
-    exp_m, exp_v = conv.expected_stats(before[0], before[1], mean, var, count=n,
-                                       momentum=momentum, steps=steps)
     second, exp_second, t_second = "running_var", exp_v, tv
     if bn.stores_std:
         second, exp_second, t_second = "running_std", exp_v.sqrt(), std_tolerance(tv, exp_v)
@@ -87,12 +98,14 @@ def running_stats_update(ctx: Context, drawn: PropertyCase, checks: Checks) -> N
             case.dtype)
         before = bn.require_stats()
         bn.call(x, what=f"training step {step}")
-        expect_update(conv, bn, x, before, cfg.momentum, (count0 or 0) + step,
+        per = updates_per_call(bn, x)  # a ghost BatchNorm's virtual batches each count
+        expect_update(conv, bn, x, before, cfg.momentum, (count0 or 0) + step * per,
                       f"after training step {step}", checks)
         count = bn.num_batches_tracked()
-        if not checks.that(count0 is None or count == count0 + step,
+        if not checks.that(count0 is None or count == count0 + step * per,
                            f"num_batches_tracked is {count} after {step} training step(s), "
-                           f"expected {(count0 or 0) + step}"):
+                           f"expected {(count0 or 0) + step * per}"
+                           + (f" ({per} virtual batches each)" if per > 1 else "")):
             break
         if checks.failures:
             break
@@ -132,7 +145,7 @@ def _variance_form(ctx: Context, case: BNCase, checks: Checks) -> None:
     probe = Checks()
     what = f"after a training step on offset data (mean {offset:g}, std {PROBE_STD:g})"
     expect_update(ctx.target.convention, bn, x, before, case.config.momentum,
-                  (count0 or 0) + 1, what, probe)
+                  (count0 or 0) + updates_per_call(bn, x), what, probe)
     if not probe.failures:
         return
     got = bn.require_stats()[1]
@@ -195,7 +208,10 @@ SIGMAS = 10.0
     tolerance=f"remaining bias (1-w)^T |init - limit| + {SIGMAS:g} standard deviations of the "
               "averaged batch statistic (fixed generator seed: deterministic)",
     cases=_convergence_cases,
-    requires=needs_stats,
+    requires=lambda ctx: needs_stats(ctx) or (
+        "the target declares a ghost BatchNorm: its running statistics average virtual "
+        "batches, and running_stats_update checks each of those updates"
+        if ctx.target.variant is not None and ctx.target.variant.name == "ghost" else None),
 )
 def running_stats_convergence(ctx: Context, case: ConvergenceCase, checks: Checks) -> None:
     conv, cfg = ctx.target.convention, case.config
@@ -304,7 +320,9 @@ def train_eval_switch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None
     bn.train(True)
     before = bn.require_stats()
     bn.call(x, what="training step 2 (after eval)")
-    expect_update(conv, bn, x, before, cfg.momentum, (count or 1) + 1, "after train() resumed",
+    per = updates_per_call(bn, x)
+    expect_update(conv, bn, x, before, cfg.momentum, (count or per) + per,
+                  "after train() resumed",
                   checks)
 
 
