@@ -45,6 +45,9 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+_EXAMPLES = {"--fixed": "affine=true", "--variant-args": "virtual_batch=4"}
+
+
 def _pairs(text: str | None, name: str) -> dict[str, str] | None:
     if text is None:
         return None
@@ -53,7 +56,7 @@ def _pairs(text: str | None, name: str) -> dict[str, str] | None:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise InvalidArgument(f"Expected {name} as key=value pairs like "
-                                  f"{'affine=true' if name == '--fixed' else 'weight=scale'}, "
+                                  f"{_EXAMPLES.get(name, 'weight=scale')}, "
                                   f"received {name}={text!r}")
         out[key.strip()] = value.strip()
     return out
@@ -114,8 +117,15 @@ def _momentum(text: str | None) -> Any:
               help="The call keyword that selects train/eval (Keras: training).")
 @click.option("--fixed", "fixed_text", metavar="K=V,...",
               help="Constructor flags never to draw, e.g. affine=true,track_running_stats=true.")
-@click.option("--empty-batches", is_flag=True, default=None,
-              help="The target accepts empty batches (checked by empty_batch).")
+@click.option("--empty-batches/--no-empty-batches", default=None,
+              help="The target accepts empty batches (checked by empty_batch), or does not "
+              "(default: torch's BatchNorm classes and their subclasses do).")
+@click.option("--variant", type=click.Choice(["batch-renorm", "ghost"]),
+              help="The BatchNorm variant the target is, judged by its own oracle "
+              "(docs/variants.md).")
+@click.option("--variant-args", "variant_args_text", metavar="K=V,...",
+              help="The variant's arguments, e.g. r_max=3,d_max=5,warmup=0 or virtual_batch=4; "
+              "those the constructor takes are passed to it.")
 @click.option("--dtypes", "dtypes_text", metavar="LIST",
               help="Comma-separated dtypes to check (default float32,float64,float16,bfloat16).")
 @click.option("--property", "properties", multiple=True, metavar="NAME",
@@ -137,7 +147,8 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
            running_var: str | None, running_stat: str | None, momentum_text: str | None,
            eps: float | None, dims_text: str | None, names_text: str | None,
            channel_axis: int | None, mode_argument: str | None, fixed_text: str | None,
-           empty_batches: bool | None, dtypes_text: str | None, properties: tuple[str, ...],
+           empty_batches: bool | None, variant: str | None, variant_args_text: str | None,
+           dtypes_text: str | None, properties: tuple[str, ...],
            profile: str | None, examples: int | None, seed: int | None,
            json_path: Path | None, jobs_text: str | None, world_size: int | None,
            timeout: float | None, device: str, debug: bool) -> None:
@@ -187,7 +198,7 @@ def verify(target: str | None, convention: str, momentum_weights: str | None,
         dims=(2, 3, 4, 5) if target is None and dims is None and not world_size else dims,
         names=_pairs(names_text, "--names"), channel_axis=channel_axis,
         mode_argument=mode_argument, fixed=_flags(fixed_text), empty_batches=empty_batches,
-        debug=debug)
+        debug=debug, variant=variant, variant_args=_pairs(variant_args_text, "--variant-args"))
     distributed = None if not world_size else {"spec": spec, "world_size": world_size,
                                                 "timeout": timeout, "device": device}
     _run(t, list(properties) or None, dtypes, profile, examples, seed, json_path,
