@@ -212,8 +212,21 @@ def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor,
     try:
         bn.train(True).call(x, what="a training forward")
     except TargetRaised as e:
-        return (f"with {flag}={value!r} {e}; declare fixed={{{flag!r}: {not value!r}}} "
-                f"(--fixed {flag}={str(not value).lower()}) if the layer does not support it")
+        from bncheck.target import inherited_contract, inherited_failure
+
+        base = inherited_contract(t.obj)  # what torch's signature offers, not the layer's own
+        if flag == "momentum":  # momentum=None: the cumulative average
+            what = f"with momentum=None (the cumulative average) {e}"
+            declaration = f"its momentum, momentum={t.momentum!r} (--momentum {t.momentum})"
+            if base is not None:
+                return inherited_failure(base, what, declaration)
+            return f"{what}; if the layer does not offer it, declare {declaration}"
+        declaration = (f"fixed={{{flag!r}: {not value!r}}} (--fixed "
+                       f"{flag}={str(not value).lower()})")
+        if base is not None:
+            return inherited_failure(base, f"with {flag}={value!r} {e}", declaration)
+        return (f"with {flag}={value!r} {e}; declare {declaration} if the layer does not "
+                f"support it")
     return None
 
 

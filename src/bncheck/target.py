@@ -173,6 +173,26 @@ def takes_num_dims(obj: Callable[..., Any]) -> bool:
     return inspect_constructor(obj).takes_num_dims
 
 
+def inherited_contract(obj: Any) -> str | None:
+    """``"torch.nn.BatchNorm2d"`` when ``obj`` subclasses one of torch's BatchNorms and brings
+    its own ``forward``: what the type and signature offer (momentum=None, empty batches) is a
+    contract inherited from torch rather than one the layer wrote (None otherwise)."""
+    if not (isinstance(obj, type) and issubclass(obj, nn.modules.batchnorm._NormBase)):
+        return None
+    base = next((c for c in obj.__mro__ if c.__module__.startswith("torch.nn")), None)
+    if base is None or obj is base or obj.forward is base.forward:
+        return None
+    public = next((c for c in base.__mro__ if not c.__name__.startswith("_")), base)
+    return f"torch.nn.{public.__name__}"
+
+
+def inherited_failure(base: str, message: str, declaration: str) -> str:
+    """A failure of a contract inherited from torch's ``base``, apart from the arithmetic, with
+    the declaration that says the layer does not offer it."""
+    return (f"differs from the contract it inherits from {base}: {message}\n"
+            f"If the layer does not offer it, declare so: {declaration}")
+
+
 def variant_kwargs(obj: Callable[..., Any], args: dict[str, Any]) -> dict[str, Any]:
     """The variant arguments ``obj``'s constructor takes by name (passed like momentum)."""
     try:
