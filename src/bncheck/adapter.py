@@ -632,6 +632,13 @@ class Adapted:
         t = _resolve(self.module, self.count_name) if self.count_name else None
         return int(t) if t is not None and t.numel() == 1 else None
 
+    def set_num_batches_tracked(self, count: int) -> None:
+        """Install ``count`` (a long horizon) in the counter :meth:`num_batches_tracked` reads."""
+        t = _resolve(self.module, self.count_name) if self.count_name else None
+        if t is not None and t.numel() == 1:
+            with torch.no_grad():
+                t.copy_(torch.tensor(count).to(t.dtype))  # wraps or rounds as its dtype does
+
     # -- helpers -----------------------------------------------------------------------------
     def _read(self, name: str) -> Tensor:
         t = _resolve(self.module, name)

@@ -63,6 +63,9 @@ class PropertyCase:
     permutation: tuple[int, ...] | None = None
     #: the grad mode of the eval forwards (train_eval_switch)
     eval_mode: Mode | None = None
+    #: num_batches_tracked installed before the property runs (a long horizon: behaviour keyed
+    #: on the count, such as a cumulative average or a warm-up, is reached there)
+    tracked: int | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -92,6 +95,8 @@ class PropertyCase:
             parts.append(f"batch permutation={list(self.permutation)}")
         if self.eval_mode is not None:
             parts.append(f"eval forwards in {self.eval_mode}")
+        if self.tracked is not None:
+            parts.append(f"installed num_batches_tracked={self.tracked}")
         return ", ".join(parts)
 
 
@@ -322,6 +327,29 @@ def oracle_eval(bn: Adapted, x: Tensor, mean: Tensor, var: Tensor, eps: float,
     w, b = bn.params()
     return (oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b),
             forward_tolerance(x, mean, var, eps=eps, n=1, weight=w, bias=b, dtype=dtype))
+
+
+#: Counts installed in num_batches_tracked (None: as built). Behaviour keyed on the count is
+#: otherwise never reached: a cumulative average's 1/k at k = 1e5 in float32, warm-ups.
+HORIZONS = (None, 10**3, 10**5, 10**6)
+
+
+def horizons() -> st.SearchStrategy[int | None]:
+    """Installed counts; shrinks to None (the count the layer was built with)."""
+    return st.sampled_from(HORIZONS)
+
+
+def install_count(bn: Adapted, tracked: int | None) -> int | None:
+    """Put ``tracked`` into ``bn``'s num_batches_tracked (when it has one and ``tracked`` is
+    given); returns the count the next step starts from."""
+    if tracked is not None and bn.num_batches_tracked() is not None:
+        bn.set_num_batches_tracked(tracked)
+        if bn.num_batches_tracked() != tracked:  # a narrow or floating counter
+            raise PropertyFailure(
+                f"num_batches_tracked cannot hold {tracked}: it reads "
+                f"{bn.num_batches_tracked()} after {tracked} was stored (store it as a "
+                f"torch.long buffer, as torch does)")
+    return bn.num_batches_tracked()
 
 
 def stat_values(c: int) -> st.SearchStrategy[tuple[Tensor, Tensor]]:

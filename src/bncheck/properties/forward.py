@@ -13,6 +13,8 @@ from bncheck.properties._base import (
     PropertyCase,
     activation_after,
     check_output,
+    horizons,
+    install_count,
     needs_stats,
     oracle_eval,
     oracle_train,
@@ -30,11 +32,13 @@ from bncheck.strategies import BNCase, dtype_name
     catches="normalizing with running/moving statistics, unbiased variance, eps outside the "
             "sqrt, wrong reduction dims, swapped weight and bias, exceptions in forward",
     tolerance="forward_tolerance: unit roundoff x reduction length x max|x|/std, x8",
-    cases=lambda ctx: ctx.cases(training=True, grad_modes=["enabled"]).map(PropertyCase),
+    cases=lambda ctx: st.builds(PropertyCase, ctx.cases(training=True, grad_modes=["enabled"]),
+                                tracked=horizons()),
 )
 def train_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
     bn = ctx.build(case).train(True)
+    install_count(bn, drawn.tracked)  # e.g. past a warm-up keyed on num_batches_tracked
     y = bn.call(case.x, what="a training forward")
     check_output(y, case.x, "training output")
     expected, tol = oracle_train(bn, case.x, case.config.eps, y.dtype)

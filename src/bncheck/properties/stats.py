@@ -19,6 +19,8 @@ from bncheck.properties._base import (
     Context,
     PropertyCase,
     check_output,
+    horizons,
+    install_count,
     needs_stats,
     register,
 )
@@ -69,7 +71,7 @@ def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor
 def _update_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     return ctx.with_stats(ctx.cases(training=True, grad_modes=["enabled"],
                                     configs=ctx.configs(track_running_stats=True)),
-                          steps=st.integers(1, 3))
+                          steps=st.integers(1, 3), tracked=horizons())
 
 
 @register(
@@ -90,7 +92,7 @@ def running_stats_update(ctx: Context, drawn: PropertyCase, checks: Checks) -> N
     conv, cfg = ctx.target.convention, case.config
     bn = ctx.build(case)
     bn.require_stats()
-    count0 = bn.num_batches_tracked()
+    count0 = install_count(bn, drawn.tracked)
     bn.set_stats(*drawn.installed)
     bn.train(True)
     for step in range(1, steps + 1):
