@@ -11,7 +11,8 @@ Hypothesis does) and draws tensor *contents* through Hypothesis, so failing inpu
 values stress batch normalization: large offsets with small spread (mean >> std), near-constant
 and constant channels (variance ~ 0, where eps matters), wide spreads (squares overflow float16),
 and every memory layout a caller may hand a layer: channels_last, a strided last dimension,
-permuted batch and channel strides, a storage offset, and an expanded (stride 0) dimension.
+permuted batch and channel strides, a storage offset, an expanded (stride 0) dimension, and
+transposed spatial strides (as ``x.transpose(2, 3)`` leaves them: a ``x.view(...)`` raises).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ GRAD_MODES: tuple[str, ...] = ("enabled", "no_grad", "inference_mode")
 #: What a channel's values look like (see :func:`inputs`).
 KINDS: tuple[str, ...] = ("standard", "offset", "near_constant", "constant", "wide")
 LAYOUTS: tuple[str, ...] = ("contiguous", "channels_last", "non_contiguous", "permuted",
-                             "storage_offset", "expanded")
+                             "storage_offset", "expanded", "spatial_transposed")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64,
                                   "float16": torch.float16, "bfloat16": torch.bfloat16}
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -336,6 +337,8 @@ def _layout(x: Tensor, layout: str) -> Tensor:
         flat = torch.zeros(x.numel() + 3, dtype=x.dtype)
         flat[3:] = x.reshape(-1)
         return flat[3:].view(x.shape)
+    if layout == "spatial_transposed" and x.dim() >= 4:  # as x.transpose(2, 3) leaves it
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
     if layout == "expanded":  # stride 0: the last dimension (the batch for (N, C))
         dim = x.dim() - 1 if x.dim() > 2 else 0
         return x.narrow(dim, 0, 1).expand(x.shape)
