@@ -133,9 +133,49 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
     frozen = None if y is None or no_stats else _frozen(t, channels, x, guard)
     if frozen:
         findings.append(Finding("training_mode", None, frozen, t.label))
+    design = (None if y is None or no_stats or frozen or t.variant is not None
+              else _running_in_training(t, channels, x, guard))
+    if design:
+        findings.append(Finding("training_mode", None, design, t.label))
     return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels, guard),
                               mode_from_grad=_mode_from_grad(t, channels, x, guard),
-                              no_stats=no_stats, frozen=frozen)
+                              no_stats=no_stats, frozen=frozen, running_in_training=design)
+
+
+def _running_in_training(t: Target, channels: int, x: torch.Tensor,
+                         guard: Guard) -> str | None:
+    """Whether a training forward normalizes with the running averages (as they were, or
+    updated with this batch first) instead of the batch statistics: a design (RealNVP-style
+    BatchNorm in normalizing flows), not BatchNorm in training; one finding names it."""
+    from bncheck import oracle
+
+    try:
+        guard("a training forward with installed running statistics (preflight)")
+        bn = t.build(channels, ndim=t.dims[0], dtype=torch.float64)
+        x64 = x.to(torch.float64)
+        mean, var = oracle.batch_stats(x64)
+        bn.set_stats(mean + 1.5 + mean.abs(), var * 3.0 + 0.5)  # far from the batch's
+        before = bn.require_stats()
+        y_train = bn.train(True).call(x64, what="a training forward").detach()
+        after = bn.require_stats()
+    except (TargetRaised, PropertyFailure):
+        return None
+    w, b = bn.params()
+
+    def near(m: torch.Tensor, v: torch.Tensor) -> bool:
+        want = oracle.normalize(x64, m, v, eps=t.eps, weight=w, bias=b)
+        return want.shape == y_train.shape and torch.allclose(y_train, want, rtol=1e-6,
+                                                              atol=1e-8)
+
+    if near(mean, var) or not (near(*after) or near(*before)):
+        return None
+    which = "updated with this batch first" if near(*after) else "as they were"
+    return (f"training normalizes with the running averages ({which}), not the batch's "
+            f"statistics: a design (RealNVP-style BatchNorm in normalizing flows), not "
+            f"BatchNorm in training; the training properties' failures are its consequences. "
+            f"If that is intended, verify its eval behaviour and its statistics: "
+            f"--property eval_forward --property running_stats_update --property "
+            f"stats_are_buffers --property initial_state")
 
 
 def _frozen(t: Target, channels: int, x: torch.Tensor, guard: Guard) -> str | None:

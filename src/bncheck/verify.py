@@ -275,6 +275,11 @@ def _watched_once(prop: Property, ctx: Context, case: Any,
         on_example(None)
 
 
+#: The owner named by the training failures of a layer that normalizes training batches with
+#: its running averages (a design: no rerun without it exists).
+RUNNING_IN_TRAINING = "training normalizes with the running averages (training_mode)"
+
+
 def _consequence(prop: Property, ctx: Context, case: Any,
                  on_example: Callable[[Any], None] | None = None) -> str | None:
     """The defect(s) other properties own that explain this failure: the failing case rerun
@@ -282,6 +287,11 @@ def _consequence(prop: Property, ctx: Context, case: Any,
     dtype; with grad enabled in training and disabled in eval, where a layer that picks its
     mode from grad mode is in the right mode) passes."""
     facts = getattr(ctx, "facts", None)  # the distributed properties have none
+    design = getattr(facts, "running_in_training", None)
+    if design and prop.name in ("train_forward", "invariances", "gradients", "differential",
+                                "reduced_precision", "empty_batch",
+                                "running_stats_convergence"):
+        return RUNNING_IN_TRAINING
     if case is None or facts is None or prop.name in ("stats_are_buffers",
                                                        "grad_mode_independence"):
         return None
@@ -340,8 +350,8 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings,
         owner = _consequence(prop, ctx, state["case"], on_example)
         if owner is not None:
             res.consequence_of = owner
-            res.message = (f"consequence of: {owner} (the same case passes without it)\n"
-                           f"{res.message}")
+            why = "" if owner == RUNNING_IN_TRAINING else " (the same case passes without it)"
+            res.message = f"consequence of: {owner}{why}\n{res.message}"
         return res
     except Flaky as e:
         inner = [x for x in getattr(e, "exceptions", ()) if isinstance(x, PropertyFailure)]

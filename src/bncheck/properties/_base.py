@@ -113,6 +113,9 @@ class Facts:
     #: that a training forward normalizes with the stored statistics and leaves them unchanged
     #: (a frozen BatchNorm: not a BatchNorm in training), or None
     frozen: str | None = None
+    #: that a training forward normalizes with the running averages it has just updated (a
+    #: RealNVP-style design): the training properties' failures are its consequences, or None
+    running_in_training: str | None = None
 
 
 @dataclass(frozen=True)
