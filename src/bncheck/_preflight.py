@@ -139,7 +139,34 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
         findings.append(Finding("training_mode", None, design, t.label))
     return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels, guard),
                               mode_from_grad=_mode_from_grad(t, channels, x, guard),
-                              no_stats=no_stats, frozen=frozen, running_in_training=design)
+                              no_stats=no_stats, frozen=frozen, running_in_training=design,
+                              computes_in_float32=_computes_in_float32(t, channels, x, guard))
+
+
+def _computes_in_float32(t: Target, channels: int, x: torch.Tensor,
+                         guard: Guard) -> str | None:
+    """Whether a float64 module and input are computed in float32 (a Keras dtype policy):
+    the training output is off the float64 oracle by float32 rounding (relative 1e-9 to 1e-4)
+    where a float64 computation is within 1e-12."""
+    from bncheck import oracle
+
+    try:
+        guard("a float64 training forward (preflight)")
+        bn = t.build(channels, ndim=t.dims[0], dtype=torch.float64)
+        x64 = x.to(torch.float64) * (1 + 2.0**-40) + 2.0**-35  # digits float32 cannot hold
+        y = bn.train(True).call(x64, what="a float64 training forward").detach()
+    except (TargetRaised, PropertyFailure):
+        return None
+    w, b = bn.params()
+    want = oracle.train_forward(x64, eps=t.eps, weight=w, bias=b)
+    if want.shape != y.shape or not bool(torch.isfinite(y).all()):
+        return None
+    err = float((y.to(torch.float64) - want).abs().max() / want.abs().max().clamp_min(1.0))
+    if y.dtype != torch.float32 and not 1e-9 < err < 1e-4:
+        return None
+    return (f"the target computes in float32 whatever dtype it is given (a float64 training "
+            f"output is off by {err:.2g}, float32 rounding), so its float64 cases are judged "
+            f"as float32 ones")
 
 
 def _running_in_training(t: Target, channels: int, x: torch.Tensor,

@@ -116,6 +116,9 @@ class Facts:
     #: that a training forward normalizes with the running averages it has just updated (a
     #: RealNVP-style design): the training properties' failures are its consequences, or None
     running_in_training: str | None = None
+    #: that the target computes in float32 whatever dtype it is given (a Keras dtype policy):
+    #: its float64 cases are judged as float32 ones, or None
+    computes_in_float32: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,13 @@ class Context:
 
     @property
     def full_dtypes(self) -> tuple[torch.dtype, ...]:
-        return tuple(d for d in self.dtypes if d in FULL)
+        """float32/float64 among the requested dtypes; float64 judged as float32 when the
+        target computes in float32 whatever it is given (:attr:`Facts.computes_in_float32`)."""
+        full = tuple(d for d in self.dtypes if d in FULL)
+        if self.facts.computes_in_float32 and torch.float64 in full:
+            full = tuple(dict.fromkeys(torch.float32 if d == torch.float64 else d
+                                       for d in full))
+        return full
 
     @property
     def reduced_dtypes(self) -> tuple[torch.dtype, ...]:

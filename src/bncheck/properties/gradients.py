@@ -37,9 +37,11 @@ def _first_line(e: BaseException) -> str:
     tolerance="gradcheck defaults (eps=1e-6, atol=1e-5, rtol=1e-3); zero sum: n^2 x float64 "
               "roundoff x the size of the gradient terms, x8",
     cases=_cases,
-    requires=lambda ctx: None if torch.float64 in ctx.dtypes else (
+    requires=lambda ctx: ctx.facts.computes_in_float32 and (
+        f"{ctx.facts.computes_in_float32}: gradcheck's finite differences need float64 "
+        f"arithmetic") or (None if torch.float64 in ctx.dtypes else (
         "needs float64 (gradcheck's finite differences); requested dtypes: "
-        + ", ".join(str(d).removeprefix("torch.") for d in ctx.dtypes)),
+        + ", ".join(str(d).removeprefix("torch.") for d in ctx.dtypes))),
 )
 def gradients(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
