@@ -48,6 +48,8 @@ KERAS_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
                "running_var": "moving_variance"}
 KERAS = {"convention": "keras", "mode_argument": "training", "names": KERAS_NAMES}
 F16 = _fs("reduced_precision")
+RENORM = {"variant": "batch-renorm", "variant_args": {"r_max": 3, "d_max": 5, "warmup": 0}}
+GHOST = {"variant": "ghost", "variant_args": {"virtual_batch": 4}}
 
 ROWS: list[Row] = [
     Row("nhwc_names_bn.py:NHWCBatchNorm",
@@ -111,6 +113,23 @@ ROWS: list[Row] = [
         env={"KERAS_BACKEND": "torch"}, run={"dtypes": ["float32"]}),
     Row("torch.nn:LazyBatchNorm2d", {"dims": (4,)}, "pass"),
     Row("lazy_bn.py:lazy_bn", {"dims": (4,)}, "pass"),
+    Row("one_pass_var_bn.py:OnePassVarBN", {}, "fail", _fs("running_stats_update"),
+        _fs("differential", "train_eval_switch", "reduced_precision")),
+    Row("renorm_bn.py:BatchRenorm2d", {"dims": (4,), **RENORM}, "pass"),
+    Row("ghost_virtual_bn.py:GhostBatchNorm1d", {"dims": (2,), **GHOST}, "pass"),
+    Row("renorm_warmup_bn.py:RenormStuckWarmup",
+        {"dims": (4,), "variant": "batch-renorm", "variant_args": {"warmup": 5000}}, "fail",
+        _fs("train_forward"), _fs("reduced_precision", "invariances", "gradients")),
+    Row("subclass_own_forward_bn.py:OwnForwardBN2d", {"dims": (4,)}, "fail",
+        _fs("constructor", "empty_batch")),
+    Row("subclass_own_forward_bn.py:OwnForwardBN2d",
+        {"dims": (4,), "momentum": 0.1, "empty_batches": False,
+         "fixed": {"affine": True, "track_running_stats": True, "bias": True}}, "pass"),
+    Row("view_flatten_bn.py:ViewFlattenBN", {"dims": (4,)}, "fail", _fs("train_forward"),
+        _fs("eval_forward", "running_stats_update", "grad_mode_independence", "invariances",
+            "stats_are_buffers", "differential", "train_eval_switch", "gradients",
+            "reduced_precision", "empty_batch", "running_stats_convergence")),
+    Row("realnvp_bn.py:RunningAverageBN", {}, "fail", _fs("training_mode")),
 ]
 
 
