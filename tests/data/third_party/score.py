@@ -144,6 +144,15 @@ def _load(row: Row) -> Any:
     return getattr(importlib.import_module(file), name)
 
 
+@dataclass
+class _Refused:
+    """bncheck refused the layer (a usage error, exit 2): counted as one report."""
+
+    message: str
+    name: str = "usage error"
+    consequence_of: str | None = None
+
+
 def _blames_defect(row: Row, result: Any) -> bool:
     if result.name in row.defects or result.name in row.consequences:
         return True
@@ -171,6 +180,7 @@ class Score:
 
 def score(rows: list[Row], *, examples: int, seed: int) -> Score:
     from bncheck.conventions import convention as preset
+    from bncheck.errors import BNCheckError
     from bncheck.verify import verify
 
     out = Score()
@@ -188,12 +198,16 @@ def score(rows: list[Row], *, examples: int, seed: int) -> Score:
         if conv:
             declare["convention"] = preset(declare.pop("convention", "torch"), **conv)
         started = time.monotonic()
-        report = verify(_load(row), label=row.spec, examples=examples, seed=seed, shrink=False,
-                        **row.run, **declare)
-        failed = report.failed
-        true = [r for r in failed if _blames_defect(row, r)]
-        named = {r.name for r in failed} & row.defects
-        verdict = "pass" if report.ok else "fail"
+        try:
+            report = verify(_load(row), label=row.spec, examples=examples, seed=seed,
+                            shrink=False, **row.run, **declare)
+        except BNCheckError as e:  # exit 2: one report, blaming nothing in the layer
+            failed, true, named, verdict = [_Refused(str(e))], [], set(), "usage error"
+        else:
+            failed = report.failed
+            true = [r for r in failed if _blames_defect(row, r)]
+            named = {r.name for r in failed} & row.defects
+            verdict = "pass" if report.ok else "fail"
         out.reports += len(failed)
         out.true_reports += len(true)
         out.defects += len(row.defects)
