@@ -480,15 +480,17 @@ class Adapted:
         """The state as the module's framework saves it: a Keras layer's ``get_weights()`` (its
         ``state_dict`` keys name the instance: ``batch_normalization_3/gamma``), else
         ``state_dict()``."""
-        if is_keras_layer(self.module):
-            return self.invoke("layer.get_weights()", self.module.get_weights)
+        layer: Any = self.module  # a Keras layer's own methods
+        if is_keras_layer(layer):
+            return self.invoke("layer.get_weights()", layer.get_weights)
         return self.state_dict()
 
     def load(self, saved: Any) -> None:
         """Load what another instance's :meth:`save` returned."""
-        if is_keras_layer(self.module):
+        layer: Any = self.module
+        if is_keras_layer(layer):
             self.invoke("layer.set_weights() of another instance's get_weights() into a fresh "
-                        "instance", self.module.set_weights, saved)
+                        "instance", layer.set_weights, saved)
         else:
             self.load_state_dict(saved)
 

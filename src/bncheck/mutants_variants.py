@@ -8,6 +8,8 @@ correct ghost BatchNorm, each with one realistic defect, killed by the property 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -112,8 +114,8 @@ class GhostUpdateOnce(GhostClean):
         return torch.cat(parts, 0).to(input.dtype)
 
 
-_RENORM = {"variant": "batch-renorm", "variant_args": RENORM_ARGS}
-_GHOST = {"variant": "ghost", "variant_args": GHOST_ARGS}
+_RENORM: dict[str, Any] = {"variant": "batch-renorm", "variant_args": RENORM_ARGS}
+_GHOST: dict[str, Any] = {"variant": "ghost", "variant_args": GHOST_ARGS}
 
 VARIANT_MUTANTS: dict[str, Mutant] = dict([
     _m("renorm_r_from_variance", RenormRFromVariance,

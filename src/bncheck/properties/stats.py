@@ -50,8 +50,7 @@ def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor
         exp_m, exp_v = conv.expected_stats(exp_m, exp_v, mean, var, count=n,
                                            momentum=momentum, steps=k)
     assert tm is not None and tv is not None
-    if len(chunks) > 1:
-        n = f"{len(chunks)} virtual batches of {oracle.count_per_channel(chunks[0].shape)}"
+    per_channel = (f"{len(chunks)} virtual batches of {n}" if len(chunks) > 1 else str(n))
     rule = conv.describe().split(": ", 1)[1]
     second, exp_second, t_second = "running_var", exp_v, tv
     if bn.stores_std:
@@ -63,7 +62,8 @@ def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor
                            check_dtype=False)
         if mismatch is not None:
             checks.fail(
-                f"{mismatch}\nExpected ({rule}; momentum {m_note}; batch of n={n} per channel): "
+                f"{mismatch}\nExpected ({rule}; momentum {m_note}; batch of n={per_channel} per "
+                f"channel): "
                 f"{[round(v, 6) for v in exp.tolist()]}\n"
                 f"Got: {[round(v, 6) for v in got.tolist()]}\nTolerance: {tol.reason}")
 
