@@ -179,9 +179,8 @@ def inherited_contract(obj: Any) -> str | None:
     contract inherited from torch rather than one the layer wrote (None otherwise)."""
     if not (isinstance(obj, type) and issubclass(obj, nn.modules.batchnorm._NormBase)):
         return None
-    base = next((c for c in obj.__mro__ if c.__module__.startswith("torch.nn")), None)
-    cls: Any = obj
-    if base is None or cls is base or cls.forward is base.forward:
+    base: Any = next((c for c in obj.__mro__ if c.__module__.startswith("torch.nn")), None)
+    if base is None or obj is base or obj.forward is base.forward:
         return None
     public = next((c for c in base.__mro__ if not c.__name__.startswith("_")), base)
     return f"torch.nn.{public.__name__}"
