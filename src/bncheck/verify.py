@@ -546,7 +546,8 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
                     examples: int | None = None, seed: int | None = None,
                     names: Mapping[str, str] | None = None, channel_axis: int | None = None,
                     mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
-                    empty_batches: bool | None = None,
+                    empty_batches: bool | None = None, variant: str | None = None,
+                    variant_args: Mapping[str, Any] | None = None,
                     timeout: float | None = DEFAULT_TIMEOUT, jobs: int = 1) -> Report:
     """Run the property catalogue against ``obj``; raise with the report if any property fails.
 
@@ -557,7 +558,7 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
     Use it in your own test suite; the Hypothesis profile comes from ``HYPOTHESIS_PROFILE``
     (``ci``/``bncheck-ci``, ``dev``, ``thorough``) unless ``profile`` is given. The declarations
     (``momentum``, ``eps``, ``names``, ``channel_axis``, ``mode_argument``, ``fixed``,
-    ``empty_batches``) are :func:`build_target`'s; ``momentum=None`` declares a cumulative average.
+    ``empty_batches``, ``variant``, ``variant_args``) are :func:`build_target`'s; ``momentum=None`` declares a cumulative average.
     ``timeout`` (seconds per example; ``None``: no worker process, no limit) and ``jobs``
     (properties run at once, each in its own worker) are :func:`verify`'s.
 
@@ -579,7 +580,8 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
                     examples=examples, seed=seed, replay=replay, convention=convention,
                     momentum=momentum, eps=eps, dims=dims, names=names,
                     channel_axis=channel_axis, mode_argument=mode_argument, fixed=fixed,
-                    empty_batches=empty_batches, timeout=timeout, jobs=jobs)
+                    empty_batches=empty_batches, variant=variant, variant_args=variant_args,
+                    timeout=timeout, jobs=jobs)
     if not report.ok:
         raise VerificationFailed(report.render())
     return report

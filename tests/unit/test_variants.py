@@ -136,3 +136,12 @@ def test_cli_bad_variant_exits_2(argv):
 def test_variant_describe_is_stable():
     assert Variant.from_declaration("ghost", {"virtual_batch": 4}).describe() == \
         "ghost (virtual_batch=4)"
+
+
+def test_check_batchnorm_takes_the_variant_declaration():
+    from bncheck import check_batchnorm
+    from bncheck.mutants_variants import GhostClean
+
+    check_batchnorm(GhostClean, properties=["train_forward"], examples=3, **GHOST)
+    with pytest.raises(AssertionError, match="train_forward"):
+        check_batchnorm(GhostClean, properties=["train_forward"], examples=5)
