@@ -183,7 +183,8 @@ def _running_in_training(t: Target, channels: int, x: torch.Tensor,
         mean, var = oracle.batch_stats(x64)
         bn.set_stats(mean + 1.5 + mean.abs(), var * 3.0 + 0.5)  # far from the batch's
         before = bn.require_stats()
-        y_train = bn.train(True).call(x64, what="a training forward").detach()
+        y_train = bn.train(True).call(x64, what="a training forward").detach().to(
+            torch.float64)
         after = bn.require_stats()
     except (TargetRaised, PropertyFailure):
         return None

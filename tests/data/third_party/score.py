@@ -201,8 +201,9 @@ def score(rows: list[Row], *, examples: int, seed: int) -> Score:
         try:
             report = verify(_load(row), label=row.spec, examples=examples, seed=seed,
                             shrink=False, **row.run, **declare)
-        except (BNCheckError, TypeError) as e:  # exit 2 (TypeError: a declaration this
-            # version of bncheck does not have, "no such option"): one report, blaming nothing
+        except (BNCheckError, TypeError, RuntimeError) as e:  # exit 2 (TypeError: a
+            # declaration this version of bncheck does not have, "no such option"; RuntimeError:
+            # bncheck's worker crashed): one report, blaming nothing
             failed, true, named, verdict = [_Refused(str(e))], [], set(), "usage error"
         else:
             failed = report.failed
