@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from bncheck.cli import main
 from bncheck.errors import BNCheckError
 from bncheck.mutants import MUTANTS, run_mutants
-from bncheck.mutants_variants import GHOST_ARGS, RENORM_ARGS, VARIANT_MUTANTS
+from bncheck.mutants_variants import (
+    GHOST_ARGS,
+    RENORM_ARGS,
+    VARIANT_MUTANTS,
+    GhostClean,
+    RenormClean,
+)
 from bncheck.oracle import batch_stats, normalize
 from bncheck.properties._base import Context
 from bncheck.target import load_target
@@ -98,10 +104,19 @@ def test_ghost_cases_hold_two_or_three_whole_virtual_batches():
 
 # Mutants ---------------------------------------------------------------------------------------
 def test_variant_mutants_are_registered_and_each_killed_by_its_property():
+    # each is also killed in tests/unit/test_mutants.py (parametrized over MUTANTS)
     assert set(VARIANT_MUTANTS) <= set(MUTANTS)
-    results = run_mutants(list(VARIANT_MUTANTS), seed=0)
+    results = run_mutants(["renorm_grad_through_rd", "ghost_update_once"], seed=0)
     assert all(r.killed_as_meant for r in results), [(r.mutant.name, r.killed_by)
                                                      for r in results]
+
+
+@pytest.mark.parametrize(("cls", "declare"), [(RenormClean, RENORM), (GhostClean, GHOST)],
+                         ids=["renorm", "ghost"])
+def test_clean_variants_pass_their_mutants_killers(cls, declare):
+    killers = sorted({m.killer for m in VARIANT_MUTANTS.values()})
+    report = verify(cls, properties=killers, examples=10, seed=0, **declare)
+    assert report.ok, report.render()
 
 
 # Bad declarations ------------------------------------------------------------------------------

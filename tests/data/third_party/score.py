@@ -89,7 +89,7 @@ ROWS: list[Row] = [
          "dims": (2, 3)}, "fail",
         _fs("train_forward", "eval_forward", "running_stats_update"),
         _fs("invariances", "gradients", "differential", "reduced_precision",
-            "train_eval_switch")),
+            "train_eval_switch", "running_stats_convergence")),
     Row("norm_act_bn.py:BatchNormAct2d", {"dims": (4,)}, "fail",
         _fs("train_forward", "eval_forward"),
         _fs("invariances", "gradients", "differential", "reduced_precision")),
