@@ -181,7 +181,11 @@ def _running_in_training(t: Target, channels: int, x: torch.Tensor,
         bn = t.build(channels, ndim=t.dims[0], dtype=torch.float64)
         x64 = x.to(torch.float64)
         mean, var = oracle.batch_stats(x64)
-        bn.set_stats(mean + 1.5 + mean.abs(), var * 3.0 + 0.5)  # far from the batch's
+        # Far from the batch's: a Batch Renorm (r = sigma_B / sigma, d = (mu_B - mu) / sigma)
+        # equals normalizing with the running statistics until r and d are clipped, and here
+        # r ~ 1/10 and d ~ 100 clip for any r_max < 10, d_max < 100.
+        bn.set_stats(mean + mean.abs() + 100.0 * torch.sqrt(var * 100.0 + 1.0),
+                     var * 100.0 + 1.0)
         before = bn.require_stats()
         y_train = bn.train(True).call(x64, what="a training forward").detach().to(
             torch.float64)
