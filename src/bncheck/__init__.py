@@ -5,9 +5,11 @@
 True
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bncheck._version import __version__
+from bncheck.config import declaration_for
+from bncheck.declaration import Declaration
 from bncheck.errors import (
     BNCheckError,
     InvalidArgument,
@@ -23,6 +25,8 @@ __all__ = [
     "__version__",
     "verify",
     "check_batchnorm",
+    "Declaration",
+    "declaration_for",
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
@@ -42,11 +46,13 @@ __all__ = [
 
 _REFERENCE = ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm")
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what mypy and pyright see; at run time __getattr__ imports them on first use
+    from bncheck.distributed.sync_batchnorm import SyncBatchNorm
     from bncheck.reference import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
+    from bncheck.verify import check_batchnorm, verify
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     # Everything that imports torch or Hypothesis is imported on first use, so that
     # `import bncheck` (and the `bncheck` command before it parses its arguments, where Ctrl-C
     # must already exit 130) stays light. `bncheck.verify` is the module bncheck.verify, which

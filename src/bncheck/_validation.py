@@ -24,6 +24,31 @@ not_set: Final = _NotSet.NOT_SET
 NotSet = Literal[_NotSet.NOT_SET]
 
 
+#: Seconds one example may take in single-process verification (``verify``, ``mutants``,
+#: ``train``'s verify and export steps, the Python API's ``timeout``) before the target counts
+#: as hung. The one place this default is decided.
+DEFAULT_TIMEOUT: Final = 60.0
+#: Seconds one case may take on a rank (``--world-size``, ``verify_distributed``): every rank
+#: runs tiny tensors in milliseconds; a collective that never completes takes forever.
+RANK_TIMEOUT: Final = 10.0
+
+
+def check_timeout(timeout: Any, name: str = "timeout") -> None:
+    """``timeout`` is a positive, finite number of seconds, or ``None`` (the Python API's "no
+    worker process, no limit"; the CLI has no such value)."""
+    if timeout is not None:
+        check_finite_float(timeout, name, min_value=0.0, exclude_min=True)
+
+
+def default_timeout(timeout: float | None, *, ranks: bool) -> float:
+    """The CLI's ``--timeout``: the seconds given, else :data:`RANK_TIMEOUT` with ranks and
+    :data:`DEFAULT_TIMEOUT` without (so no ``None`` reaches the library from the CLI)."""
+    check_timeout(timeout)
+    if timeout is not None:
+        return timeout
+    return RANK_TIMEOUT if ranks else DEFAULT_TIMEOUT
+
+
 def describe(value: Any) -> str:
     """A short, readable rendering of a received value for error messages."""
     shape = getattr(value, "shape", None)

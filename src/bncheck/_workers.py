@@ -34,6 +34,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from bncheck._validation import DEFAULT_TIMEOUT
+from bncheck.errors import WorkerDied
+
 __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_method_for",
            "reimport_spec", "main_thread_frames", "stuck_at", "time_limited", "watch_with",
            "TIMED_OUT", "DEFAULT_TIMEOUT"]
@@ -42,15 +45,11 @@ __all__ = ["Worker", "WorkerDied", "stop_workers", "exit_description", "start_me
 #: tiny case takes milliseconds, but a ``torch.compile``-d target's first call per dtype compiles
 #: (21.5 s measured here for a BatchNorm2d on the loaded 2-core machine), which must not be
 #: reported as a hang.
-DEFAULT_TIMEOUT = 60.0
+# DEFAULT_TIMEOUT: decided in bncheck._validation (imported above), re-exported here
 #: Seconds a stopping worker gets to exit on its own, then after SIGTERM, before SIGKILL.
 _GRACE = 1.0
 #: How long the parent waits for a ``faulthandler`` stack dump.
 _DUMP_WAIT = 1.0
-
-
-class WorkerDied(Exception):
-    """The worker process exited (or closed its pipe) instead of answering."""
 
 
 def exit_description(exitcode: int | None) -> str:

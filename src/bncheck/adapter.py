@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from bncheck._validation import NotSet, not_set
 from bncheck.conventions import TORCH, Convention
-from bncheck.errors import InvalidArgument, PropertyFailure, TargetError, TargetRaised
+from bncheck.declaration import FLAG_TYPES, RANKS, Declaration
+from bncheck.errors import PropertyFailure, TargetError, TargetRaised
 from bncheck.target import (
     CONFIG_KWARGS,
     Constructor,
@@ -47,14 +48,12 @@ from bncheck.target import (
 from bncheck.variants import Variant
 
 __all__ = ["Target", "Adapted", "attribute", "Names", "TargetRaised", "PropertyFailure",
-           "CONFIG_KWARGS", "user_location", "is_user_file", "supported_dims"]
+           "CONFIG_KWARGS", "FLAG_TYPES", "user_location", "is_user_file", "supported_dims"]
 
 WEIGHT_NAMES = (("weight", "bias"), ("gamma", "beta"))
 STAT_NAMES = (("running_mean", "running_var"), ("moving_mean", "moving_var"), ("mean", "var"))
 COUNT_NAMES = ("num_batches_tracked",)
-ALL_DIMS = (2, 3, 4, 5)
-#: Constructor flags a target may fix (``fixed=``): their types.
-FLAG_TYPES: dict[str, type] = {"affine": bool, "track_running_stats": bool, "bias": bool}
+ALL_DIMS = RANKS
 
 
 @dataclass(frozen=True)
@@ -70,23 +69,13 @@ class Names:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, str] | Names | None) -> Names:
-        """``{"weight": "scale", ...}``; keys are torch's names."""
+        """``{"weight": "scale", ...}``; keys are torch's names (checked by the declaration's
+        rule, :mod:`bncheck.declaration`)."""
         if mapping is None:
             return cls()
         if isinstance(mapping, Names):
             return mapping
-        if not isinstance(mapping, Mapping):
-            raise InvalidArgument(f"Expected names to be a mapping like {{'weight': 'scale'}}, "
-                                  f"received names={mapping!r}")
-        keys = [f.name for f in fields(cls)]
-        for key, value in mapping.items():
-            if key not in keys:
-                raise InvalidArgument(f"Expected names keys from {keys}, received "
-                                      f"names={dict(mapping)!r} ({key!r} is not one of them)")
-            if not isinstance(value, str) or not value.replace(".", "_").isidentifier():
-                raise InvalidArgument(f"Expected names[{key!r}] to be an attribute name, "
-                                      f"received {value!r}")
-        return cls(**dict(mapping))
+        return cls(**dict(Declaration(names=mapping).names or {}))
 
     def declared(self) -> dict[str, str]:
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -94,16 +83,27 @@ class Names:
 
 
 def supported_dims(obj: Any) -> tuple[int, ...] | None:
-    """Input ranks a known class accepts (torch.nn.BatchNormNd, bncheck's reference)."""
+    """Input ranks ``obj`` accepts, found by trying it: a class stating them
+    (``_allowed_dims``, bncheck's reference), or a torch BatchNorm class (or subclass) built
+    with 2 channels whose ``_check_input_dim`` is tried on an input of each rank (a subclass
+    that overrides it is taken at its word). ``None``: unknown (nothing to try)."""
     allowed = getattr(obj, "_allowed_dims", None)
     if isinstance(allowed, tuple):
         return allowed
-    if isinstance(obj, type):
-        for cls, dims in ((nn.BatchNorm1d, (2, 3)), (nn.BatchNorm2d, (4,)),
-                          (nn.BatchNorm3d, (5,))):
-            if issubclass(obj, cls):
-                return dims
-    return None
+    if not (isinstance(obj, type) and issubclass(obj, nn.modules.batchnorm._NormBase)):
+        return None
+    try:
+        check = obj(2)._check_input_dim
+    except Exception:  # noqa: BLE001 - user code: it cannot be tried this way
+        return None
+    accepted = []
+    for rank in RANKS:
+        try:
+            check(torch.zeros((1, 2) + (1,) * (rank - 2)))
+        except Exception:  # noqa: BLE001 - the layer's own refusal, whatever its type
+            continue
+        accepted.append(rank)
+    return tuple(accepted) or None
 
 
 # -- where in the user's code ------------------------------------------------------------------
@@ -172,6 +172,7 @@ class Target:
         dims: the input ranks it supports.
         constructor: what its signature says (:func:`~bncheck.target.inspect_constructor`).
         momentum_declared: the caller gave the momentum: never drawn, always passed.
+        eps_declared: the caller gave the eps: never drawn, always passed.
         names: its own attribute names.
         channel_axis: 1, or -1 for layers that keep channels last.
         mode_argument: the call keyword that selects train/eval (Keras: ``training``); None when
@@ -179,15 +180,15 @@ class Target:
         fixed: constructor flags never drawn (``{"affine": True}``).
         empty_batches: it declares that an empty batch is valid input (torch's classes do).
         debug: failures show the user-side traceback.
-        variant: the BatchNorm variant it is (:mod:`bncheck.variants`), judged by that
-            variant's oracle; its arguments the constructor takes are passed to it.
+        declaration: what the user declared, whole (every path that builds the target again,
+            a rank or a worker, builds it from this); :attr:`variant` comes from it.
     """
 
     obj: Callable[..., Any]
     label: str
     convention: Convention = TORCH
-    momentum: float | None = 0.1
-    eps: float = 1e-5
+    momentum: float | None = TORCH.momentum
+    eps: float = TORCH.eps
     dims: tuple[int, ...] = (2, 4)
     constructor: Constructor = field(
         default_factory=lambda: Constructor(False, frozenset(), False, False))
@@ -198,30 +199,41 @@ class Target:
     fixed: tuple[tuple[str, Any], ...] = ()
     empty_batches: bool = False
     debug: bool = False
-    variant: Variant | None = None
+    eps_declared: bool = False
+    declaration: Declaration = field(default_factory=Declaration)
 
     @classmethod
-    def from_object(cls, obj: Callable[..., Any], *, label: str | None = None,
-                    convention: Convention = TORCH, momentum: float | None | NotSet = not_set,
-                    eps: float | NotSet = not_set, dims: tuple[int, ...] | None = None,
-                    **kwargs: Any) -> Target:
-        """Describe ``obj``; ``momentum``/``eps`` not given mean the convention's defaults and
-        ``dims=None`` means ``(2, 4)`` restricted to the ranks a known class supports."""
+    def from_object(cls, obj: Callable[..., Any], declaration: Declaration | None = None, *,
+                    label: str | None = None, debug: bool = False) -> Target:
+        """Describe ``obj`` as ``declaration`` says; what it leaves out is the convention's
+        (momentum, eps, channel axis) or found by trying ``obj`` (``dims``: ``(2, 4)``
+        restricted to the ranks :func:`supported_dims` finds; ``empty_batches``: torch's
+        classes, or a class attribute ``accepts_empty_batches = True``)."""
+        decl = declaration if declaration is not None else Declaration()
+        conv = decl.rule
+        dims = decl.dims
         if dims is None:
             known = supported_dims(obj)
             dims = (2, 4) if known is None else (tuple(d for d in (2, 4) if d in known)
                                                  or known)
         info = inspect_constructor(obj)
         name: str = label or getattr(obj, "__qualname__", None) or repr(obj)
-        kwargs.setdefault("channel_axis", convention.channel_axis)
-        # torch's classes accept empty batches; a class may say so with a class attribute
-        # ``accepts_empty_batches = True`` (bncheck's reference, once it does).
-        kwargs.setdefault("empty_batches", info.torch_batchnorm
-                          or getattr(obj, "accepts_empty_batches", False) is True)
-        return cls(obj, name, convention,
-                   convention.momentum if momentum is not_set else momentum,
-                   convention.eps if eps is not_set else eps, tuple(dims), info,
-                   momentum is not not_set, **kwargs)
+        empty = decl.empty_batches
+        if empty is None:
+            empty = info.torch_batchnorm or getattr(obj, "accepts_empty_batches", False) is True
+        return cls(obj, name, conv,
+                   conv.momentum if decl.momentum is not_set else decl.momentum,
+                   conv.eps if decl.eps is None else decl.eps, tuple(dims), info,
+                   decl.momentum is not not_set, Names.from_mapping(decl.names),
+                   conv.channel_axis if decl.channel_axis is None else decl.channel_axis,
+                   decl.mode_argument, tuple(sorted((decl.fixed or {}).items())), empty,
+                   debug, decl.eps is not None, decl)
+
+    @property
+    def variant(self) -> Variant | None:
+        """The declared BatchNorm variant (:mod:`bncheck.variants`), judged by that variant's
+        oracle; its arguments the constructor takes are passed to it (None: plain BatchNorm)."""
+        return self.declaration.variant_spec
 
     @property
     def fixed_flags(self) -> dict[str, Any]:
@@ -229,11 +241,13 @@ class Target:
 
     @property
     def configurable(self) -> frozenset[str]:
-        """Constructor keywords bncheck draws: those the signature takes, less the fixed ones
-        and a declared momentum."""
+        """Constructor keywords bncheck draws: those the signature takes, less the declared
+        ones (fixed flags, momentum, eps: a declared value is never drawn)."""
         out = set(self.constructor.accepts) - set(self.fixed_flags)
         if self.momentum_declared:
             out.discard("momentum")
+        if self.eps_declared:
+            out.discard("eps")
         return frozenset(out)
 
     @property
@@ -245,11 +259,13 @@ class Target:
     def build(self, num_features: int, *, ndim: int, eps: float | None = None,
               momentum: float | None | NotSet = not_set, affine: bool = True,
               track_running_stats: bool = True, bias: bool = True,
-              dtype: torch.dtype | None = None) -> Adapted:
+              dtype: torch.dtype | None = None, extra: Mapping[str, Any] | None = None
+              ) -> Adapted:
         """Build the target for ``ndim``-dim inputs; config values it cannot take are dropped,
-        fixed flags and a declared momentum always win."""
+        fixed flags and a declared momentum or eps always win; ``extra`` keywords are passed
+        as they are (a rank's ``process_group``)."""
         wanted: dict[str, Any] = {
-            "eps": self.eps if eps is None else eps,
+            "eps": self.eps if eps is None or self.eps_declared else eps,
             "momentum": self.momentum if momentum is not_set or self.momentum_declared
             else momentum,
             "affine": affine, "track_running_stats": track_running_stats, "bias": bias,
@@ -259,6 +275,7 @@ class Target:
             kwargs.update(variant_kwargs(self.obj, self.variant.kwargs))
         if not kwargs.get("affine", True):
             kwargs.pop("bias", None)  # torch: bias= only where affine
+        kwargs.update(extra or {})
         try:
             module = bn_factory(self.obj, **kwargs)(num_features, ndim)
         except TargetError as e:

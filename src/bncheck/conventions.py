@@ -30,9 +30,10 @@ running_var="biased")``; its older version (and the seed notebook) is the ``onnx
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from bncheck.errors import InvalidArgument
 
@@ -93,9 +94,16 @@ class Convention:
 
     def torch_momentum(self, momentum: float | None) -> float | None:
         """``momentum`` translated to PyTorch's meaning (the batch weight); None stays None."""
-        if momentum is None:
-            return None
-        return momentum if self.momentum_weights == "batch" else 1.0 - momentum
+        return None if momentum is None else self.batch_weight(momentum, 1)
+
+    def momentum_for(self, batch_weight: float) -> float:
+        """The momentum, in this convention's meaning, that gives the batch statistic weight
+        ``batch_weight`` (the inverse of :meth:`batch_weight`; both directions decided here).
+
+        >>> ONNX.momentum_for(0.1)
+        0.9
+        """
+        return batch_weight if self.momentum_weights == "batch" else 1.0 - batch_weight
 
     def correction(self, count: int) -> float:
         """The factor from the biased batch variance of ``count`` values per channel to the one
@@ -155,7 +163,9 @@ class Convention:
         return replace(self, name=name, **changes)  # type: ignore[arg-type]
 
 
-TORCH = Convention("batch", "unbiased", 0.1, "torch")
+#: PyTorch's BatchNorm: weight on the batch 0.1, unbiased running variance, eps 1e-5, channels
+#: first. The one place bncheck states torch's default momentum and eps.
+TORCH = Convention("batch", "unbiased", 0.1, "torch", eps=1e-5)
 ONNX = Convention("old", "biased", 0.9, "onnx")
 #: Keras/TensorFlow ``BatchNormalization``: weight on the old value 0.99, biased variance,
 #: epsilon 1e-3, channels last (``axis=-1``).

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from bncheck._io import write_atomic
 from bncheck._validation import check_positive_int, check_type, describe
-from bncheck.errors import InvalidArgument
+from bncheck.errors import DataError, InvalidArgument
 
 __all__ = [
     "DataError",
@@ -72,10 +72,6 @@ _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 # What a Fashion-MNIST file with this many dims is.
 _KIND = {1: " (a labels file's)", 3: " (an images file's)"}
 _CHUNK = 1 << 24
-
-
-class DataError(InvalidArgument):
-    """A data directory or IDX file is missing or malformed; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
-"""bncheck's error hierarchy: everything bncheck raises on purpose derives from BNCheckError.
+"""bncheck's error hierarchy, every exception class bncheck defines in one module: everything
+bncheck raises on purpose derives from BNCheckError (two internal signals excepted:
+:class:`WorkerDied` and :class:`RankAbort`).
 
 Argument errors also derive from ``ValueError`` or ``TypeError`` so that callers can catch them
-the usual way; the CLI maps :class:`UsageError` subclasses to exit code 2 and
-:class:`VerificationFailed` to exit code 1.
+the usual way; the CLI maps :class:`UsageError` subclasses to exit code 2, a failed check of the
+user's code (:class:`VerificationFailed`, :class:`ExportFailed`) to exit code 1.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "BNCheckError",
@@ -18,6 +22,13 @@ __all__ = [
     "PropertyFailure",
     "TargetRaised",
     "TargetHung",
+    "ExportFailed",
+    "ModelFileError",
+    "DataError",
+    "TrainingDiverged",
+    "RankFailure",
+    "RankAbort",
+    "WorkerDied",
 ]
 
 
@@ -65,3 +76,48 @@ class TargetRaised(PropertyFailure):
 class TargetHung(TargetRaised):
     """The target's code did not return within the time limit (bncheck stopped the process it
     ran in); the message says how long, what was running, and where in the user's code."""
+
+
+class ExportFailed(BNCheckError):
+    """torch.onnx.export raised: the model cannot be exported as asked (a finding about the
+    user's model, CLI exit code 1, not a usage error)."""
+
+
+class ModelFileError(UsageError):
+    """The file is not a valid ONNX model, or not one with the input signature expected."""
+
+
+class DataError(InvalidArgument):
+    """A data directory or IDX file is missing or malformed; the message names the file."""
+
+
+class TrainingDiverged(BNCheckError):
+    """The training loss became NaN or infinite, or far above the untrained model's loss."""
+
+    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+
+
+class RankFailure(BNCheckError):
+    """Some ranks died, hung or raised: ``failures`` maps each such rank to the reason."""
+
+    def __init__(self, failures: dict[int, str]) -> None:
+        self.failures = dict(failures)  # died, then raised, then hung: the likely cause first
+        super().__init__("; ".join(f"rank {r}: {why}" for r, why in self.failures.items()))
+
+
+class RankAbort(BaseException):
+    """A rank died, hung or raised: ends the distributed property at once (not shrunk: every
+    rerun needs fresh processes). A ``BaseException`` so that Hypothesis lets it through
+    unshrunk; ``case`` is the :class:`~bncheck.distributed.cases.SyncCase` it ran."""
+
+    def __init__(self, message: str, case: Any) -> None:
+        super().__init__(message)
+        self.case = case
+
+
+class WorkerDied(Exception):
+    """The worker process exited (or closed its pipe) instead of answering (an internal signal
+    the watchdog turns into a result)."""

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncheck._workers import DEFAULT_TIMEOUT
+from bncheck._validation import DEFAULT_TIMEOUT
 from bncheck.conventions import ONNX, TORCH, Convention
+from bncheck.declaration import Declaration
 
 __all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "meant_first", "judge", "Clean",
            "SeedStyle"]
@@ -310,16 +311,23 @@ class Mutant:
     factory: Callable[..., nn.Module]
     defect: str
     killer: str
-    convention: Convention = TORCH
-    dims: tuple[int, ...] = (2, 4)
-    #: what the mutant declares to :func:`bncheck.verify.build_target` (e.g. empty_batches)
-    declarations: tuple[tuple[str, Any], ...] = ()
+    #: everything the mutant declares (convention, dims, empty_batches...): the declaration
+    #: the correct layer it breaks would be verified with
+    declaration: Declaration = Declaration(dims=(2, 4))
+
+    @property
+    def convention(self) -> Convention:
+        return self.declaration.rule
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.declaration.dims or (2, 4))
 
 
 def _m(name: str, factory: Callable[..., nn.Module], defect: str, killer: str,
        convention: Convention = TORCH, **declarations: Any) -> tuple[str, Mutant]:
-    return name, Mutant(name, factory, defect, killer, convention,
-                        declarations=tuple(declarations.items()))
+    return name, Mutant(name, factory, defect, killer, Declaration.from_kwargs(
+        {"convention": convention, "dims": (2, 4), **declarations}))
 
 
 MUTANTS: dict[str, Mutant] = dict([
@@ -459,9 +467,9 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
         m = MUTANTS[name]
 
         def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
-            return verify(m.factory, label=m.name, convention=m.convention, dims=m.dims,
+            return verify(m.factory, label=m.name, declaration=m.declaration,
                           properties=properties, profile=profile, examples=examples, seed=seed,
-                          shrink=False, timeout=timeout, **dict(m.declarations)).results
+                          shrink=False, timeout=timeout).results
 
         results.append(judge(m, verify_some, catalogue(), every_property=every_property,
                              on_result=on_result))

@@ -85,8 +85,8 @@ class Mode:
 class BNConfig:
     """Constructor arguments, in torch's names; ``momentum`` in the convention's own meaning."""
 
-    eps: float = 1e-5
-    momentum: float | None = 0.1
+    eps: float = TORCH.eps
+    momentum: float | None = TORCH.momentum
     affine: bool = True
     track_running_stats: bool = True
     bias: bool = True
@@ -266,8 +266,7 @@ def bn_configs(*, convention: Convention = TORCH, eps: float | None = None,
         check_finite_float(value, name, min_value=0.0, max_value=1.0)
     check_min_max("min_batch_weight", min_batch_weight, "max_batch_weight", max_batch_weight)
 
-    def from_weight(w: float) -> float:
-        return w if convention.momentum_weights == "batch" else 1.0 - w
+    from_weight = convention.momentum_for  # the inverse of batch_weight, decided there
 
     if momentum is not_set:
         default_w = convention.batch_weight(convention.momentum, 1)
@@ -399,7 +398,8 @@ def _cases(draw: st.DrawFn, shape_st: st.SearchStrategy[tuple[int, ...]],
     return BNCase(shape, dtype, mode, config, x, weight, bias, chans, layout)
 
 
-def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str] | None = None,
+def bn_cases(*, dims: Sequence[int] = (2, 4),
+             dtypes: Sequence[torch.dtype | str] | None = ("float32", "float64"),
              training: bool | None = None, grad_modes: Sequence[str] | None = None,
              configs: st.SearchStrategy[BNConfig] | None = None, min_batch: int | None = None,
              max_batch: int = 6, max_channels: int = 4, max_side: int = 4,
@@ -413,7 +413,8 @@ def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str
 
     Args:
         dims: input ranks (2 to 5).
-        dtypes: ``None`` means float32 and float64.
+        dtypes: default float32 and float64; ``None`` means every dtype, as for
+            :func:`dtypes` (one meaning of ``None`` for dtypes everywhere).
         training, grad_modes: as :func:`modes`.
         configs: ``None`` means ``bn_configs()``.
         min_batch: ``None`` means 1 when ``training=False``, else 2 (training needs two values
@@ -427,7 +428,7 @@ def bn_cases(*, dims: Sequence[int] = (2, 4), dtypes: Sequence[torch.dtype | str
     if training is not False and min_batch < 2:
         raise InvalidArgument(f"Cannot have min_batch={min_batch} < 2 unless training=False: "
                               f"a training forward needs more than one value per channel")
-    dts = (torch.float32, torch.float64) if dtypes is None else _check_dtypes(dtypes)
+    dts = tuple(DTYPES.values()) if dtypes is None else _check_dtypes(dtypes)
     ks = KINDS if kinds is None else _check_choices(kinds, "kinds", KINDS)
     ls = LAYOUTS if layouts is None else _check_choices(layouts, "layouts", LAYOUTS)
     if configs is None:

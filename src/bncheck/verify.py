@@ -32,21 +32,11 @@ from hypothesis.errors import Flaky
 from hypothesis.reporting import with_reporter
 
 from bncheck._preflight import CORE_FORWARD
-from bncheck._validation import (
-    NotSet,
-    check_eps,
-    check_finite_float,
-    check_momentum,
-    check_names,
-    check_type,
-    not_set,
-)
-from bncheck._workers import DEFAULT_TIMEOUT
-from bncheck.adapter import FLAG_TYPES, Names, Target, supported_dims
-from bncheck.conventions import Convention
+from bncheck._validation import DEFAULT_TIMEOUT, check_names, check_timeout, check_type
+from bncheck.adapter import Target, supported_dims
+from bncheck.declaration import Declaration
 from bncheck.errors import (
     InvalidArgument,
-    InvalidArgumentType,
     PropertyFailure,
     TargetHung,
     VerificationFailed,
@@ -115,6 +105,8 @@ class Report:
     seed: int
     profile: str
     results: list[PropertyResult] = field(default_factory=list)
+    #: the declaration verified, whole (:meth:`bncheck.declaration.Declaration.to_json`)
+    declaration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -133,7 +125,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "convention": self.convention, "seed": self.seed,
-                "profile": self.profile, "ok": self.ok,
+                "profile": self.profile, "ok": self.ok, "declaration": self.declaration,
                 "properties": [r.to_json() for r in self.results]}
 
     def render(self) -> str:
@@ -144,107 +136,58 @@ class Report:
         return "\n\n".join([summary, *parts])
 
 
-def build_target(obj: Any, *, label: str | None = None, convention: Convention | str = "torch",
-                 momentum: float | None | NotSet = not_set, eps: float | NotSet = not_set,
-                 dims: Sequence[int] | None = None,
-                 names: Mapping[str, str] | None = None, channel_axis: int | None = None,
-                 mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
-                 empty_batches: bool | None = None, debug: bool = False,
-                 variant: str | None = None,
-                 variant_args: Mapping[str, Any] | None = None) -> Target:
-    """A :class:`~bncheck.adapter.Target` for ``obj`` (a Module class or factory), every
-    declaration validated by the same rule the CLI uses.
+def build_target(obj: Any, *, label: str | None = None,
+                 declaration: Declaration | None = None, debug: bool = False,
+                 **declared: Any) -> Target:
+    """A :class:`~bncheck.adapter.Target` for ``obj`` (a Module class or factory) as the user
+    declares it: ``declaration`` and/or the declarations as keyword arguments (those win),
+    every one checked by :class:`~bncheck.declaration.Declaration`'s rule.
+
+    >>> import torch
+    >>> build_target(torch.nn.BatchNorm1d, eps=1e-3).eps
+    0.001
 
     Args:
         obj: the BatchNorm class or factory.
         label: how reports name it.
-        convention: a :class:`~bncheck.conventions.Convention` or a preset name.
-        momentum: the target's momentum (``None``: the cumulative average); not given: the
-            convention's, and drawn when the constructor takes ``momentum``. Given, it is
-            always passed and never drawn.
-        eps: the target's eps (not given: the convention's, drawn when the constructor takes it).
-        dims: the input ranks it supports (default ``(2, 4)`` or what a known class takes).
-        names: its own attribute names, ``{"weight": "scale", "running_var": "exp_var"}``.
-        channel_axis: 1, or -1 for channels-last layers (default: the convention's).
-        mode_argument: the call keyword that selects train/eval (Keras: ``"training"``).
-        fixed: constructor flags never to draw, ``{"affine": True}``.
-        empty_batches: it accepts empty batches (default: True for torch's classes).
+        declaration: what the user declares (:class:`~bncheck.declaration.Declaration`).
         debug: failures show the user-side traceback of exceptions in the target.
-        variant: ``"batch-renorm"`` or ``"ghost"`` (:mod:`bncheck.variants`): judged by that
-            variant's oracle.
-        variant_args: its arguments, ``{"r_max": 3, "d_max": 5, "warmup": 0}`` or
-            ``{"virtual_batch": 4}``; those the constructor takes are passed to it.
+        declared: the fields of :class:`~bncheck.declaration.Declaration` (``convention``,
+            ``momentum``, ``eps``, ``dims``, ``names``, ``channel_axis``, ``mode_argument``,
+            ``fixed``, ``empty_batches``, ``variant``, ``variant_args``, ...); an unknown name
+            is an error. ``variant`` (``"batch-renorm"`` or ``"ghost"``,
+            :mod:`bncheck.variants`) is judged by that variant's oracle; ``variant_args``
+            (``{"r_max": 3, "d_max": 5, "warmup": 0}`` or ``{"virtual_batch": 4}``) the
+            constructor takes are passed to it.
 
     Raises:
-        InvalidArgument: a value breaks its rule (``name=value`` and the rule).
+        InvalidArgument: a value breaks its rule (``name=value`` and the rule), or an unknown
+            declaration.
     """
-    from bncheck.conventions import convention as preset
-
-    conv = preset(convention) if isinstance(convention, str) else convention
-    check_type(Convention, conv, "convention")
+    decl = as_declaration(declaration, declared)
     if isinstance(obj, torch.nn.Module):
         raise InvalidArgument(f"Expected a Module class or a factory, received an instance "
                               f"{obj!r}; pass its class, {type(obj).__qualname__}, or a factory "
                               f"that builds one from num_features")
     if not callable(obj):
         raise InvalidArgument(f"Expected a Module class or a factory, received {obj!r}")
-    if momentum is not not_set:
-        check_momentum(momentum, allow_none=True)
-    if eps is not not_set:
-        check_eps(eps)
-    if dims is not None:
-        if isinstance(dims, str) or not isinstance(dims, Sequence):
-            raise InvalidArgumentType(f"Expected dims to be a list of input ranks like [2, 4], "
-                                      f"received dims={dims!r}")
-        dims = tuple(dims)
-        bad = [d for d in dims if d not in (2, 3, 4, 5)]
-        if not dims or bad:
-            raise InvalidArgument(f"Expected dims to be input ranks from 2 to 5, received "
-                                  f"dims={dims!r}")
+    if decl.dims is not None:
         known = supported_dims(obj)
-        if known is not None and not set(dims) <= set(known):
+        if known is not None and not set(decl.dims) <= set(known):
             raise InvalidArgument(
                 f"Expected dims among the input ranks {label or obj.__qualname__} accepts "
-                f"({', '.join(map(str, known))}), received dims={dims!r}")
-    axis = conv.channel_axis if channel_axis is None else channel_axis
-    if axis not in (1, -1):
-        raise InvalidArgument(f"Expected channel_axis to be 1 or -1, received "
-                              f"channel_axis={channel_axis!r}")
-    if mode_argument is not None and (not isinstance(mode_argument, str)
-                                      or not mode_argument.isidentifier()):
-        raise InvalidArgument(f"Expected mode_argument to be a keyword name like 'training', "
-                              f"received mode_argument={mode_argument!r}")
-    if variant is not None:
-        from bncheck.variants import Variant
-
-        extra_variant = Variant.from_declaration(variant, variant_args)
-    elif variant_args:
-        raise InvalidArgument(f"variant_args={dict(variant_args)!r} given without a variant; "
-                              f"declare variant='batch-renorm' or variant='ghost'")
-    flags = _check_fixed(fixed)
-    extra: dict[str, Any] = {"names": Names.from_mapping(names), "channel_axis": axis,
-                             "mode_argument": mode_argument, "fixed": flags, "debug": debug,
-                             "variant": extra_variant if variant is not None else None}
-    if empty_batches is not None:
-        check_type(bool, empty_batches, "empty_batches")
-        extra["empty_batches"] = empty_batches
-    return Target.from_object(obj, label=label, convention=conv, momentum=momentum, eps=eps,
-                              dims=dims, **extra)
+                f"({', '.join(map(str, known))}), received dims={decl.dims!r} (its ranks found "
+                f"by trying it)")
+    return Target.from_object(obj, decl, label=label, debug=debug)
 
 
-def _check_fixed(fixed: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    if fixed is None:
-        return ()
-    if not isinstance(fixed, Mapping):
-        raise InvalidArgument(f"Expected fixed to be a mapping like {{'affine': True}}, "
-                              f"received fixed={fixed!r}")
-    for key, value in fixed.items():
-        if key not in FLAG_TYPES:
-            raise InvalidArgument(f"Expected fixed keys from {sorted(FLAG_TYPES)} (eps and "
-                                  f"momentum have their own arguments), received "
-                                  f"fixed={dict(fixed)!r}")
-        check_type(FLAG_TYPES[key], value, f"fixed[{key!r}]")
-    return tuple(sorted(fixed.items()))
+def as_declaration(declaration: Declaration | None, declared: Mapping[str, Any]
+                   ) -> Declaration:
+    """``declaration`` with ``declared`` (keyword arguments) over it; both checked."""
+    if declaration is not None:
+        check_type(Declaration, declaration, "declaration")
+        return declaration.replace(**declared) if declared else declaration
+    return Declaration.from_kwargs(declared)
 
 
 def _settings(profile: str, examples: int | None, shrink: bool) -> settings:
@@ -377,19 +320,20 @@ def resolve_profile(profile: str | None) -> str:
     return profile
 
 
-def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
-           dtypes: Sequence[str | torch.dtype] | None = None, profile: str | None = None,
+def verify(obj: Any, *, declaration: Declaration | None = None,
+           properties: Sequence[str] | None = None, profile: str | None = None,
            examples: int | None = None, seed: int | None = None, shrink: bool = True,
            replay: Callable[[str, int], str] | None = None,
            on_result: Callable[[PropertyResult], None] | None = None,
-           timeout: float | None = DEFAULT_TIMEOUT, jobs: int = 1,
-           **target_kwargs: Any) -> Report:
+           timeout: float | None = DEFAULT_TIMEOUT, jobs: int = 1, label: str | None = None,
+           debug: bool = False, **declared: Any) -> Report:
     """Run the catalogue (or ``properties``) against ``obj`` and return a :class:`Report`.
 
     Args:
         obj: a Module class, a factory, or a prepared :class:`~bncheck.adapter.Target`.
+        declaration: what the user declares about ``obj``
+            (:class:`~bncheck.declaration.Declaration`; with a prepared Target, over its own).
         properties: names to run (default: all).
-        dtypes: requested dtypes (default: float32, float64, float16, bfloat16).
         profile: Hypothesis profile ``dev``, ``ci`` or ``thorough`` (default: the one
             ``HYPOTHESIS_PROFILE`` names, if it is one of those, else ``ci``).
         examples: examples per property (default: the profile's).
@@ -408,23 +352,28 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
         jobs: properties run at once, each in a worker process of its own (``1``: one after
             another in one worker). The report, and every result in it, is the same whatever
             ``jobs`` is: each property is drawn from ``seed`` alone and runs whole in one
-            process. Needs worker processes (``timeout`` not ``None``).
-        target_kwargs: declarations for :func:`build_target`.
+            process. Needs worker processes (``timeout`` not ``None``). The CLI's default is
+            ``--jobs auto`` (one per CPU, at most 4); a library call takes one unless asked.
+        label, debug: as :func:`build_target` (a prepared Target keeps its own).
+        declared: the fields of :class:`~bncheck.declaration.Declaration` (``convention``,
+            ``eps``, ``dims``, ``names``, ``dtypes``, ...), over ``declaration``; an unknown
+            name is an error, never ignored.
 
     Raises:
-        InvalidArgument: a bad argument.
+        InvalidArgument: a bad argument, or an unknown declaration.
         TargetError: ``obj`` is not a BatchNorm bncheck can build and run.
     """
     from bncheck._watchdog import Watched, runner_for
 
-    target = obj if isinstance(obj, Target) else build_target(obj, **target_kwargs)
+    target = prepare(obj, declaration, declared, label=label, debug=debug)
     profile, seed = resolve_run(profile, examples, seed)
     check_timeout(timeout)
     check_jobs(jobs, timeout)
-    requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
+    requested = resolve_dtypes(target.declaration)
     wanted = () if properties is None else check_names(properties, "properties")
     chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
-    report = Report(target.label, target.convention.describe(), seed, profile)
+    report = Report(target.label, target.convention.describe(), seed, profile,
+                    declaration=target.declaration.to_json())
 
     def add(res: PropertyResult) -> None:
         if res.status in (Status.FAILED, Status.ERROR) and replay is not None and \
@@ -462,6 +411,25 @@ def verify(obj: Any | Target, *, properties: Sequence[str] | None = None,
         runner.close()
         torch.set_num_threads(threads)
     return report
+
+
+def prepare(obj: Any, declaration: Declaration | None, declared: Mapping[str, Any], *,
+            label: str | None = None, debug: bool = False) -> Target:
+    """The :class:`~bncheck.adapter.Target` a run verifies: ``obj`` built as declared, or a
+    prepared Target rebuilt with further declarations over its own (never ignored)."""
+    if not isinstance(obj, Target):
+        return build_target(obj, label=label, declaration=declaration, debug=debug, **declared)
+    if declaration is None and not declared:
+        return obj
+    base = obj.declaration if declaration is None else declaration
+    return build_target(obj.obj, label=label or obj.label, debug=debug or obj.debug,
+                        declaration=base, **declared)
+
+
+def resolve_dtypes(declaration: Declaration) -> tuple[torch.dtype, ...]:
+    """The dtypes a run checks: the declared ones, else every dtype bncheck knows."""
+    names = declaration.dtypes or tuple(DTYPES)
+    return tuple(DTYPES[n] for n in names)
 
 
 def _run_in_parallel(runner: Any, chosen: Sequence[Property], seed: int, jobs: int,
@@ -515,40 +483,11 @@ def check_jobs(jobs: Any, timeout: float | None) -> None:
                               "jobs=1")
 
 
-def check_timeout(timeout: Any) -> None:
-    """``timeout`` is a positive number of seconds or ``None`` (one rule for the API and CLI)."""
-    if timeout is not None:
-        check_finite_float(timeout, "timeout", min_value=0.0, exclude_min=True)
-
-
-def _resolve_dtypes(dtypes: Sequence[str | torch.dtype]) -> tuple[torch.dtype, ...]:
-    if isinstance(dtypes, str) or not isinstance(dtypes, Sequence):
-        raise InvalidArgumentType(f"Expected dtypes to be a list like ['float32', 'float64'], "
-                                  f"received dtypes={dtypes!r}")
-    out = []
-    for d in dtypes:
-        if isinstance(d, str) and d in DTYPES:
-            out.append(DTYPES[d])
-        elif isinstance(d, torch.dtype) and d in DTYPES.values():
-            out.append(d)
-        else:
-            raise InvalidArgument(f"Expected dtypes from {sorted(DTYPES)}, received {d!r}")
-    if not out:
-        raise InvalidArgument("Expected at least one dtype, received dtypes=()")
-    return tuple(out)
-
-
-def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
-                    momentum: float | None | NotSet = not_set, eps: float | NotSet = not_set,
-                    dims: Sequence[int] | None = None,
-                    dtypes: Sequence[str | torch.dtype] | None = None,
+def check_batchnorm(obj: Any, *, declaration: Declaration | None = None,
                     properties: Sequence[str] | None = None, profile: str | None = None,
                     examples: int | None = None, seed: int | None = None,
-                    names: Mapping[str, str] | None = None, channel_axis: int | None = None,
-                    mode_argument: str | None = None, fixed: Mapping[str, Any] | None = None,
-                    empty_batches: bool | None = None, variant: str | None = None,
-                    variant_args: Mapping[str, Any] | None = None,
-                    timeout: float | None = DEFAULT_TIMEOUT, jobs: int = 1) -> Report:
+                    timeout: float | None = DEFAULT_TIMEOUT, jobs: int = 1,
+                    **declared: Any) -> Report:
     """Run the property catalogue against ``obj``; raise with the report if any property fails.
 
     >>> import torch
@@ -556,16 +495,20 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
     >>> _ = check_batchnorm(torch.nn.BatchNorm1d, properties=["eval_forward"], examples=3)
 
     Use it in your own test suite; the Hypothesis profile comes from ``HYPOTHESIS_PROFILE``
-    (``ci``/``bncheck-ci``, ``dev``, ``thorough``) unless ``profile`` is given. The declarations
-    (``momentum``, ``eps``, ``names``, ``channel_axis``, ``mode_argument``, ``fixed``,
-    ``empty_batches``, ``variant``, ``variant_args``) are :func:`build_target`'s; ``momentum=None`` declares a cumulative average.
-    ``timeout`` (seconds per example; ``None``: no worker process, no limit) and ``jobs``
-    (properties run at once, each in its own worker) are :func:`verify`'s.
+    (``ci``/``bncheck-ci``, ``dev``, ``thorough``) unless ``profile`` is given. What you declare
+    about ``obj`` is ``declaration`` (a :class:`~bncheck.declaration.Declaration`, e.g. one read
+    from pyproject.toml with :func:`bncheck.config.declaration_for`) and/or its fields as
+    keyword arguments (``convention``, ``momentum``, ``eps``, ``dims``, ``names``,
+    ``channel_axis``, ``mode_argument``, ``fixed``, ``empty_batches``, ``variant``,
+    ``variant_args``, ``dtypes``, ...; these win); ``momentum=None`` declares a cumulative
+    average. ``timeout`` (seconds per example; ``None``: no worker process, no limit) and
+    ``jobs`` (properties run at once, each in its own worker; the CLI's default is ``auto``)
+    are :func:`verify`'s.
 
     Raises:
         VerificationFailed: (an ``AssertionError``) some property failed; the message is the
             report: each failure's shrunk counterexample, mismatch and replay call.
-        InvalidArgument: a bad argument.
+        InvalidArgument: a bad argument, or an unknown declaration.
         TargetError: ``obj`` is not a BatchNorm bncheck can build and run.
     """
     label = getattr(obj, "__qualname__", repr(obj))
@@ -576,12 +519,9 @@ def check_batchnorm(obj: Any, *, convention: Convention | str = "torch",
                 f"{'' if profile is None else f', profile={profile!r}'}) "
                 f"with the same declarations")
 
-    report = verify(obj, properties=properties, dtypes=dtypes, profile=profile,
-                    examples=examples, seed=seed, replay=replay, convention=convention,
-                    momentum=momentum, eps=eps, dims=dims, names=names,
-                    channel_axis=channel_axis, mode_argument=mode_argument, fixed=fixed,
-                    empty_batches=empty_batches, variant=variant, variant_args=variant_args,
-                    timeout=timeout, jobs=jobs)
+    report = verify(obj, declaration=declaration, properties=properties, profile=profile,
+                    examples=examples, seed=seed, replay=replay, timeout=timeout, jobs=jobs,
+                    **declared)
     if not report.ok:
         raise VerificationFailed(report.render())
     return report
@@ -600,6 +540,8 @@ def describe_target(t: Target) -> str:
         how = "declared" if t.momentum_declared else "convention default"
         momentum = f"momentum {'None' if t.momentum is None else f'{t.momentum:g}'} ({how})"
     eps = "eps drawn" if "eps" in t.configurable else f"eps {t.eps:g}"
+    if "eps" not in t.configurable:
+        eps += " (declared)" if t.eps_declared else " (convention default)"
     extras = [f"{k}={v}" for k, v in t.fixed]
     extras += [f"{k}={v}" for k, v in t.names.declared().items()]
     if t.channel_axis == -1:
@@ -611,10 +553,11 @@ def describe_target(t: Target) -> str:
             + (f"; declared: {', '.join(extras)}" if extras else ""))
 
 
-
 class _CallableModule(types.ModuleType):
     """``bncheck.verify(...)`` is :func:`verify`, whether ``bncheck.verify`` was imported as a
-    submodule or reached as the package's entry point."""
+    submodule or reached as the package's entry point. (The engine module and the function share
+    a name; this goes once the engine module is renamed in the layout regroup, issue 16 item 4:
+    ``bncheck/__init__.py`` then defines ``verify`` as a plain function.)"""
 
     def __call__(self, obj: Any, **kwargs: Any) -> Report:
         return verify(obj, **kwargs)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import bncheck
+from bncheck.declaration import Declaration
 from bncheck.distributed._worker import RankTask, Step
 from bncheck.distributed.launcher import RankFailure, WorkerPool
 from bncheck.distributed.mutants import MUTANTS
@@ -38,8 +39,8 @@ def pool():
 
 def _task(x, grad, weight, bias, *, group=None, steps=1, momentum=0.1):
     second = (x.to(torch.float64) * 1.5 + 1).to(x.dtype)
-    return RankTask(SYNC, x.shape[1], x.dim(), x.dtype, 1e-5, momentum, True, True, group,
-                    weight, bias, None,
+    return RankTask(SYNC, Declaration(), x.shape[1], x.dim(), x.dtype, 1e-5, momentum, True,
+                    True, group, weight, bias, None,
                     (Step(True, x, grad), Step(True, second, None))[:steps])
 
 

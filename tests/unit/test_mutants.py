@@ -13,9 +13,8 @@ from bncheck.verify import verify
 def test_mutant_is_killed_by_its_property(name):
     m = MUTANTS[name]
     assert m.killer in names()
-    report = verify(m.factory, label=name, convention=m.convention, dims=m.dims,
-                    properties=[m.killer], profile="ci", shrink=False,
-                    **dict(m.declarations))
+    report = verify(m.factory, label=name, declaration=m.declaration,
+                    properties=[m.killer], profile="ci", shrink=False)
     (result,) = report.results
     assert result.status == "failed", f"{name} survived {m.killer}"
 

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
-from bncheck.errors import BNCheckError, UsageError, VerificationFailed
+from bncheck.errors import BNCheckError, ExportFailed, UsageError, VerificationFailed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +105,8 @@ def interrupted(what: str) -> NoReturn:
 
 
 def handles_errors(fn: F) -> F:
-    """Map bncheck's errors to exit codes: usage errors 2, verification failures 1, Ctrl-C 130.
+    """Map bncheck's errors to exit codes: usage errors 2, failed checks of the user's code
+    (verification, export) 1, Ctrl-C 130.
 
     With ``--debug`` the original exception propagates with its traceback. A command that has
     partial results to save on Ctrl-C catches ``KeyboardInterrupt`` itself, writes them, and
@@ -122,7 +123,7 @@ def handles_errors(fn: F) -> F:
                 raise
             err(str(e))
             sys.exit(EXIT_USAGE)
-        except VerificationFailed as e:
+        except (VerificationFailed, ExportFailed) as e:
             if debug:
                 raise
             err(str(e))

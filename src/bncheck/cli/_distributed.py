@@ -8,17 +8,12 @@ from typing import Any, TypeVar
 
 import click
 
-from bncheck._workers import DEFAULT_TIMEOUT as WORKER_TIMEOUT
+from bncheck._validation import DEFAULT_TIMEOUT, RANK_TIMEOUT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: What ``bncheck verify --world-size N`` checks without a TARGET.
 SYNC_REFERENCE = "bncheck:SyncBatchNorm"
-#: Seconds a case may take on a rank (as :data:`bncheck.distributed.launcher.DEFAULT_TIMEOUT`,
-#: repeated here so that ``--help`` does not import the launcher; a test keeps them equal).
-DEFAULT_TIMEOUT = 10.0
-#: Seconds an example may take in single-process verification.
-SINGLE_TIMEOUT = WORKER_TIMEOUT
 
 
 def distributed_options(*, device: bool = True) -> Callable[[F], F]:
@@ -34,8 +29,8 @@ def distributed_options(*, device: bool = True) -> Callable[[F], F]:
             "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
             help=f"Seconds one example may take before the target counts as hung: it is "
             f"stopped, the property fails with the case and where it was, and the run goes on "
-            f"(default {SINGLE_TIMEOUT:g}; with --world-size, {DEFAULT_TIMEOUT:g} per case on "
-            f"a rank).")(fn)
+            f"(default {DEFAULT_TIMEOUT:g}; with --world-size, {RANK_TIMEOUT:g} per case on "
+            f"a rank; the Python API's timeout=None, no limit, has no CLI form).")(fn)
         fn = click.option(
             "--world-size", type=click.IntRange(min=2), metavar="N",
             help="Verify a synchronised BatchNorm on N local processes (torch.distributed, gloo "
@@ -54,18 +49,16 @@ def check_property_names(names: Sequence[str]) -> None:
         get(name)
 
 
-def run_verify(spec: str, target: Any, *, world_size: int, timeout: float | None, device: str,
+def run_verify(spec: str, target: Any, *, world_size: int, timeout: float, device: str,
                **kwargs: Any) -> Any:
     """:func:`bncheck.distributed.verify.verify_distributed` for the built ``target``."""
     from bncheck.distributed.verify import verify_distributed
 
-    return verify_distributed(spec, world_size=world_size,
-                              timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-                              device=device,
+    return verify_distributed(spec, world_size=world_size, timeout=timeout, device=device,
                               prepared=target, **kwargs)
 
 
-def run_mutants(names: Sequence[str] | None, *, world_size: int, timeout: float | None,
+def run_mutants(names: Sequence[str] | None, *, world_size: int, timeout: float,
                 **kwargs: Any) -> Any:
     """:func:`bncheck.distributed.mutants.run_mutants`."""
     from bncheck.distributed.mutants import run_mutants as run

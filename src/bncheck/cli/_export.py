@@ -108,7 +108,8 @@ def export(out: Path, model_spec: str | None, model_args: tuple[str, ...],
     everything passes (or with --keep-failed), atomically: an existing OUT.onnx is never left
     partly overwritten.
 
-    Exit codes: 0 verified, 1 verification failed, 2 usage error, 130 interrupted.
+    Exit codes: 0 verified, 1 verification failed or the exporter raised, 2 usage error,
+    130 interrupted.
 
     Example: bncheck export r18.onnx --model monai.networks.nets:resnet18
     --model-arg spatial_dims=2 --model-arg n_input_channels=3 --input-shape 1,3,64,64

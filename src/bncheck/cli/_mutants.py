@@ -52,13 +52,12 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
     reported).
     """
     from bncheck._io import check_output_path, write_json_atomic
-    from bncheck._workers import DEFAULT_TIMEOUT
+    from bncheck._validation import default_timeout
     from bncheck.mutants import MUTANTS, MutantResult, run_mutants
-    from bncheck.verify import check_timeout
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
-    check_timeout(timeout)  # click's range lets nan and inf through
+    timeout = default_timeout(timeout, ranks=bool(world_size))  # nan and inf refused too
     done: list[MutantResult] = []
     out = console()
     try:
@@ -83,7 +82,7 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
             else:
                 run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
                             every_property=every_property, on_result=finished,
-                            timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+                            timeout=timeout)
     except KeyboardInterrupt:
         err(f"interrupted (Ctrl-C) after {len(done)} mutants"
             + (f" (finished: {', '.join(r.mutant.name for r in done)})" if done else "")

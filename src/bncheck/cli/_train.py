@@ -21,6 +21,30 @@ from bncheck.cli._common import (
     handles_errors,
 )
 from bncheck.cli._watched import timeout_option
+from bncheck.declaration import Declaration, declaration_options
+from bncheck.errors import InvalidArgument
+
+#: Declarations ``train --bn`` cannot honour: the training and export steps build the layer as
+#: ``Name(num_features)`` and call it as ``module(x)`` on channels-first input (LeNet's), so a
+#: declared constructor value, layout or mode argument would verify another layer than the one
+#: trained. They are not options of ``train`` (click refuses them, exit 2, naming the option).
+TRAIN_REFUSES = ("momentum", "eps", "fixed", "channel_axis", "mode_argument")
+
+
+def train_declaration(declared: dict[str, Any], *, unverified: str | None) -> Declaration:
+    """The declaration of ``train --bn``'s verify step, refused where training cannot honour
+    it: any declaration where nothing is verified (``unverified`` says why: a built-in layer,
+    --no-verify, --compare), a channels-last convention, or ranks without LeNet's 2 and 4."""
+    declaration = Declaration.from_cli(declared)
+    if unverified is not None:
+        declaration.refuse(f"{unverified} (nothing is verified)", list(declaration.declared()))
+    if declaration.rule.channel_axis != 1:
+        raise InvalidArgument(f"train --bn cannot honour the declaration convention="
+                              f"{declaration.rule.name} (--convention): it keeps channels last "
+                              f"and LeNet feeds channels first")
+    if declaration.dims is not None and not {2, 4} <= set(declaration.dims):
+        declaration.refuse("train --bn (LeNet's BatchNorms take 2-D and 4-D input)", ["dims"])
+    return declaration
 
 # Column headers of the per-epoch lines, and their widths.
 _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
@@ -37,10 +61,7 @@ _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
                    "`bncheck verify`): verified first, trained, then exported to DIR/lenet.onnx.")
 @click.option("--no-verify", is_flag=True,
               help="With --bn FILE.py:Name: train the layer without verifying it first.")
-@click.option("--convention", type=click.Choice(["torch", "onnx"]), default="torch",
-              show_default=True,
-              help="With --bn FILE.py:Name: the running-statistics rule the verify step holds "
-                   "the layer to, as in `bncheck verify` (onnx: the seed notebook's).")
+@declaration_options(exclude=TRAIN_REFUSES)
 @click.option("--epochs", type=int, default=None,
               help="Epochs to train (default 10; with --compare, 1).")
 @click.option("--lr", type=float, default=1.0, show_default=True, help="SGD learning rate.")
@@ -66,11 +87,10 @@ _COLUMNS = (("epoch", 5), ("train loss", 10), ("train acc", 9), ("test acc", 8),
                 "stopped (as in `bncheck verify` and `bncheck export`).")
 @debug_option
 @handles_errors
-def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
-          epochs: int | None, lr: float,
+def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr: float,
           batch_size: int, seed: int, limit: int | None, out_dir: str | None,
           checkpoint: str | None, json_out: str | None, compare: bool, steps: int | None,
-          timeout: float, debug: bool) -> None:
+          timeout: float, debug: bool, **declared: Any) -> None:
     """Train LeNet-BN on Fashion-MNIST as the seed notebook does, and watch it.
 
     The recipe: Xavier-uniform init, SGD with lr 1.0, cross-entropy, batch 256, 10 epochs,
@@ -115,8 +135,11 @@ def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
     check_batch_size(batch_size, "--batch-size")
     check_finite_float(lr, "--lr", min_value=0.0, exclude_min=True)
     check_timeout(timeout)  # click's range lets nan and inf through
-    outputs = plan_outputs(out_dir, checkpoint=checkpoint, metrics=json_out)
     loop = bn not in BUILTIN_BN and not compare  # verify, train, export
+    declaration = train_declaration(
+        declared, unverified=f"train --bn {bn}" if bn in BUILTIN_BN else "train --compare"
+        if compare else "train --no-verify" if no_verify else None)
+    outputs = plan_outputs(out_dir, checkpoint=checkpoint, metrics=json_out)
     if loop and outputs.directory.is_dir():  # else the run creates it, empty
         from bncheck.cli._export import plan_export
         from bncheck.cli._train_steps import ONNX_NAME
@@ -128,7 +151,8 @@ def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
     source = find_data(data_dir)
     screen = _Screen(console(), source.label if source.stand_in else None)
     command = _command(data_dir, bn, settings, out_dir, checkpoint, json_out, compare, steps,
-                       no_verify=no_verify and loop, convention=convention, timeout=timeout)
+                       no_verify=no_verify and loop, declaration=declaration,
+                       timeout=timeout)
     if compare:
         sys.exit(_compare(screen, settings, source, steps))
     recorded: dict[str, Any] = {}
@@ -139,7 +163,7 @@ def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
             screen.line(f"verify: skipped (--no-verify): {bn} is trained without being checked")
             recorded["verify"] = {"status": "skipped", "reason": "--no-verify"}
         else:
-            recorded["verify"] = verify_step(screen, bn, convention=convention,
+            recorded["verify"] = verify_step(screen, bn, declaration=declaration,
                                              timeout=timeout)
     result = _train(screen, settings, source, outputs, command, recorded)
     if loop:
@@ -148,7 +172,8 @@ def train(data_dir: str | None, bn: str, no_verify: bool, convention: str,
 
 def _command(data_dir: str | None, bn: str, settings: Any, out_dir: str | None,
              checkpoint: str | None, json_out: str | None, compare: bool,
-             steps: int | None, *, no_verify: bool, convention: str, timeout: float) -> str:
+             steps: int | None, *, no_verify: bool, declaration: Declaration,
+             timeout: float) -> str:
     """The command line that repeats this run, every setting explicit."""
     from bncheck.cli._train_steps import _timeout_args
 
@@ -160,8 +185,7 @@ def _command(data_dir: str | None, bn: str, settings: Any, out_dir: str | None,
         if value is not None:
             args += [flag, str(value)]
     if bn not in ("scratch", "torch"):
-        args += _timeout_args(timeout) + ([] if convention == "torch" else
-                                          ["--convention", convention])
+        args += _timeout_args(timeout) + declaration.cli_args()
     return shlex.join(args + (["--compare"] if compare else [])
                       + (["--no-verify"] if no_verify else []))
 

@@ -23,6 +23,7 @@ from bncheck.cli._common import EXIT_FAILED, JOBS_ENV, handles_errors, interrupt
 
 if TYPE_CHECKING:
     from bncheck.cli._train import _Screen
+    from bncheck.declaration import Declaration
     from bncheck.training import RunOutputs
 
 #: The Hypothesis profile of the verify step (``bncheck verify``'s default).
@@ -39,16 +40,16 @@ def _timeout_args(timeout: float) -> list[str]:
     return [] if timeout == DEFAULT_TIMEOUT else ["--timeout", f"{timeout:g}"]
 
 
-def verify_command(spec: str, *, convention: str, timeout: float) -> str:
+def verify_command(spec: str, *, declaration: Declaration, timeout: float) -> str:
     """The ``bncheck verify`` command whose report the verify step's is."""
     from bncheck.verify import resolve_profile
 
     profile = [] if resolve_profile(None) == PROFILE else ["--profile", PROFILE]
-    conv = [] if convention == "torch" else ["--convention", convention]
-    return shlex.join(["bncheck", "verify", spec, *conv, *_timeout_args(timeout), *profile])
+    return shlex.join(["bncheck", "verify", spec, *declaration.cli_args(),
+                       *_timeout_args(timeout), *profile])
 
 
-def verify_step(screen: _Screen, spec: str, *, convention: str,
+def verify_step(screen: _Screen, spec: str, *, declaration: Declaration,
                 timeout: float) -> dict[str, Any]:
     """Verify the layer ``spec`` names; its record for the metrics JSON when every property
     passes, else exit 1 (nothing written). Progress lines on a terminal only."""
@@ -56,7 +57,7 @@ def verify_step(screen: _Screen, spec: str, *, convention: str,
     from bncheck.verify import PropertyResult, Status, verify
 
     jobs = resolve_jobs(os.environ.get(JOBS_ENV), JOBS_ENV)
-    command = verify_command(spec, convention=convention, timeout=timeout)
+    command = verify_command(spec, declaration=declaration, timeout=timeout)
     screen.line(f"verify: {command} (profile {PROFILE}, before any training)")
 
     def finished(r: PropertyResult) -> None:
@@ -65,14 +66,15 @@ def verify_step(screen: _Screen, spec: str, *, convention: str,
 
     start = time.perf_counter()
     try:
-        report = verify(load_target(spec), label=spec, convention=convention, profile=PROFILE,
-                        timeout=timeout, jobs=jobs, on_result=finished)
+        report = verify(load_target(spec), label=spec, declaration=declaration,
+                        profile=PROFILE, timeout=timeout, jobs=jobs, on_result=finished)
     except KeyboardInterrupt:
         interrupted(f"while verifying {spec}; nothing written (training had not started)")
     wall = time.perf_counter() - start
     record = {"status": "passed" if report.ok else "failed", "summary": report.summary(),
               "failed": [r.name for r in report.failed], "profile": report.profile,
-              "seed": report.seed, "convention": report.convention, "timeout": timeout,
+              "seed": report.seed, "convention": report.convention,
+              "declaration": report.declaration, "timeout": timeout,
               "seconds": round(wall, 3), "command": command}
     if report.ok:
         skipped = report.count(Status.SKIPPED)

@@ -24,6 +24,7 @@ from bncheck.conventions import Convention
 from bncheck.distributed._worker import RankResult, RankTask, Step
 from bncheck.distributed.cases import SyncCase
 from bncheck.distributed.launcher import RankFailure, WorkerPool
+from bncheck.errors import RankAbort
 from bncheck.properties import Context
 from bncheck.properties._base import check_output, expect_close
 from bncheck.properties._tolerance import (
@@ -36,15 +37,6 @@ from bncheck.strategies import dtype_name
 __all__ = ["SyncContext", "SyncProperty", "REGISTRY", "register", "RankAbort", "Expected",
            "expected_train", "upstream_gradient", "per_block", "train_steps", "expect_outputs",
            "expect_input_grads", "expect_param_grads", "expect_stats"]
-
-
-class RankAbort(BaseException):
-    """A rank died, hung or raised: ends the property at once (not shrunk: every rerun needs
-    fresh processes). A ``BaseException`` so that Hypothesis lets it through unshrunk."""
-
-    def __init__(self, message: str, case: SyncCase) -> None:
-        super().__init__(message)
-        self.case = case
 
 
 @dataclass
@@ -84,8 +76,9 @@ class SyncContext:
         for rank in range(sc.world_size):
             block = sc.group_of(rank)
             tasks[rank] = RankTask(
-                self.spec, c.num_features, c.ndim, c.dtype, cfg.eps, cfg.momentum, cfg.affine,
-                cfg.track_running_stats, None if len(block) == self.max_world_size else block,
+                self.spec, self.base.target.declaration, c.num_features, c.ndim, c.dtype,
+                cfg.eps, cfg.momentum, cfg.affine, cfg.track_running_stats,
+                None if len(block) == self.max_world_size else block,
                 c.weight, c.bias, sc.stats, steps(rank, inputs[rank]))
         self.examples += 1
         try:
@@ -320,7 +313,7 @@ def _expect_update(conv: Convention, sc: SyncCase, rank: int, exp: Expected,
     steps = count if count is not None else step + 1
     momentum = c.config.momentum
     w = conv.batch_weight(momentum, steps)
-    corr = n / (n - 1) if conv.running_var == "unbiased" else 1.0
+    corr = conv.correction(n)
     stat_dtype = c.dtype
     tm, tv = stats_tolerance(exp.raw, before[0], before[1], exp.mean, exp.var, weight=w,
                              correction=corr, stat_dtype=stat_dtype)

@@ -35,9 +35,12 @@ class Step:
 
 @dataclass(frozen=True)
 class RankTask:
-    """Everything one rank needs for one drawn case."""
+    """Everything one rank needs for one drawn case: the target as its user declared it
+    (``declaration``, whole: names, channel axis, mode argument, fixed flags...) and the case's
+    drawn configuration."""
 
     target: str
+    declaration: Any  # a bncheck.declaration.Declaration (not imported here: light to unpickle)
     num_features: int
     ndim: int
     dtype: torch.dtype
@@ -86,7 +89,7 @@ class _Rank:
 
     def __init__(self, rank: int, device: str, groups: dict[tuple[int, ...], Any]) -> None:
         self.rank, self.device, self.groups = rank, device, groups
-        self.targets: dict[str, Any] = {}
+        self.targets: dict[Any, Any] = {}
         self.where = ""
 
     def target(self, spec: str) -> Any:
@@ -97,20 +100,19 @@ class _Rank:
         return self.targets[spec]
 
     def build(self, task: RankTask) -> Any:
-        from bncheck.adapter import Adapted, Target
-        from bncheck.target import bn_factory
+        from bncheck.adapter import Target
 
-        obj = self.target(task.target)
-        wanted = {"eps": task.eps, "momentum": task.momentum, "affine": task.affine,
-                  "track_running_stats": task.track_running_stats}
-        kwargs = {k: v for k, v in wanted.items() if k in Target.from_object(obj).configurable}
-        if task.group is not None:
-            kwargs["process_group"] = self.groups[task.group]
-        module = bn_factory(obj, **kwargs)(task.num_features, task.ndim)
+        key = (task.target, task.declaration)
+        if key not in self.targets:
+            self.targets[key] = Target.from_object(self.target(task.target), task.declaration)
+        t = self.targets[key]
+        extra = {} if task.group is None else {"process_group": self.groups[task.group]}
+        bn = t.build(task.num_features, ndim=task.ndim, eps=task.eps, momentum=task.momentum,
+                     affine=task.affine, track_running_stats=task.track_running_stats,
+                     extra=extra)
         if task.dtype != torch.float32:
-            module = module.to(task.dtype)
-        module = module.to(self.device)
-        bn = Adapted(module, task.num_features)
+            bn.to(task.dtype)
+        bn.module.to(self.device)
         bn.set_params(task.weight, task.bias)
         if task.stats is not None and bn.has_stats:
             bn.set_stats(*task.stats)
@@ -141,9 +143,11 @@ class _Rank:
         if step.grad is not None:
             x = x.detach().requires_grad_(True)
         self.where = f"{label} forward"
-        y = module(x)
+        mode = bn.target.mode_argument  # the declared mode argument and layout, torch's back
+        y = module(bn.to_target_layout(x), **({mode: step.training} if mode else {}))
         if not isinstance(y, Tensor):
             raise TypeError(f"the forward returned {type(y).__name__}, expected a Tensor")
+        y = bn.from_target_layout(y)
         out = StepResult(y.detach().cpu())
         if step.grad is not None:
             self.where = f"{label} backward"

@@ -26,24 +26,16 @@ from typing import Any
 
 import torch.distributed as dist
 
-from bncheck._validation import check_finite_float, check_positive_int
+from bncheck._validation import RANK_TIMEOUT, check_finite_float, check_positive_int
 from bncheck._workers import Worker, WorkerDied, stop_workers, stuck_at
-from bncheck.errors import BNCheckError, InvalidArgument
+from bncheck.errors import InvalidArgument, RankFailure
 
 __all__ = ["WorkerPool", "RankFailure", "partitions", "DEFAULT_TIMEOUT"]
 
 #: Seconds a rank may take for one case (tiny tensors take milliseconds; a hang takes forever).
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = RANK_TIMEOUT  # decided in bncheck._validation
 #: Seconds the ranks may take to start (import torch, join the group, create the subgroups).
 START_TIMEOUT = 120.0
-
-
-class RankFailure(BNCheckError):
-    """Some ranks died, hung or raised: ``failures`` maps each such rank to the reason."""
-
-    def __init__(self, failures: dict[int, str]) -> None:
-        self.failures = dict(failures)  # died, then raised, then hung: the likely cause first
-        super().__init__("; ".join(f"rank {r}: {why}" for r, why in self.failures.items()))
 
 
 def partitions(world_size: int) -> tuple[tuple[tuple[int, ...], ...], ...]:

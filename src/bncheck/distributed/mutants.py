@@ -253,19 +253,23 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
     from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
     from bncheck.distributed.properties import names as catalogue
     from bncheck.distributed.verify import target_spec, verify_distributed
+    from bncheck.verify import check_timeout
 
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
         raise unknown_name("distributed mutant", unknown[0], MUTANTS)
     results = []
-    with WorkerPool(world_size, timeout=timeout or DEFAULT_TIMEOUT) as pool:
+    check_timeout(timeout)
+    with WorkerPool(world_size, timeout=DEFAULT_TIMEOUT if timeout is None else timeout
+                    ) as pool:
         for name in chosen:
             m = MUTANTS[name]
 
             def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
                 return verify_distributed(target_spec(m.factory), world_size=world_size,
-                                          pool=pool, label=m.name, properties=properties,
+                                          pool=pool, label=m.name,
+                                          declaration=m.declaration, properties=properties,
                                           profile=profile, examples=examples, seed=seed,
                                           shrink=False).results
 

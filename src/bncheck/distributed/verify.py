@@ -21,24 +21,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncheck._validation import NotSet, check_names, not_set
+from bncheck._validation import check_names
 from bncheck.adapter import Target
-from bncheck.conventions import Convention
+from bncheck.declaration import Declaration
 from bncheck.distributed._base import RankAbort, SyncContext, SyncProperty
 from bncheck.distributed._worker import takes_process_group
 from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
 from bncheck.distributed.properties import CATALOGUE, get
 from bncheck.errors import InvalidArgument, TargetError
 from bncheck.properties import Context
-from bncheck.strategies import DTYPES
 from bncheck.target import load_target
 from bncheck.verify import (
     PropertyResult,
     Report,
     Status,
-    _resolve_dtypes,
     _settings,
-    build_target,
+    prepare,
+    resolve_dtypes,
     resolve_run,
 )
 
@@ -94,17 +93,14 @@ def _run_one(prop: SyncProperty, ctx: SyncContext, *, seed: int, config: Any) ->
 
 def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
                        properties: Sequence[str] | None = None,
-                       dtypes: Sequence[str | torch.dtype] | None = None,
                        profile: str | None = None, examples: int | None = None,
                        seed: int | None = None, shrink: bool = True,
                        replay: Callable[[str, int], str] | None = None,
                        on_result: Callable[[PropertyResult], None] | None = None,
                        timeout: float = DEFAULT_TIMEOUT, device: str = "cpu",
                        pool: WorkerPool | None = None, label: str | None = None,
-                       convention: Convention | str = "torch",
-                       momentum: float | None | NotSet = not_set,
-                       eps: float | NotSet = not_set, dims: Sequence[int] | None = None,
-                       prepared: Target | None = None) -> Report:
+                       declaration: Declaration | None = None,
+                       prepared: Target | None = None, **declared: Any) -> Report:
     """Run the distributed catalogue (or ``properties``) on ``world_size`` local ranks.
 
     Args:
@@ -112,14 +108,15 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
             is built in every rank as ``Name(num_features, ...)``, with ``process_group=`` when
             its signature takes one (else every case uses all ranks).
         world_size: ranks to start (2 or more); each case draws its own size up to this.
-        properties, dtypes, profile, examples, seed, shrink, replay, on_result: as
+        properties, profile, examples, seed, shrink, replay, on_result: as
             :func:`bncheck.verify.verify`.
         timeout: seconds a case may take on a rank before the rank counts as hung.
         device: ``"cpu"`` (gloo) or ``"cuda"``.
         pool: running ranks to reuse (its world size wins); else started and stopped here.
-        label, convention, momentum, eps, dims: as :func:`bncheck.verify.build_target`.
-        prepared: the :class:`~bncheck.adapter.Target` already built for ``target`` (the CLI's);
-            replaces ``label``, ``convention``, ``momentum``, ``eps`` and ``dims``.
+        label, declaration, declared: as :func:`bncheck.verify.build_target` (every
+            declaration travels to the ranks, which build the target as declared).
+        prepared: the :class:`~bncheck.adapter.Target` already built for ``target`` (the CLI's),
+            with its declaration; further ``declaration``/``declared`` go over it.
 
     Raises:
         TargetError: the target cannot be imported, or cannot run on ``device``.
@@ -134,12 +131,13 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
     profile, seed = resolve_run(profile, examples, seed)
     wanted = () if properties is None else check_names(properties, "properties")
     chosen = [get(n) for n in wanted] if wanted else list(CATALOGUE)
-    requested = tuple(DTYPES.values()) if dtypes is None else _resolve_dtypes(dtypes)
-    t = prepared or build_target(obj, label=label or spec, convention=convention,
-                                 momentum=momentum, eps=eps, dims=dims)
+    t = prepare(prepared if prepared is not None else obj, declaration, declared,
+                label=label or (None if prepared is not None else spec))
+    requested = resolve_dtypes(t.declaration)
     config = _settings(profile, examples, shrink)
     report = Report(f"{t.label} on {world_size if pool is None else pool.world_size} ranks",
-                    t.convention.describe(), seed, profile)
+                    t.convention.describe(), seed, profile,
+                    declaration=t.declaration.to_json())
     own = pool is None
     pool = pool or WorkerPool(world_size, device=device, timeout=timeout)
     ctx = SyncContext(Context(t, requested), spec, pool, takes_process_group(obj))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from bncheck._io import write_atomic
 from bncheck._validation import check_type
 from bncheck._workers import time_limited
-from bncheck.errors import InvalidArgument, UsageError
+from bncheck.errors import ExportFailed, InvalidArgument
 
 if TYPE_CHECKING:
     from bncheck.onnx.source import ModelSource
@@ -41,10 +41,6 @@ EXPORTERS = ("dynamo", "torchscript")
 OPSET_RANGES: dict[str, tuple[int, int]] = {"dynamo": (18, 23), "torchscript": (7, 20)}
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
-class ExportFailed(UsageError):
-    """torch.onnx.export raised: the model cannot be exported as asked."""
 
 
 def check_opset(opset: int | None, exporter: str) -> None:

@@ -28,16 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.errors import UsageError
+from bncheck.errors import ModelFileError
 
 __all__ = ["ModelFileError", "GraphInput", "Signature", "io_specs", "signature", "module_of",
            "intermediates", "display_name", "walk_nodes", "float_types"]
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
-
-
-class ModelFileError(UsageError):
-    """The file is not a valid ONNX model, or not one with the input signature expected."""
 
 
 @dataclass(frozen=True)

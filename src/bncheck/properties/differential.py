@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from bncheck import oracle
 from bncheck.adapter import Adapted, attribute
+from bncheck.conventions import TORCH
 from bncheck.errors import PropertyFailure
 from bncheck.properties._base import Checks, Context, PropertyCase, register
 from bncheck.properties._tolerance import forward_tolerance, gradient_tolerances, stats_tolerance
@@ -110,7 +111,7 @@ def _compare_stats(ctx: Context, bn: Adapted, ref: Any, case: BNCase,
     # torch.nn's follow the input dtype): the sum of both bounds.
     bounds = [stats_tolerance(x, start[0], start[1], mean, var,
                               weight=conv.batch_weight(cfg.momentum, 1),
-                              correction=n / (n - 1), stat_dtype=sdt)
+                              correction=TORCH.correction(n), stat_dtype=sdt)
               for sdt in (bn.stat_dtype() or torch.float32, ref.running_mean.dtype)]
     tm, tv = bounds[0][0] + bounds[1][0], bounds[0][1] + bounds[1][1]
     got = bn.require_stats()

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from bncheck._validation import check_finite_float, check_positive_int, check_type
 from bncheck.compare import Mismatch, Tolerance, compare
+from bncheck.conventions import TORCH
 from bncheck.data import Dataset, batches
 from bncheck.errors import InvalidArgument
 from bncheck.models import BNFactory, lenet_bn
@@ -279,7 +280,7 @@ class _Layer:
         self.n = count_per_channel(x.shape)
         self.d = (x - b.inputs[index].to(torch.float64)).abs().amax(dim=self.dims)
         self.mean, self.var = batch_stats(x)
-        self.eps = float(getattr(bn_a, "eps", 1e-5))
+        self.eps = float(getattr(bn_a, "eps", TORCH.eps))
         self.std, self.s = self.var.sqrt(), (self.var + self.eps).sqrt()
         self.weight, self.bias = (None if t is None else t.detach().to(torch.float64)
                                   for t in (getattr(bn_a, "weight", None),
@@ -303,11 +304,12 @@ class _Layer:
                                                f"of {self.upstream}")
         y = self.a.outputs[self.index].to(torch.float64)
         self.output_bound = (out_tol.atol + out_tol.rtol * y.abs()).amax(dim=self.dims)
-        momentum = getattr(self.bn_a, "momentum", 0.1)
-        if momentum is None:  # a cumulative average: the batch's weight is 1 / (batches so far)
-            momentum = 1.0 / float(bn_buffer(self.bn_a, "num_batches_tracked"))
+        momentum = getattr(self.bn_a, "momentum", TORCH.momentum)
+        # a cumulative average (momentum None): the batch's weight is 1 / (batches so far)
+        steps = 1 if momentum is not None else int(bn_buffer(self.bn_a, "num_batches_tracked"))
+        momentum = TORCH.batch_weight(momentum, steps)
         old_mean, old_var = (t.to(torch.float64) for t in self.a.before[self.index])
-        correction = n / (n - 1)
+        correction = TORCH.correction(n)
         mean_tol, var_tol = stats_tolerance(self.x32, old_mean, old_var, self.mean, self.var,
                                             weight=momentum, correction=correction,
                                             stat_dtype=torch.float32)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from bncheck._validation import check_finite_float, check_positive_int, check_type
 from bncheck.data import Dataset, batches
-from bncheck.errors import BNCheckError, InvalidArgument
+from bncheck.errors import InvalidArgument, TrainingDiverged
 
 __all__ = [
     "DIVERGENCE_FACTOR",
@@ -44,15 +44,6 @@ DIVERGENCE_FACTOR = 10.0
 
 #: Train loss and accuracy are recorded this many times per epoch for the curves (as d2l does).
 POINTS_PER_EPOCH = 5
-
-
-class TrainingDiverged(BNCheckError):
-    """The training loss became NaN or infinite, or far above the untrained model's loss."""
-
-    def __init__(self, message: str, *, epoch: int, step: int) -> None:
-        super().__init__(message)
-        self.epoch = epoch
-        self.step = step
 
 
 @dataclass(frozen=True)
