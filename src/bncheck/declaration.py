@@ -110,12 +110,8 @@ class DeclarationSpec:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     flag: bool = False
+    no_option: str | None = None
     unset: Any = None
-
-    @property
-    def no_option(self) -> str:
-        """A flag's negative option (``--no-empty-batches``)."""
-        return f"--no-{self.option[2:]}"
 
     @property
     def key(self) -> str:
@@ -125,8 +121,11 @@ class DeclarationSpec:
     def click_option(self) -> Callable[[F], F]:
         import click
 
-        if self.flag:  # switchable both ways: --empty-batches/--no-empty-batches
+        if self.flag and self.no_option:  # both ways: --empty-batches/--no-empty-batches
             return click.option(f"{self.option}/{self.no_option}", self.name, default=None,
+                                help=self.help)
+        if self.flag:
+            return click.option(self.option, self.name, is_flag=True, default=None,
                                 help=self.help)
         kind: Any = click.Choice(list(self.choices)) if self.choices else None
         return click.option(self.option, self.name, type=kind, default=None,
@@ -149,14 +148,17 @@ def _same(text: str, _label: str) -> str:
 def declared(default: Any, *, option: str, help: str, check: Callable[[Any, str], Any],
              parse: Callable[[str, str], Any] = _same, show: Callable[[Any], str] = shown,
              to_json: Callable[[Any], Any] | None = None, metavar: str | None = None,
-             choices: tuple[str, ...] | None = None, flag: bool = False) -> Any:
+             choices: tuple[str, ...] | None = None, flag: bool = False,
+             no_option: str | None = None) -> Any:
     """A :class:`Declaration` field: ``default`` is "not declared"; ``check(value, label)``
     validates a Python or config value and returns it normalised (``label`` is how the error
     names it: ``eps`` or ``--eps``); ``parse(text, label)`` turns command-line text into such a
-    value; ``show`` renders it as command-line text; ``to_json`` as JSON (default: as is)."""
+    value; ``show`` renders it as command-line text; ``to_json`` as JSON (default: as is).
+    A ``flag`` is switched on by ``option`` and off by ``no_option``
+    (``--empty-batches/--no-empty-batches``)."""
     spec = dict(option=option, help=help, check=check, parse=parse, show=show,
                 to_json=to_json or (lambda v: v), metavar=metavar, choices=choices, flag=flag,
-                unset=default)
+                no_option=no_option, unset=default)
     return dataclasses.field(default=default, metadata={"spec": spec})
 
 
@@ -414,7 +416,8 @@ class Declaration:
         show=_show_map, to_json=dict, help="Constructor flags never to draw, e.g. "
         "affine=true,track_running_stats=true (keys: affine, track_running_stats, bias).")
     empty_batches: bool | None = declared(
-        None, option="--empty-batches", flag=True, check=_check_bool,
+        None, option="--empty-batches", no_option="--no-empty-batches", flag=True,
+        check=_check_bool,
         help="The target accepts empty batches (checked by empty_batch), or does not "
         "(--no-empty-batches). Default: torch's BatchNorm classes and their subclasses do.")
     variant: str | None = declared(
@@ -507,8 +510,10 @@ class Declaration:
         out: list[str] = []
         for name, value in self.declared().items():
             spec = SPECS[name]
-            out += ([spec.option] if value else [spec.no_option]) if spec.flag else \
-                [spec.option, spec.show(value)]
+            if spec.flag:
+                out += [spec.option] if value else [spec.no_option] if spec.no_option else []
+            else:
+                out += [spec.option, spec.show(value)]
         return out
 
     def describe(self) -> str:

@@ -114,8 +114,9 @@ class GhostUpdateOnce(GhostClean):
         return torch.cat(parts, 0).to(input.dtype)
 
 
-_RENORM: dict[str, Any] = {"variant": "batch-renorm", "variant_args": RENORM_ARGS}
-_GHOST: dict[str, Any] = {"variant": "ghost", "variant_args": GHOST_ARGS}
+#: Each mutant's declaration (Mutant.declaration): its variant and the variant's arguments.
+_RENORM: dict[str, Any] = {"variant": "batch-renorm", "variant_args": dict(RENORM_ARGS)}
+_GHOST: dict[str, Any] = {"variant": "ghost", "variant_args": dict(GHOST_ARGS)}
 
 VARIANT_MUTANTS: dict[str, Mutant] = dict([
     _m("renorm_r_from_variance", RenormRFromVariance,
