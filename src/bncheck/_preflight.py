@@ -136,9 +136,81 @@ def preflight(t: Target, *, channels: int = 3, guard: Guard = _no_guard
     frozen = None if y is None or no_stats else _frozen(t, channels, x, guard)
     if frozen:
         findings.append(Finding("training_mode", None, frozen, t.label))
+    design = (None if y is None or no_stats or frozen or t.variant is not None
+              else _running_in_training(t, channels, x, guard))
+    if design:
+        findings.append(Finding("training_mode", None, design, t.label))
     return t, findings, Facts(stats_not_cast=_stats_not_cast(t, channels, guard),
                               mode_from_grad=_mode_from_grad(t, channels, x, guard),
-                              no_stats=no_stats, frozen=frozen)
+                              no_stats=no_stats, frozen=frozen, running_in_training=design,
+                              computes_in_float32=_computes_in_float32(t, channels, x, guard))
+
+
+def _computes_in_float32(t: Target, channels: int, x: torch.Tensor,
+                         guard: Guard) -> str | None:
+    """Whether a float64 module and input are computed in float32 (a Keras dtype policy):
+    the training output is off the float64 oracle by float32 rounding (relative 1e-9 to 1e-4)
+    where a float64 computation is within 1e-12."""
+    from bncheck import oracle
+
+    try:
+        guard("a float64 training forward (preflight)")
+        bn = t.build(channels, ndim=t.dims[0], dtype=torch.float64)
+        x64 = x.to(torch.float64) * (1 + 2.0**-40) + 2.0**-35  # digits float32 cannot hold
+        y = bn.train(True).call(x64, what="a float64 training forward").detach()
+    except (TargetRaised, PropertyFailure):
+        return None
+    w, b = bn.params()
+    want = oracle.train_forward(x64, eps=t.eps, weight=w, bias=b)
+    if want.shape != y.shape or not bool(torch.isfinite(y).all()):
+        return None
+    err = float((y.to(torch.float64) - want).abs().max() / want.abs().max().clamp_min(1.0))
+    if y.dtype != torch.float32 and not 1e-9 < err < 1e-4:
+        return None
+    return (f"the target computes in float32 whatever dtype it is given (a float64 training "
+            f"output is off by {err:.2g}, float32 rounding), so its float64 cases are judged "
+            f"as float32 ones")
+
+
+def _running_in_training(t: Target, channels: int, x: torch.Tensor,
+                         guard: Guard) -> str | None:
+    """Whether a training forward normalizes with the running averages (as they were, or
+    updated with this batch first) instead of the batch statistics: a design (RealNVP-style
+    BatchNorm in normalizing flows), not BatchNorm in training; one finding names it."""
+    from bncheck import oracle
+
+    try:
+        guard("a training forward with installed running statistics (preflight)")
+        bn = t.build(channels, ndim=t.dims[0], dtype=torch.float64)
+        x64 = x.to(torch.float64)
+        mean, var = oracle.batch_stats(x64)
+        # Far from the batch's: a Batch Renorm (r = sigma_B / sigma, d = (mu_B - mu) / sigma)
+        # equals normalizing with the running statistics until r and d are clipped, and here
+        # r ~ 1/10 and d ~ 100 clip for any r_max < 10, d_max < 100.
+        bn.set_stats(mean + mean.abs() + 100.0 * torch.sqrt(var * 100.0 + 1.0),
+                     var * 100.0 + 1.0)
+        before = bn.require_stats()
+        y_train = bn.train(True).call(x64, what="a training forward").detach().to(
+            torch.float64)
+        after = bn.require_stats()
+    except (TargetRaised, PropertyFailure):
+        return None
+    w, b = bn.params()
+
+    def near(m: torch.Tensor, v: torch.Tensor) -> bool:
+        want = oracle.normalize(x64, m, v, eps=t.eps, weight=w, bias=b)
+        return want.shape == y_train.shape and torch.allclose(y_train, want, rtol=1e-6,
+                                                              atol=1e-8)
+
+    if near(mean, var) or not (near(*after) or near(*before)):
+        return None
+    which = "updated with this batch first" if near(*after) else "as they were"
+    return (f"training normalizes with the running averages ({which}), not the batch's "
+            f"statistics: a design (RealNVP-style BatchNorm in normalizing flows), not "
+            f"BatchNorm in training; the training properties' failures are its consequences. "
+            f"If that is intended, verify its eval behaviour and its statistics: "
+            f"--property eval_forward --property running_stats_update --property "
+            f"stats_are_buffers --property initial_state")
 
 
 def _first_forward(t: Target, bn: Any, x: torch.Tensor) -> torch.Tensor:
@@ -263,11 +335,21 @@ def _try_flag(t: Target, channels: int, flag: str, value: Any, x: torch.Tensor,
     try:
         bn.train(True).call(x, what="a training forward")
     except TargetRaised as e:
-        if flag == "momentum":  # not a --fixed flag: momentum has its own declaration
-            return (f"with {flag}={value!r} {e}; momentum=None is not drawn for it (declare "
-                    f"its momentum, momentum=0.1 or --momentum 0.1, to draw no momentum)")
-        return (f"with {flag}={value!r} {e}; declare fixed={{{flag!r}: {not value!r}}} "
-                f"(--fixed {flag}={str(not value).lower()}) if the layer does not support it")
+        from bncheck.target import inherited_contract, inherited_failure
+
+        base = inherited_contract(t.obj)  # what torch's signature offers, not the layer's own
+        if flag == "momentum":  # momentum=None: the cumulative average
+            what = f"with momentum=None (the cumulative average) {e}"
+            declaration = f"its momentum, momentum={t.momentum!r} (--momentum {t.momentum})"
+            if base is not None:
+                return inherited_failure(base, what, declaration)
+            return f"{what}; if the layer does not offer it, declare {declaration}"
+        declaration = (f"fixed={{{flag!r}: {not value!r}}} (--fixed "
+                       f"{flag}={str(not value).lower()})")
+        if base is not None:
+            return inherited_failure(base, f"with {flag}={value!r} {e}", declaration)
+        return (f"with {flag}={value!r} {e}; declare {declaration} if the layer does not "
+                f"support it")
     return None
 
 

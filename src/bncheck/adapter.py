@@ -38,7 +38,14 @@ from bncheck._validation import NotSet, not_set
 from bncheck.conventions import TORCH, Convention
 from bncheck.declaration import FLAG_TYPES, RANKS, Declaration
 from bncheck.errors import PropertyFailure, TargetError, TargetRaised
-from bncheck.target import CONFIG_KWARGS, Constructor, bn_factory, inspect_constructor
+from bncheck.target import (
+    CONFIG_KWARGS,
+    Constructor,
+    bn_factory,
+    inspect_constructor,
+    variant_kwargs,
+)
+from bncheck.variants import Variant
 
 __all__ = ["Target", "Adapted", "attribute", "Names", "TargetRaised", "PropertyFailure",
            "CONFIG_KWARGS", "FLAG_TYPES", "user_location", "is_user_file", "supported_dims"]
@@ -174,7 +181,7 @@ class Target:
         empty_batches: it declares that an empty batch is valid input (torch's classes do).
         debug: failures show the user-side traceback.
         declaration: what the user declared, whole (every path that builds the target again,
-            a rank or a worker, builds it from this).
+            a rank or a worker, builds it from this); :attr:`variant` comes from it.
     """
 
     obj: Callable[..., Any]
@@ -232,6 +239,12 @@ class Target:
         return self.declaration.framework or "torch"
 
     @property
+    def variant(self) -> Variant | None:
+        """The declared BatchNorm variant (:mod:`bncheck.variants`), judged by that variant's
+        oracle; its arguments the constructor takes are passed to it (None: plain BatchNorm)."""
+        return self.declaration.variant_spec
+
+    @property
     def fixed_flags(self) -> dict[str, Any]:
         return dict(self.fixed)
 
@@ -270,6 +283,8 @@ class Target:
             return _framework_adapter(self.framework).build(  # type: ignore[no-any-return]
                 self, num_features, ndim=ndim, wanted=wanted, dtype=dtype)
         kwargs = {k: v for k, v in wanted.items() if k in self.constructor.accepts}
+        if self.variant is not None:  # like momentum: passed where the constructor takes it
+            kwargs.update(variant_kwargs(self.obj, self.variant.kwargs))
         if not kwargs.get("affine", True):
             kwargs.pop("bias", None)  # torch: bias= only where affine
         kwargs.update(extra or {})
@@ -280,6 +295,11 @@ class Target:
             detail = describe_exception(cause, debug=self.debug) if cause else str(e)
             raise TargetRaised(f"{e.args[0].split(' raised ')[0]} raised {detail}"
                                if cause else str(e)) from None
+        try:
+            _materialize(module, num_features, ndim, self.channel_axis)
+        except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
+            raise TargetRaised(f"the target raised {describe_exception(e, debug=self.debug)} "
+                               f"while its state was made before the first call") from None
         bn = Adapted(module, num_features, self, affine=kwargs.get("affine") is not False)
         if dtype is not None:
             bn.to(dtype)
@@ -291,6 +311,30 @@ def _framework_adapter(name: str) -> Any:
     from bncheck.frameworks import framework
 
     return framework(name).adapter()
+
+
+def is_keras_layer(module: Any) -> bool:
+    """Whether ``module`` is a Keras 3 layer (on the torch backend, also an ``nn.Module``)."""
+    return any(c.__module__.split(".")[0] == "keras" for c in type(module).__mro__)
+
+
+def _materialize(module: nn.Module, num_features: int, ndim: int, channel_axis: int) -> None:
+    """Make the state a framework makes at the first call, the way the framework makes it and
+    changing no statistics: a Keras layer's ``build(input_shape)``; a torch lazy module's first
+    call, in eval mode without autograd, on a batch of zeros (eval reads no batch statistics
+    into the running ones)."""
+    shape = [2, num_features] + [1] * (ndim - 2)
+    if channel_axis == -1 and ndim > 2:
+        shape = [2] + [1] * (ndim - 2) + [num_features]
+    if is_keras_layer(module) and getattr(module, "built", True) is False:
+        module.build(tuple(shape))  # type: ignore[operator]
+    elif (isinstance(module, nn.modules.lazy.LazyModuleMixin)
+          and module.has_uninitialized_params()):
+        training = module.training
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(shape))
+        module.train(training)
 
 
 def _find_pair(module: nn.Module, pairs: tuple[tuple[str, str], ...],
@@ -383,6 +427,7 @@ class Adapted:
         counts = ((names.num_batches_tracked,) if names.num_batches_tracked
                   else tuple(at + n for n in COUNT_NAMES))
         self.count_name = next((n for n in counts if _resolve(module, n) is not None), None)
+        self.before_call: tuple[tuple[Tensor, Tensor] | None, int | None] = (None, None)
 
     def _slots(self, declared: tuple[str | None, str | None],
                usual: tuple[tuple[str, str], ...]) -> tuple[str | None, str | None]:
@@ -422,9 +467,12 @@ class Adapted:
 
     def call(self, x: Tensor, *, what: str = "forward") -> Tensor:
         """``module(x)`` in the target's layout and mode convention; the output comes back in
-        torch's layout (channels in dim 1)."""
+        torch's layout (channels in dim 1). A training call of a variant records the running
+        statistics and count it started from (:attr:`before_call`: its oracle reads them)."""
         kwargs = ({self.target.mode_argument: self.training}
                   if self.target.mode_argument else {})
+        if self.training and self.target.variant is not None:
+            self.before_call = (self.stats(), self.num_batches_tracked())
         xt = self.to_target_layout(x)
         y = self.invoke(what, lambda: self.module(xt, **kwargs))
         if not isinstance(y, Tensor):
@@ -463,6 +511,24 @@ class Adapted:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.invoke("load_state_dict of its own state_dict into a fresh instance",
                     self.module.load_state_dict, state)
+
+    def save(self) -> Any:
+        """The state as the module's framework saves it: a Keras layer's ``get_weights()`` (its
+        ``state_dict`` keys name the instance: ``batch_normalization_3/gamma``), else
+        ``state_dict()``."""
+        layer: Any = self.module  # a Keras layer's own methods
+        if is_keras_layer(layer):
+            return self.invoke("layer.get_weights()", layer.get_weights)
+        return self.state_dict()
+
+    def load(self, saved: Any) -> None:
+        """Load what another instance's :meth:`save` returned."""
+        layer: Any = self.module
+        if is_keras_layer(layer):
+            self.invoke("layer.set_weights() of another instance's get_weights() into a fresh "
+                        "instance", layer.set_weights, saved)
+        else:
+            self.load_state_dict(saved)
 
     def backward(self, y: Tensor, grad: Tensor, *, what: str = "backward") -> None:
         self.invoke(what, y.backward, grad)
@@ -603,6 +669,13 @@ class Adapted:
     def num_batches_tracked(self) -> int | None:
         t = _resolve(self.module, self.count_name) if self.count_name else None
         return int(t) if t is not None and t.numel() == 1 else None
+
+    def set_num_batches_tracked(self, count: int) -> None:
+        """Install ``count`` (a long horizon) in the counter :meth:`num_batches_tracked` reads."""
+        t = _resolve(self.module, self.count_name) if self.count_name else None
+        if t is not None and t.numel() == 1:
+            with torch.no_grad():
+                t.copy_(torch.tensor(count).to(t.dtype))  # wraps or rounds as its dtype does
 
     # -- helpers -----------------------------------------------------------------------------
     def _read(self, name: str) -> Tensor:

@@ -24,6 +24,7 @@ cumulative average and "not declared" is :data:`~bncheck._validation.not_set`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -41,7 +42,7 @@ from bncheck.conventions import PRESETS, Convention
 from bncheck.errors import InvalidArgument, InvalidArgumentType
 
 if TYPE_CHECKING:
-    pass
+    from bncheck.variants import Variant
 
 __all__ = ["Declaration", "DeclarationSpec", "FrozenMap", "FLAG_TYPES", "NAME_KEYS", "SPECS",
            "declared", "declaration_options"]
@@ -54,6 +55,8 @@ FLAG_TYPES: Final[dict[str, type]] = {"affine": bool, "track_running_stats": boo
 NAME_KEYS: Final = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 #: Input ranks a BatchNorm may take.
 RANKS: Final = (2, 3, 4, 5)
+#: The variants a target may declare (their arguments: :data:`bncheck.variants.VARIANTS`).
+VARIANT_NAMES: Final = ("batch-renorm", "ghost")
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -107,6 +110,7 @@ class DeclarationSpec:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     flag: bool = False
+    no_option: str | None = None
     unset: Any = None
 
     @property
@@ -117,6 +121,9 @@ class DeclarationSpec:
     def click_option(self) -> Callable[[F], F]:
         import click
 
+        if self.flag and self.no_option:  # both ways: --empty-batches/--no-empty-batches
+            return click.option(f"{self.option}/{self.no_option}", self.name, default=None,
+                                help=self.help)
         if self.flag:
             return click.option(self.option, self.name, is_flag=True, default=None,
                                 help=self.help)
@@ -141,14 +148,17 @@ def _same(text: str, _label: str) -> str:
 def declared(default: Any, *, option: str, help: str, check: Callable[[Any, str], Any],
              parse: Callable[[str, str], Any] = _same, show: Callable[[Any], str] = shown,
              to_json: Callable[[Any], Any] | None = None, metavar: str | None = None,
-             choices: tuple[str, ...] | None = None, flag: bool = False) -> Any:
+             choices: tuple[str, ...] | None = None, flag: bool = False,
+             no_option: str | None = None) -> Any:
     """A :class:`Declaration` field: ``default`` is "not declared"; ``check(value, label)``
     validates a Python or config value and returns it normalised (``label`` is how the error
     names it: ``eps`` or ``--eps``); ``parse(text, label)`` turns command-line text into such a
-    value; ``show`` renders it as command-line text; ``to_json`` as JSON (default: as is)."""
+    value; ``show`` renders it as command-line text; ``to_json`` as JSON (default: as is).
+    A ``flag`` is switched on by ``option`` and off by ``no_option``
+    (``--empty-batches/--no-empty-batches``)."""
     spec = dict(option=option, help=help, check=check, parse=parse, show=show,
                 to_json=to_json or (lambda v: v), metavar=metavar, choices=choices, flag=flag,
-                unset=default)
+                no_option=no_option, unset=default)
     return dataclasses.field(default=default, metadata={"spec": spec})
 
 
@@ -309,6 +319,16 @@ def _show_map(value: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={shown(v)}" for k, v in value.items())
 
 
+def _check_variant_args(value: Any, label: str) -> FrozenMap:
+    """A mapping; its keys and values are checked against the declared variant's arguments
+    (:meth:`bncheck.variants.Variant.from_declaration`) once the variant is known."""
+    return FrozenMap(_mapping(value, label, "{'virtual_batch': 4}"))
+
+
+def _parse_variant_args(text: str, label: str) -> dict[str, str]:
+    return _pairs(text, label, "r_max=3,d_max=5,warmup=0 or virtual_batch=4")
+
+
 def _check_axis(value: Any, label: str) -> int:
     check_type(int, value, label)
     if value not in (1, -1):
@@ -427,9 +447,10 @@ class Declaration:
         "affine=true,track_running_stats=true (keys: affine, track_running_stats, bias; Flax: "
         "use_fast_variance, use_bias, use_scale, axis, axis_name).")
     empty_batches: bool | None = declared(
-        None, option="--empty-batches", flag=True, check=_check_bool,
-        help="The target accepts empty batches (checked by empty_batch). Default: true for "
-        "torch's BatchNorm classes.")
+        None, option="--empty-batches", no_option="--no-empty-batches", flag=True,
+        check=_check_bool,
+        help="The target accepts empty batches (checked by empty_batch), or does not "
+        "(--no-empty-batches). Default: torch's BatchNorm classes and their subclasses do.")
     framework: str | None = declared(
         None, option="--framework", choices=("torch", "flax-nnx", "flax-linen"),
         check=_choice(("torch", "flax-nnx", "flax-linen")),
@@ -438,6 +459,15 @@ class Declaration:
         "flax-linen (a flax.linen.Module, built as Name()); a Flax target follows the flax "
         "convention unless another is declared. Needs the jax extra: pip install "
         "'bncheck[jax]' (docs/jax.md).")
+    variant: str | None = declared(
+        None, option="--variant", choices=VARIANT_NAMES, check=_choice(VARIANT_NAMES),
+        help="The BatchNorm variant the target is, judged by its own oracle "
+        "(docs/variants.md).")
+    variant_args: Mapping[str, Any] | None = declared(
+        None, option="--variant-args", metavar="K=V,...", check=_check_variant_args,
+        parse=_parse_variant_args, show=_show_map, to_json=dict,
+        help="The variant's arguments, e.g. r_max=3,d_max=5,warmup=0 or virtual_batch=4; "
+        "those the constructor takes are passed to it.")
     dtypes: Sequence[str] | None = declared(
         None, option="--dtypes", metavar="LIST", check=_check_dtypes, parse=_parse_list,
         show=_comma, to_json=list, help="Comma-separated dtypes to check. Default: "
@@ -454,6 +484,15 @@ class Declaration:
             _check_fixed(self.fixed, "fixed", framework(self.framework or "torch").flag_types)
             if "axis" in self.fixed:  # Flax's channel axis
                 _check_axis(self.fixed["axis"], "fixed['axis']")
+        if self.variant is not None:  # its arguments are checked against the variant's own
+            given = self.variant_spec.kwargs  # type: ignore[union-attr]
+            if self.variant_args is not None:
+                object.__setattr__(self, "variant_args", FrozenMap(
+                    {k: given[k] for k in self.variant_args}))
+        elif self.variant_args:
+            raise InvalidArgument(f"variant_args={dict(self.variant_args)!r} given without a "
+                                  f"variant; declare variant='batch-renorm' or variant='ghost' "
+                                  f"(--variant)")
 
     # -- builders --------------------------------------------------------------------------
     @classmethod
@@ -489,6 +528,16 @@ class Declaration:
         return Declaration.from_kwargs({**self.declared(), **changes})
 
     # -- reading ---------------------------------------------------------------------------
+    @functools.cached_property
+    def variant_spec(self) -> Variant | None:
+        """The declared variant with every argument (defaults filled in, types converted), or
+        None (:mod:`bncheck.variants`)."""
+        if self.variant is None:
+            return None
+        from bncheck.variants import Variant  # torch: only when a variant is declared
+
+        return Variant.from_declaration(self.variant, self.variant_args)
+
     def declared(self) -> dict[str, Any]:
         """The fields that are declared (not at their "not declared" default), by name."""
         return {s.name: getattr(self, s.name) for s in SPECS.values()
@@ -509,8 +558,10 @@ class Declaration:
         out: list[str] = []
         for name, value in self.declared().items():
             spec = SPECS[name]
-            out += [spec.option] if spec.flag and value else \
-                [] if spec.flag else [spec.option, spec.show(value)]
+            if spec.flag:
+                out += [spec.option] if value else [spec.no_option] if spec.no_option else []
+            else:
+                out += [spec.option, spec.show(value)]
         return out
 
     def describe(self) -> str:

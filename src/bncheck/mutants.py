@@ -376,6 +376,18 @@ MUTANTS: dict[str, Mutant] = dict([
 ])
 
 
+def _add_variant_mutants() -> None:
+    """The variants' mutants (:mod:`bncheck.mutants_variants`), after the torch ones. When
+    that module is imported first it adds them itself, once this one is complete."""
+    import sys
+
+    if "bncheck.mutants_variants" in sys.modules:
+        return
+    from bncheck.mutants_variants import VARIANT_MUTANTS
+
+    MUTANTS.update(VARIANT_MUTANTS)
+
+
 @dataclass
 class MutantResult:
     """Which properties killed a mutant."""
@@ -462,3 +474,6 @@ def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
         results.append(judge(m, verify_some, catalogue(), every_property=every_property,
                              on_result=on_result))
     return results
+
+
+_add_variant_mutants()

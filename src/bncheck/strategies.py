@@ -11,7 +11,8 @@ Hypothesis does) and draws tensor *contents* through Hypothesis, so failing inpu
 values stress batch normalization: large offsets with small spread (mean >> std), near-constant
 and constant channels (variance ~ 0, where eps matters), wide spreads (squares overflow float16),
 and every memory layout a caller may hand a layer: channels_last, a strided last dimension,
-permuted batch and channel strides, a storage offset, and an expanded (stride 0) dimension.
+permuted batch and channel strides, a storage offset, an expanded (stride 0) dimension, and
+transposed spatial strides (as ``x.transpose(2, 3)`` leaves them: a ``x.view(...)`` raises).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ GRAD_MODES: tuple[str, ...] = ("enabled", "no_grad", "inference_mode")
 #: What a channel's values look like (see :func:`inputs`).
 KINDS: tuple[str, ...] = ("standard", "offset", "near_constant", "constant", "wide")
 LAYOUTS: tuple[str, ...] = ("contiguous", "channels_last", "non_contiguous", "permuted",
-                             "storage_offset", "expanded")
+                             "storage_offset", "expanded", "spatial_transposed")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64,
                                   "float16": torch.float16, "bfloat16": torch.bfloat16}
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -171,9 +172,12 @@ def _check_dtypes(values: Any, name: str = "dtypes") -> tuple[torch.dtype, ...]:
 # -- strategies --------------------------------------------------------------------------------
 def shapes(*, dims: Sequence[int] = (2, 4), min_batch: int = 2, max_batch: int = 6,
            min_channels: int = 1, max_channels: int = 4, min_side: int = 1,
-           max_side: int = 4, wide_channels: int | None = None
+           max_side: int = 4, wide_channels: int | None = None, batch_multiple: int = 1
            ) -> st.SearchStrategy[tuple[int, ...]]:
     """Input shapes ``(N, C, *spatial)`` with ``len(shape)`` in ``dims``.
+
+    ``batch_multiple``: ``N`` is a multiple of it (a ghost BatchNorm's virtual batch), between
+    ``min_batch`` and ``max_batch`` rounded to multiples.
 
     ``wide_channels`` (above ``max_channels``): about one shape in four has between
     ``max_channels + 1`` and ``wide_channels`` channels, so that code paths for channel counts
@@ -198,8 +202,12 @@ def shapes(*, dims: Sequence[int] = (2, 4), min_batch: int = 2, max_batch: int =
         if wide_channels > max_channels:
             small, wide = channels, st.integers(max_channels + 1, wide_channels)
             channels = st.integers(0, 3).flatmap(lambda k: wide if k == 3 else small)
+    check_positive_int(batch_multiple, "batch_multiple")
+    lo = -(-min_batch // batch_multiple)
+    batches = st.integers(lo, max(lo, max_batch // batch_multiple)).map(
+        lambda k: k * batch_multiple)
     return st.tuples(
-        st.sampled_from(dims), st.integers(min_batch, max_batch),
+        st.sampled_from(dims), batches,
         channels,
         st.lists(st.integers(min_side, max_side), min_size=3, max_size=3),
     ).map(lambda t: (t[1], t[2], *t[3][: t[0] - 2]))
@@ -328,6 +336,8 @@ def _layout(x: Tensor, layout: str) -> Tensor:
         flat = torch.zeros(x.numel() + 3, dtype=x.dtype)
         flat[3:] = x.reshape(-1)
         return flat[3:].view(x.shape)
+    if layout == "spatial_transposed" and x.dim() >= 4:  # as x.transpose(2, 3) leaves it
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
     if layout == "expanded":  # stride 0: the last dimension (the batch for (N, C))
         dim = x.dim() - 1 if x.dim() > 2 else 0
         return x.narrow(dim, 0, 1).expand(x.shape)
@@ -394,7 +404,8 @@ def bn_cases(*, dims: Sequence[int] = (2, 4),
              configs: st.SearchStrategy[BNConfig] | None = None, min_batch: int | None = None,
              max_batch: int = 6, max_channels: int = 4, max_side: int = 4,
              wide_channels: int | None = None, kinds: Sequence[str] | None = None,
-             layouts: Sequence[str] | None = None) -> st.SearchStrategy[BNCase]:
+             layouts: Sequence[str] | None = None, batch_multiple: int = 1
+             ) -> st.SearchStrategy[BNCase]:
     """Complete test cases: shape, dtype, mode, configuration, input, random weight and bias.
 
     Weight and bias are drawn in ``[-2, 2]`` per channel, not left at ones and zeros (a
@@ -408,7 +419,7 @@ def bn_cases(*, dims: Sequence[int] = (2, 4),
         configs: ``None`` means ``bn_configs()``.
         min_batch: ``None`` means 1 when ``training=False``, else 2 (training needs two values
             per channel).
-        max_batch, max_channels, max_side, wide_channels: as :func:`shapes`.
+        max_batch, max_channels, max_side, wide_channels, batch_multiple: as :func:`shapes`.
         kinds, layouts: as :func:`inputs`.
     """
     if min_batch is None:
@@ -427,5 +438,5 @@ def bn_cases(*, dims: Sequence[int] = (2, 4),
                               f"configs={configs!r}")
     return _cases(
         shapes(dims=dims, min_batch=min_batch, max_batch=max_batch, max_channels=max_channels,
-               max_side=max_side, wide_channels=wide_channels),
+               max_side=max_side, wide_channels=wide_channels, batch_multiple=batch_multiple),
         st.sampled_from(dts), modes(training=training, grad_modes=grad_modes), configs, ks, ls)

@@ -196,6 +196,53 @@ def takes_num_dims(obj: Callable[..., Any]) -> bool:
     return inspect_constructor(obj).takes_num_dims
 
 
+def inherited_contract(obj: Any) -> str | None:
+    """``"torch.nn.BatchNorm2d"`` when ``obj`` subclasses one of torch's BatchNorms and brings
+    its own ``forward``: what the type and signature offer (momentum=None, empty batches) is a
+    contract inherited from torch rather than one the layer wrote (None otherwise)."""
+    if not (isinstance(obj, type) and issubclass(obj, nn.modules.batchnorm._NormBase)):
+        return None
+    base: Any = next((c for c in obj.__mro__ if c.__module__.startswith("torch.nn")), None)
+    if base is None or obj is base or obj.forward is base.forward:
+        return None
+    public = next((c for c in base.__mro__ if not c.__name__.startswith("_")), base)
+    return f"torch.nn.{public.__name__}"
+
+
+def inherited_failure(base: str, message: str, declaration: str) -> str:
+    """A failure of a contract inherited from torch's ``base``, apart from the arithmetic, with
+    the declaration that says the layer does not offer it."""
+    return (f"differs from the contract it inherits from {base}: {message}\n"
+            f"If the layer does not offer it, declare so: {declaration}")
+
+
+def variant_kwargs(obj: Callable[..., Any], args: dict[str, Any]) -> dict[str, Any]:
+    """The variant arguments ``obj``'s constructor takes by name (passed like momentum)."""
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in args.items() if k in params}
+
+
+#: First constructor parameters that say the class infers its channel count at the first call
+#: (``torch.nn.LazyBatchNorm2d(eps=...)``, ``keras.layers.BatchNormalization(axis=-1, ...)``).
+_LAZY_FIRST = ("eps", "axis", "momentum")
+
+
+def takes_num_features(obj: Callable[..., Any]) -> bool:
+    """Whether ``obj(num_features, ...)`` passes the channel count: not for torch's lazy
+    classes nor for classes whose first parameter is ``eps``/``axis``/``momentum`` (they learn
+    it from the first input: :meth:`bncheck.adapter.Target.build` materializes them)."""
+    if isinstance(obj, type) and issubclass(obj, nn.modules.lazy.LazyModuleMixin):
+        return False
+    try:
+        first = next(iter(inspect.signature(obj).parameters.values()), None)
+    except (TypeError, ValueError):
+        return True
+    return first is None or first.name not in _LAZY_FIRST
+
+
 def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], nn.Module]:
     """A factory ``make(num_features, num_dims)`` for ``obj``; ``kwargs`` go to every call.
 
@@ -203,11 +250,14 @@ def bn_factory(obj: Callable[..., Any], **kwargs: Any) -> Callable[[int, int], n
     an ``nn.Module``.
     """
     with_dims = takes_num_dims(obj)
+    with_features = takes_num_features(obj)
     label = getattr(obj, "__qualname__", repr(obj))
 
     def make(num_features: int, num_dims: int) -> nn.Module:
         try:
-            if with_dims:
+            if not with_features:
+                module = obj(**kwargs)
+            elif with_dims:
                 module = obj(num_features, num_dims=num_dims, **kwargs)
             else:
                 module = obj(num_features, **kwargs)

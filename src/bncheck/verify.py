@@ -164,7 +164,11 @@ def build_target(obj: Any, *, label: str | None = None,
         debug: failures show the user-side traceback of exceptions in the target.
         declared: the fields of :class:`~bncheck.declaration.Declaration` (``convention``,
             ``momentum``, ``eps``, ``dims``, ``names``, ``channel_axis``, ``mode_argument``,
-            ``fixed``, ``empty_batches``, ...); an unknown name is an error.
+            ``fixed``, ``empty_batches``, ``variant``, ``variant_args``, ...); an unknown name
+            is an error. ``variant`` (``"batch-renorm"`` or ``"ghost"``,
+            :mod:`bncheck.variants`) is judged by that variant's oracle; ``variant_args``
+            (``{"r_max": 3, "d_max": 5, "warmup": 0}`` or ``{"virtual_batch": 4}``) the
+            constructor takes are passed to it.
 
     Raises:
         InvalidArgument: a value breaks its rule (``name=value`` and the rule), or an unknown
@@ -224,6 +228,11 @@ def _watched_once(prop: Property, ctx: Context, case: Any,
         on_example(None)
 
 
+#: The owner named by the training failures of a layer that normalizes training batches with
+#: its running averages (a design: no rerun without it exists).
+RUNNING_IN_TRAINING = "training normalizes with the running averages (training_mode)"
+
+
 def _consequence(prop: Property, ctx: Context, case: Any,
                  on_example: Callable[[Any], None] | None = None) -> str | None:
     """The defect(s) other properties own that explain this failure: the failing case rerun
@@ -231,6 +240,11 @@ def _consequence(prop: Property, ctx: Context, case: Any,
     dtype; with grad enabled in training and disabled in eval, where a layer that picks its
     mode from grad mode is in the right mode) passes."""
     facts = getattr(ctx, "facts", None)  # the distributed properties have none
+    design = getattr(facts, "running_in_training", None)
+    if design and prop.name in ("train_forward", "invariances", "gradients", "differential",
+                                "reduced_precision", "empty_batch",
+                                "running_stats_convergence"):
+        return RUNNING_IN_TRAINING
     if case is None or facts is None or prop.name in ("stats_are_buffers",
                                                        "grad_mode_independence"):
         return None
@@ -289,8 +303,8 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings,
         owner = _consequence(prop, ctx, state["case"], on_example)
         if owner is not None:
             res.consequence_of = owner
-            res.message = (f"consequence of: {owner} (the same case passes without it)\n"
-                           f"{res.message}")
+            why = "" if owner == RUNNING_IN_TRAINING else " (the same case passes without it)"
+            res.message = f"consequence of: {owner}{why}\n{res.message}"
         return res
     except Flaky as e:
         inner = [x for x in getattr(e, "exceptions", ()) if isinstance(x, PropertyFailure)]
@@ -495,10 +509,11 @@ def check_batchnorm(obj: Any, *, declaration: Declaration | None = None,
     about ``obj`` is ``declaration`` (a :class:`~bncheck.declaration.Declaration`, e.g. one read
     from pyproject.toml with :func:`bncheck.config.declaration_for`) and/or its fields as
     keyword arguments (``convention``, ``momentum``, ``eps``, ``dims``, ``names``,
-    ``channel_axis``, ``mode_argument``, ``fixed``, ``empty_batches``, ``dtypes``, ...; these
-    win); ``momentum=None`` declares a cumulative average. ``timeout`` (seconds per example;
-    ``None``: no worker process, no limit) and ``jobs`` (properties run at once, each in its
-    own worker; the CLI's default is ``auto``) are :func:`verify`'s.
+    ``channel_axis``, ``mode_argument``, ``fixed``, ``empty_batches``, ``variant``,
+    ``variant_args``, ``dtypes``, ...; these win); ``momentum=None`` declares a cumulative
+    average. ``timeout`` (seconds per example; ``None``: no worker process, no limit) and
+    ``jobs`` (properties run at once, each in its own worker; the CLI's default is ``auto``)
+    are :func:`verify`'s.
 
     Raises:
         VerificationFailed: (an ``AssertionError``) some property failed; the message is the

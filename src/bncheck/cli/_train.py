@@ -27,8 +27,10 @@ from bncheck.errors import InvalidArgument
 #: Declarations ``train --bn`` cannot honour: the training and export steps build the layer as
 #: ``Name(num_features)`` and call it as ``module(x)`` on channels-first input (LeNet's), so a
 #: declared constructor value, layout or mode argument would verify another layer than the one
-#: trained. They are not options of ``train`` (click refuses them, exit 2, naming the option).
-TRAIN_REFUSES = ("momentum", "eps", "fixed", "channel_axis", "mode_argument")
+#: trained (a variant's arguments are passed to the constructor where it takes them). They are
+#: not options of ``train`` (click refuses them, exit 2, naming the option).
+TRAIN_REFUSES = ("momentum", "eps", "fixed", "channel_axis", "mode_argument", "variant",
+                 "variant_args")
 
 
 def train_declaration(declared: dict[str, Any], *, unverified: str | None) -> Declaration:

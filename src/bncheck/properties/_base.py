@@ -64,6 +64,9 @@ class PropertyCase:
     permutation: tuple[int, ...] | None = None
     #: the grad mode of the eval forwards (train_eval_switch)
     eval_mode: Mode | None = None
+    #: num_batches_tracked installed before the property runs (a long horizon: behaviour keyed
+    #: on the count, such as a cumulative average or a warm-up, is reached there)
+    tracked: int | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -93,6 +96,8 @@ class PropertyCase:
             parts.append(f"batch permutation={list(self.permutation)}")
         if self.eval_mode is not None:
             parts.append(f"eval forwards in {self.eval_mode}")
+        if self.tracked is not None:
+            parts.append(f"installed num_batches_tracked={self.tracked}")
         return ", ".join(parts)
 
 
@@ -109,6 +114,12 @@ class Facts:
     #: that a training forward normalizes with the stored statistics and leaves them unchanged
     #: (a frozen BatchNorm: not a BatchNorm in training), or None
     frozen: str | None = None
+    #: that a training forward normalizes with the running averages it has just updated (a
+    #: RealNVP-style design): the training properties' failures are its consequences, or None
+    running_in_training: str | None = None
+    #: that the target computes in float32 whatever dtype it is given (a Keras dtype policy):
+    #: its float64 cases are judged as float32 ones, or None
+    computes_in_float32: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,13 @@ class Context:
 
     @property
     def full_dtypes(self) -> tuple[torch.dtype, ...]:
-        return tuple(d for d in self.dtypes if d in FULL)
+        """float32/float64 among the requested dtypes; float64 judged as float32 when the
+        target computes in float32 whatever it is given (:attr:`Facts.computes_in_float32`)."""
+        full = tuple(d for d in self.dtypes if d in FULL)
+        if self.facts.computes_in_float32 and torch.float64 in full:
+            full = tuple(dict.fromkeys(torch.float32 if d == torch.float64 else d
+                                       for d in full))
+        return full
 
     @property
     def reduced_dtypes(self) -> tuple[torch.dtype, ...]:
@@ -150,6 +167,10 @@ class Context:
               ) -> st.SearchStrategy[BNCase]:
         if "max_channels" not in kwargs:  # sometimes past a vector width (channel tail bugs)
             kwargs.setdefault("wide_channels", WIDE_CHANNELS)
+        v = self.target.variant
+        if v is not None and v.name == "ghost":  # two or three virtual batches, whole
+            vb = v.virtual_batch
+            kwargs.update(min_batch=2 * vb, max_batch=3 * vb, batch_multiple=vb)
         return bn_cases(dims=self.target.dims, dtypes=dtypes or self.full_dtypes,
                         configs=configs if configs is not None else self.configs(), **kwargs)
 
@@ -314,6 +335,10 @@ def oracle_train(bn: Adapted, x: Tensor, eps: float, dtype: torch.dtype
                  ) -> tuple[Tensor, Tolerance]:
     """The training-mode output the oracle gives for ``x`` with ``bn``'s weight and bias, and
     its tolerance."""
+    if bn.target.variant is not None:  # judged by its own oracle
+        from bncheck.properties._variants import variant_train
+
+        return variant_train(bn, x, eps, dtype)
     mean, var = oracle.batch_stats(x)
     w, b = bn.params()
     return (oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b),
@@ -326,6 +351,29 @@ def oracle_eval(bn: Adapted, x: Tensor, mean: Tensor, var: Tensor, eps: float,
     w, b = bn.params()
     return (oracle.normalize(x, mean, var, eps=eps, weight=w, bias=b),
             forward_tolerance(x, mean, var, eps=eps, n=1, weight=w, bias=b, dtype=dtype))
+
+
+#: Counts installed in num_batches_tracked (None: as built). Behaviour keyed on the count is
+#: otherwise never reached: a cumulative average's 1/k at k = 1e5 in float32, warm-ups.
+HORIZONS = (None, 10**3, 10**5, 10**6)
+
+
+def horizons() -> st.SearchStrategy[int | None]:
+    """Installed counts; shrinks to None (the count the layer was built with)."""
+    return st.sampled_from(HORIZONS)
+
+
+def install_count(bn: Adapted, tracked: int | None) -> int | None:
+    """Put ``tracked`` into ``bn``'s num_batches_tracked (when it has one and ``tracked`` is
+    given); returns the count the next step starts from."""
+    if tracked is not None and bn.num_batches_tracked() is not None:
+        bn.set_num_batches_tracked(tracked)
+        if bn.num_batches_tracked() != tracked:  # a narrow or floating counter
+            raise PropertyFailure(
+                f"num_batches_tracked cannot hold {tracked}: it reads "
+                f"{bn.num_batches_tracked()} after {tracked} was stored (store it as a "
+                f"torch.long buffer, as torch does)")
+    return bn.num_batches_tracked()
 
 
 def stat_values(c: int) -> st.SearchStrategy[tuple[Tensor, Tensor]]:

@@ -45,6 +45,9 @@ def _grad(module_or_t: Any, name: str | None) -> Tensor | None:
             "directly (e.g. track_running_stats=False in eval, momentum=None)",
     tolerance="sum of both implementations' forward/gradient/stats tolerances",
     cases=_cases,
+    requires=lambda ctx: None if ctx.target.variant is None else (
+        f"the target declares variant {ctx.target.variant.describe()}: torch's BatchNorm is "
+        f"not that variant (its own oracle judges it in the other properties)"),
 )
 def differential(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
 from torch.autograd.gradcheck import GradcheckError
 
 from bncheck import oracle
-from bncheck.adapter import attribute
+from bncheck.adapter import Adapted, attribute
 from bncheck.properties._base import Checks, Context, PropertyCase, register
-from bncheck.properties._tolerance import SAFETY, roundoff
+from bncheck.properties._tolerance import SAFETY, gradient_tolerances, roundoff
 
 
 def _cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
@@ -35,9 +37,11 @@ def _first_line(e: BaseException) -> str:
     tolerance="gradcheck defaults (eps=1e-6, atol=1e-5, rtol=1e-3); zero sum: n^2 x float64 "
               "roundoff x the size of the gradient terms, x8",
     cases=_cases,
-    requires=lambda ctx: None if torch.float64 in ctx.dtypes else (
+    requires=lambda ctx: ctx.facts.computes_in_float32 and (
+        f"{ctx.facts.computes_in_float32}: gradcheck's finite differences need float64 "
+        f"arithmetic") or (None if torch.float64 in ctx.dtypes else (
         "needs float64 (gradcheck's finite differences); requested dtypes: "
-        + ", ".join(str(d).removeprefix("torch.") for d in ctx.dtypes)),
+        + ", ".join(str(d).removeprefix("torch.") for d in ctx.dtypes))),
 )
 def gradients(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
@@ -64,6 +68,13 @@ def gradients(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
                              what=f"a {mode} forward under gradcheck")
 
     label = ["input", *names]
+    variant = ctx.target.variant
+    if training and variant is not None and variant.name == "batch-renorm":
+        # r and d are constants to the gradient (the paper's stop_gradient): finite differences
+        # move them, so the gradients are compared with the oracle's instead of gradcheck.
+        bn.restore(state)
+        _renorm_gradients(bn, x, names, leaves, f, case.config.eps, checks)
+        return
     try:
         bn.gradcheck(f, (x, *leaves), what="gradcheck", eps=1e-6, atol=1e-5, rtol=1e-3,
                      raise_exception=True)
@@ -105,3 +116,45 @@ def zero_sum_failure(x: Tensor, dx: Tensor, g: Tensor, eps: float,
     return (f"training input gradient does not sum to zero over channel {c}: sum = "
             f"{float(sums[c]):.6g} (up to {float(bound[c]):.3g} allowed); the gradient through "
             f"the batch mean is missing or wrong")
+
+
+def _renorm_gradients(bn: Adapted, x: Tensor, names: list[str], leaves: list[Tensor],
+                      f: Callable[..., Tensor], eps: float, checks: Checks) -> None:
+    """Batch Renorm's training gradients against its float64 oracle's (r, d held constant)."""
+    from bncheck.variants import renorm_train
+
+    variant = bn.target.variant
+    assert variant is not None
+    args = variant.kwargs
+    running_mean, running_var = bn.require_stats()
+    count = bn.num_batches_tracked() or 0
+    y = f(x, *leaves)
+    g = torch.cos(torch.arange(y.numel(), dtype=torch.float64) * 1.7).reshape(y.shape)
+    got = bn.invoke("backward", torch.autograd.grad, y, [x, *leaves], g)
+    xo = x.detach().clone().requires_grad_(True)
+    by_name = dict(zip(names, leaves, strict=True))
+    wo = (by_name[bn.weight_name].detach().reshape(-1).clone().requires_grad_(True)
+          if bn.weight_name in by_name else None)
+    bo = (by_name[bn.bias_name].detach().reshape(-1).clone().requires_grad_(True)
+          if bn.bias_name in by_name else None)
+    sigma = running_var.sqrt() if bn.stores_std else torch.sqrt(running_var + eps)
+    yo = renorm_train(xo, eps=eps, running_mean=running_mean, running_std=sigma,
+                      r_max=args["r_max"], d_max=args["d_max"], warm=count < args["warmup"],
+                      weight=wo, bias=bo)
+    want = [t for t in (xo, wo, bo) if t is not None]
+    exp = torch.autograd.grad(yo, want, g)
+    mean, var = oracle.batch_stats(x)
+    tdx, tdw, tdb = gradient_tolerances(x, mean, var, eps=eps, grad=g,
+                                        weight=None if wo is None else wo.detach(),
+                                        training=True, dtype=torch.float64)
+    tdx = tdx.scaled(args["r_max"], "r up to r_max multiplies the input gradient")
+    expected = {"input": exp[0]}
+    tols = {"input": tdx}
+    k = 1
+    for name, t, tol in ((bn.weight_name, wo, tdw), (bn.bias_name, bo, tdb)):
+        if t is not None and name is not None:
+            expected[name], tols[name] = exp[k], tol
+            k += 1
+    for (label, e), gt in zip(expected.items(), got, strict=True):
+        checks.close(gt.reshape(e.shape), e, tols[label],
+                     f"training gradient of {label} (batch-renorm: r and d held constant)")

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from bncheck.adapter import Adapted
+from bncheck.errors import PropertyFailure
 from bncheck.properties._base import (
     Checks,
     Context,
@@ -16,6 +17,7 @@ from bncheck.properties._base import (
     register,
 )
 from bncheck.strategies import BNCase
+from bncheck.target import inherited_contract, inherited_failure
 
 #: What a fresh BatchNorm holds, in every convention bncheck knows (torch, ONNX, Keras, Flax):
 #: running mean 0, running variance (and standard deviation) 1, weight 1, bias 0, no batches.
@@ -113,6 +115,24 @@ def _empty(case: BNCase) -> Tensor:
     requires=_needs_declaration,
 )
 def empty_batch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
+    base = inherited_contract(ctx.target.obj)
+    if base is None:
+        _empty_batch(ctx, drawn, checks)
+        return
+    declaration = "empty_batches=False (--no-empty-batches)"
+    own = Checks()
+    try:
+        _empty_batch(ctx, drawn, own)
+    except PropertyFailure as e:  # the target raised: also a contract it inherits
+        raise PropertyFailure(inherited_failure(base, str(e), declaration)) from None
+    if own.failures:
+        first, *rest = own.failures
+        checks.fail(inherited_failure(base, first, declaration))
+        for message in rest:
+            checks.fail(message)
+
+
+def _empty_batch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
     assert drawn.installed is not None
     bn = ctx.build(case)

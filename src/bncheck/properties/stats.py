@@ -19,27 +19,39 @@ from bncheck.properties._base import (
     Context,
     PropertyCase,
     check_output,
+    horizons,
+    install_count,
     needs_stats,
     register,
 )
 from bncheck.properties._tolerance import forward_tolerance, stats_tolerance, std_tolerance
-from bncheck.strategies import BNConfig, dtype_name, modes, shapes
+from bncheck.properties._variants import pieces, updates_per_call
+from bncheck.strategies import BNCase, BNConfig, dtype_name, modes, shapes
 
 
 def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor, Tensor],
                   momentum: float | None, steps: int, what: str, checks: Checks) -> None:
     """The running statistics after a training step on ``x`` follow ``conv`` (``before``: the
-    running mean and variance before the step)."""
+    running mean and variance before the step; ``steps``: num_batches_tracked after it). A
+    ghost BatchNorm updates once per virtual batch, in order: the last of them is ``steps``."""
     got_mean, got_second = bn.stored_stats()
-    mean, var = oracle.batch_stats(x)
-    n = oracle.count_per_channel(x.shape)
-    w = conv.batch_weight(momentum, steps)
-    tm, tv = stats_tolerance(x, before[0], before[1], mean, var, weight=w,
-                             correction=conv.correction(n),
-                             stat_dtype=bn.stat_dtype() or torch.float32)
+    chunks = pieces(bn, x)
+    exp_m, exp_v = before
+    tm = tv = None
+    for i, piece in enumerate(chunks):
+        k = steps - len(chunks) + 1 + i
+        mean, var = oracle.batch_stats(piece)
+        n = oracle.count_per_channel(piece.shape)
+        a, b = stats_tolerance(piece, exp_m, exp_v, mean, var,
+                               weight=conv.batch_weight(momentum, k),
+                               correction=conv.correction(n),
+                               stat_dtype=bn.stat_dtype() or torch.float32)
+        tm, tv = (a, b) if tm is None or tv is None else (tm + a, tv + b)
+        exp_m, exp_v = conv.expected_stats(exp_m, exp_v, mean, var, count=n,
+                                           momentum=momentum, steps=k)
+    assert tm is not None and tv is not None
+    per_channel = (f"{len(chunks)} virtual batches of {n}" if len(chunks) > 1 else str(n))
     rule = conv.describe().split(": ", 1)[1]
-    exp_m, exp_v = conv.expected_stats(before[0], before[1], mean, var, count=n,
-                                       momentum=momentum, steps=steps)
     second, exp_second, t_second = "running_var", exp_v, tv
     if bn.stores_std:
         second, exp_second, t_second = "running_std", exp_v.sqrt(), std_tolerance(tv, exp_v)
@@ -50,7 +62,8 @@ def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor
                            check_dtype=False)
         if mismatch is not None:
             checks.fail(
-                f"{mismatch}\nExpected ({rule}; momentum {m_note}; batch of n={n} per channel): "
+                f"{mismatch}\nExpected ({rule}; momentum {m_note}; batch of n={per_channel} per "
+                f"channel): "
                 f"{[round(v, 6) for v in exp.tolist()]}\n"
                 f"Got: {[round(v, 6) for v in got.tolist()]}\nTolerance: {tol.reason}")
 
@@ -58,7 +71,7 @@ def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor
 def _update_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
     return ctx.with_stats(ctx.cases(training=True, grad_modes=["enabled"],
                                     configs=ctx.configs(track_running_stats=True)),
-                          steps=st.integers(1, 3))
+                          steps=st.integers(1, 3), tracked=horizons())
 
 
 @register(
@@ -79,7 +92,7 @@ def running_stats_update(ctx: Context, drawn: PropertyCase, checks: Checks) -> N
     conv, cfg = ctx.target.convention, case.config
     bn = ctx.build(case)
     bn.require_stats()
-    count0 = bn.num_batches_tracked()
+    count0 = install_count(bn, drawn.tracked)
     bn.set_stats(*drawn.installed)
     bn.train(True)
     for step in range(1, steps + 1):
@@ -87,15 +100,68 @@ def running_stats_update(ctx: Context, drawn: PropertyCase, checks: Checks) -> N
             case.dtype)
         before = bn.require_stats()
         bn.call(x, what=f"training step {step}")
-        expect_update(conv, bn, x, before, cfg.momentum, (count0 or 0) + step,
+        per = updates_per_call(bn, x)  # a ghost BatchNorm's virtual batches each count
+        expect_update(conv, bn, x, before, cfg.momentum, (count0 or 0) + step * per,
                       f"after training step {step}", checks)
         count = bn.num_batches_tracked()
-        if not checks.that(count0 is None or count == count0 + step,
+        if not checks.that(count0 is None or count == count0 + step * per,
                            f"num_batches_tracked is {count} after {step} training step(s), "
-                           f"expected {(count0 or 0) + step}"):
-            return
+                           f"expected {(count0 or 0) + step * per}"
+                           + (f" ({per} virtual batches each)" if per > 1 else "")):
+            break
         if checks.failures:
-            return
+            break
+    _variance_form(ctx, case, checks)
+
+
+#: Offset data for the variance-form probe: the one-pass variance E[x^2] - E[x]^2 loses about
+#: u * mean^2 to rounding, so with mean^2 / std^2 = OFFSET_RATIO / u it is ~OFFSET_RATIO x the
+#: variance off, while a two-pass variance stays within stats_tolerance (n u max|x| std).
+OFFSET_RATIO = 1e3
+PROBE_STD = 1e-2
+
+
+def offset_batch(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, float]:
+    """A batch whose channels have mean ~ ``PROBE_STD * sqrt(OFFSET_RATIO / u)`` and std
+    ``PROBE_STD`` (fixed generator: the same probe every run), and that mean."""
+    from bncheck.properties._tolerance import accumulation_dtype, roundoff
+
+    u = roundoff(accumulation_dtype(dtype))
+    offset = 10.0 ** math.ceil(math.log10(PROBE_STD * math.sqrt(OFFSET_RATIO / u)))
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = z - z.mean(dim=oracle.reduce_dims(len(shape)), keepdim=True)
+    return (offset + PROBE_STD * z).to(dtype), offset
+
+
+def _variance_form(ctx: Context, case: BNCase, checks: Checks) -> None:
+    """One training step on offset data, judged apart from the drawn case (whose failure, a
+    biased variance say, would hide this one): names a one-pass running-variance update."""
+    if case.dtype not in (torch.float32, torch.float64) or oracle.count_per_channel(
+            case.shape) < 2:
+        return
+    x, offset = offset_batch(case.shape, case.dtype)
+    bn = ctx.build(case).train(True)
+    before = bn.require_stats()
+    count0 = bn.num_batches_tracked()
+    bn.call(x, what="a training step on offset data")
+    probe = Checks()
+    what = f"after a training step on offset data (mean {offset:g}, std {PROBE_STD:g})"
+    expect_update(ctx.target.convention, bn, x, before, case.config.momentum,
+                  (count0 or 0) + updates_per_call(bn, x), what, probe)
+    if not probe.failures:
+        return
+    got = bn.require_stats()[1]
+    w = ctx.target.convention.batch_weight(case.config.momentum, (count0 or 0) + 1)
+    _, var = oracle.batch_stats(x)
+    off = float(((got - (1 - w) * before[1]) / w - var).abs().max() / var.max())
+    if off > 1.0:  # more than any correction factor or momentum slip explains
+        checks.fail(
+            f"running_var {what} is {off:.3g}x the batch variance off: the variance is "
+            f"computed in one pass, E[x^2] - E[x]^2, which cancels catastrophically when "
+            f"mean^2 >> var; compute it from the deviations, mean((x - mean)^2) (two passes "
+            f"or Welford)\n" + probe.failures[0])
+    elif not checks.failures:  # otherwise the drawn case's failure already says it
+        checks.fail(f"running statistics {what}: " + probe.failures[0])
 
 
 @dataclass(frozen=True)
@@ -144,7 +210,10 @@ SIGMAS = 10.0
     tolerance=f"remaining bias (1-w)^T |init - limit| + {SIGMAS:g} standard deviations of the "
               "averaged batch statistic (fixed generator seed: deterministic)",
     cases=_convergence_cases,
-    requires=needs_stats,
+    requires=lambda ctx: needs_stats(ctx) or (
+        "the target declares a ghost BatchNorm: its running statistics average virtual "
+        "batches, and running_stats_update checks each of those updates"
+        if ctx.target.variant is not None and ctx.target.variant.name == "ghost" else None),
 )
 def running_stats_convergence(ctx: Context, case: ConvergenceCase, checks: Checks) -> None:
     conv, cfg = ctx.target.convention, case.config
@@ -238,20 +307,24 @@ def train_eval_switch(ctx: Context, drawn: PropertyCase, checks: Checks) -> None
     with eval_mode.context():
         again = bn.call(x2, what="an eval forward after train(); eval()")
     checks.close(again, ye, tol + tol, "eval output after toggling train()/eval()")
-    state = bn.state_dict()
+    state = bn.save()  # through the framework's own save/load (Keras: per-instance keys)
     fresh = ctx.build(case)
-    fresh.load_state_dict(copy.deepcopy(state))
+    fresh.load(copy.deepcopy(state))
     fresh.train(False)
+    saved = (f"state_dict keys: {sorted(state)}" if isinstance(state, dict)
+             else "get_weights()/set_weights()")
     with eval_mode.context():
         yf = fresh.call(x2, what="an eval forward of a fresh instance after load_state_dict")
-    checks.close(yf, ye, tol + tol, "eval output of a fresh instance loaded from state_dict "
-                 f"(state_dict keys: {sorted(state)})")
+    checks.close(yf, ye, tol + tol, f"eval output of a fresh instance loaded from its saved "
+                 f"state ({saved})")
     if checks.failures:  # the resumed update starts from statistics already found wrong
         return
     bn.train(True)
     before = bn.require_stats()
     bn.call(x, what="training step 2 (after eval)")
-    expect_update(conv, bn, x, before, cfg.momentum, (count or 1) + 1, "after train() resumed",
+    per = updates_per_call(bn, x)
+    expect_update(conv, bn, x, before, cfg.momentum, (count or per) + per,
+                  "after train() resumed",
                   checks)
 
 
