@@ -40,7 +40,7 @@ def _pytest_options() -> set[str]:
 
     from bncheck import pytest_plugin
 
-    parser = Parser()
+    parser = Parser(_ispytest=True)  # the plugin's pytest_addoption, as pytest calls it
     pytest_plugin.pytest_addoption(parser)
     return {o for group in parser._groups for option in group.options
             for o in option.names() if o.startswith("--")}
