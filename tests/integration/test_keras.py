@@ -18,7 +18,7 @@ if os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
     pytest.skip("KERAS_BACKEND names another backend", allow_module_level=True)
 keras = pytest.importorskip("keras")
 
-from bncheck.verify import Status, build_target, verify  # noqa: E402
+from bncheck.engine.runner import Status, build_target, verify  # noqa: E402
 
 NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
          "running_var": "moving_variance"}

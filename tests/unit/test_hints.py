@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 import bncheck
-from bncheck._preflight import preflight
 from bncheck.cli._app import _COMMANDS, main
-from bncheck.declaration import FLAG_TYPES, NAME_KEYS, SPECS, Declaration
-from bncheck.verify import build_target
+from bncheck.engine.declaration import FLAG_TYPES, NAME_KEYS, SPECS, Declaration
+from bncheck.engine.preflight import preflight
+from bncheck.engine.runner import build_target
 
 SRC = Path(bncheck.__file__).parent
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")

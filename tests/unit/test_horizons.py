@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bncheck.properties._base import HORIZONS
-from bncheck.target import load_target
-from bncheck.verify import verify
+from bncheck.engine.properties._base import HORIZONS
+from bncheck.engine.runner import verify
+from bncheck.engine.target import load_target
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 WARMUP = {"dims": (4,), "variant": "batch-renorm", "variant_args": {"warmup": 5000}}

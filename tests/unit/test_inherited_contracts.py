@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from bncheck.cli import main
-from bncheck.target import inherited_contract, load_target
-from bncheck.verify import verify
+from bncheck.engine.runner import verify
+from bncheck.engine.target import inherited_contract, load_target
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 SPEC = f"{DATA}/subclass_own_forward_bn.py:OwnForwardBN2d"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bncheck.target import load_target
-from bncheck.verify import Status, build_target, verify
+from bncheck.engine.runner import Status, build_target, verify
+from bncheck.engine.target import load_target
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 KERAS_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",

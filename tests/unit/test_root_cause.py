@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from bncheck.target import load_target
-from bncheck.verify import verify
+from bncheck.engine.runner import verify
+from bncheck.engine.target import load_target
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 
@@ -59,8 +59,8 @@ def test_a_layer_computing_in_float32_is_judged_as_float32_and_told_so():
 
 
 def test_float64_layers_are_not_taken_for_float32_ones():
-    from bncheck._preflight import preflight
-    from bncheck.verify import build_target
+    from bncheck.engine.preflight import preflight
+    from bncheck.engine.runner import build_target
 
     for cls in (torch.nn.BatchNorm1d, Float32ComputeBN):
         _, _, facts = preflight(build_target(cls, dims=(2,)))

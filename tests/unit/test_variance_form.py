@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bncheck import oracle
-from bncheck.properties._tolerance import roundoff
-from bncheck.properties.stats import PROBE_STD, offset_batch
-from bncheck.target import load_target
-from bncheck.verify import verify
+from bncheck.engine import oracle
+from bncheck.engine.properties._tolerance import roundoff
+from bncheck.engine.properties.stats import PROBE_STD, offset_batch
+from bncheck.engine.runner import verify
+from bncheck.engine.target import load_target
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 

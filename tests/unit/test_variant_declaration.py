@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from bncheck.cli import main
-from bncheck.config import declaration_for
-from bncheck.declaration import Declaration, pop_declared
+from bncheck.engine.config import declaration_for
+from bncheck.engine.declaration import Declaration, pop_declared
+from bncheck.engine.runner import build_target
 from bncheck.errors import InvalidArgument
-from bncheck.verify import build_target
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 GHOST = "ghost_virtual_bn.py:GhostBatchNorm1d"

@@ -1,5 +1,5 @@
 """Batch Renorm and ghost BatchNorm, declared (variant=..., variant_args=...) and judged by
-their own float64 oracles (bncheck.variants); their mutants; bad declarations."""
+their own float64 oracles (bncheck.engine.variants); their mutants; bad declarations."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 
 from bncheck.cli import main
-from bncheck.errors import BNCheckError
-from bncheck.mutants import MUTANTS, run_mutants
-from bncheck.mutants_variants import (
+from bncheck.engine.mutants import MUTANTS, run_mutants
+from bncheck.engine.mutants_variants import (
     GHOST_ARGS,
     RENORM_ARGS,
     VARIANT_MUTANTS,
     GhostClean,
     RenormClean,
 )
-from bncheck.oracle import batch_stats, normalize
-from bncheck.properties._base import Context
-from bncheck.target import load_target
-from bncheck.variants import Variant, ghost_train, renorm_rd, renorm_train
-from bncheck.verify import build_target, verify
+from bncheck.engine.oracle import batch_stats, normalize
+from bncheck.engine.properties._base import Context
+from bncheck.engine.runner import build_target, verify
+from bncheck.engine.target import load_target
+from bncheck.engine.variants import Variant, ghost_train, renorm_rd, renorm_train
+from bncheck.errors import BNCheckError
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 RENORM = {"variant": "batch-renorm", "variant_args": dict(RENORM_ARGS)}
@@ -155,7 +155,7 @@ def test_variant_describe_is_stable():
 
 def test_check_batchnorm_takes_the_variant_declaration():
     from bncheck import check_batchnorm
-    from bncheck.mutants_variants import GhostClean
+    from bncheck.engine.mutants_variants import GhostClean
 
     check_batchnorm(GhostClean, properties=["train_forward"], examples=3, **GHOST)
     with pytest.raises(AssertionError, match="train_forward"):

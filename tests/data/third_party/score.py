@@ -134,7 +134,7 @@ ROWS: list[Row] = [
 
 
 def _load(row: Row) -> Any:
-    from bncheck.target import load_target
+    from bncheck.engine.target import load_target
 
     file, _, name = row.spec.partition(":")
     if file.endswith(".py"):
@@ -179,9 +179,9 @@ class Score:
 
 
 def score(rows: list[Row], *, examples: int, seed: int) -> Score:
-    from bncheck.conventions import convention as preset
+    from bncheck.engine.conventions import convention as preset
     from bncheck.errors import BNCheckError
-    from bncheck.verify import verify
+    from bncheck.engine.runner import verify
 
     out = Score()
     for row in rows:
