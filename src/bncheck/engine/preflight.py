@@ -225,6 +225,8 @@ def _first_forward(t: Target, bn: Any, x: torch.Tensor) -> torch.Tensor:
     """
     import inspect
 
+    if t.framework != "torch":  # another framework's adapter: its call converts and checks
+        return bn.train(True).call(x, what="a training forward")
     module = bn.train(True).module
     xt = bn.to_target_layout(x)
     kwargs = {t.mode_argument: True} if t.mode_argument else {}
