@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from bncheck import bench
+from bncheck.reference import bench
 
 BASELINE = Path(__file__).parent / "baseline.json"
 KEY = pytest.StashKey[dict[str, float]]()
@@ -104,7 +104,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     settings = {"threads": torch.get_num_threads(), "timer": config.getoption("--bench-timer"),
                 "rounds": config.getoption("--bench-rounds")}
     if config.getoption("--update-baseline"):
-        from bncheck._io import write_json_atomic
+        from bncheck.infra.io import write_json_atomic
 
         write_json_atomic(path, bench.baseline_document(measured, settings))
         lines.append((f"baseline written: {path}", {}))

@@ -1,4 +1,5 @@
-"""The benchmarks behind ``nox -s bench`` and ``bncheck bench`` (same cases: ``bncheck.bench``).
+"""The benchmarks behind ``nox -s bench`` and ``bncheck bench`` (same cases:
+``bncheck.reference.bench``).
 
 Each kernel test times one group (a mode at a shape) in interleaved rounds: a same-size copy (the
 bandwidth limit), ``F.batch_norm``, the reference (eager, and compiled unless
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bncheck import bench
+from bncheck.reference import bench
 
 GROUPS = [(mode, shape) for shape in bench.SHAPES for mode in bench.MODES]
 #: Under --gate, a group with a ratio past the tolerance is measured again (at most this many

@@ -13,7 +13,7 @@ import sys
 from torch import nn
 
 import bncheck
-from bncheck.verify import verify
+from bncheck.engine.runner import verify
 
 TARGETS = [
     ("bncheck.BatchNorm", bncheck.BatchNorm, "2,3,4,5"),

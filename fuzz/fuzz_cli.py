@@ -115,9 +115,10 @@ def _prepare() -> None:
     os.chdir(folder)
     os.environ["HYPOTHESIS_PROFILE"] = "dev"
     for name in ("torch._dynamo", "hypothesis", "onnx", "onnxruntime", "onnxscript",
-                 "bncheck.verify", "bncheck._watchdog", "bncheck.mutants", "bncheck.onnx.export",
-                 "bncheck.onnx.verify", "bncheck.onnx.standalone", "bncheck.onnx.gate",
-                 "bncheck.training", "bncheck.bench", "bncheck.cli._check", "bncheck.cli._gate",
+                 "bncheck.engine.runner", "bncheck.infra.watchdog", "bncheck.engine.mutants",
+                 "bncheck.onnx.export", "bncheck.onnx.verify", "bncheck.onnx.standalone",
+                 "bncheck.onnx.gate", "bncheck.training", "bncheck.reference.bench",
+                 "bncheck.cli._check", "bncheck.cli._gate",
                  "bncheck.cli._bench", "bncheck.cli._mutants", "bncheck.distributed.verify"):
         importlib.import_module(name)
     signal.signal(signal.SIGUSR2, _stop)

@@ -1,4 +1,4 @@
-"""Fuzz the IDX loader (bncheck.data.read_idx and load_fashion_mnist) with mutated files.
+"""Fuzz the IDX loader (bncheck.training.data.read_idx and load_fashion_mnist) with mutated files.
 
 The input's first byte picks how the rest is used: a raw IDX file or a gzip-compressed one,
 read as images (3 dims expected), labels (1 dim), or anything; or as the training images of a
@@ -25,7 +25,7 @@ import atheris
 with atheris.instrument_imports(include=["bncheck"]):
     import numpy as np
 
-    from bncheck.data import IDX_FILES, DataError, load_fashion_mnist, read_idx
+    from bncheck.training.data import IDX_FILES, DataError, load_fashion_mnist, read_idx
 
 WORK = Path(tempfile.mkdtemp(prefix="bncheck-fuzz-idx-"))
 FOLDER = WORK / "fashion"

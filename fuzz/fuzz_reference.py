@@ -9,7 +9,7 @@ mis-sized or negative running statistics, weight and bias, and any momentum and 
 A crash is: an exception other than bncheck's documented ``BNCheckError``; an output of another
 shape or dtype; a non-finite output for finite arguments where the oracle is finite and within
 the dtype's range; or an output outside the catalogue's own forward tolerance of the oracle
-(:func:`bncheck.properties._tolerance.forward_tolerance`). The domain: arguments whose
+(:func:`bncheck.engine.properties._tolerance.forward_tolerance`). The domain: arguments whose
 intermediates fit the compute dtype (float32 for 16-bit inputs): squared deviations from the
 mean, and the folded ``scale = weight / sqrt(var + eps)`` times ``max|x|`` and ``|mean|``. The
 reference computes ``x * scale + shift`` as torch's kernels do (it is a drop-in for them), so
@@ -30,12 +30,12 @@ with atheris.instrument_imports(include=["bncheck"]):
     import torch
 
     import bncheck
-    import bncheck._kernels  # noqa: F401 - instrumented for coverage
     import bncheck.reference
-    from bncheck import oracle
-    from bncheck.compare import compare
+    import bncheck.reference._kernels  # noqa: F401 - instrumented for coverage
+    from bncheck.engine import oracle
+    from bncheck.engine.compare import compare
+    from bncheck.engine.properties._tolerance import forward_tolerance
     from bncheck.errors import BNCheckError
-    from bncheck.properties._tolerance import forward_tolerance
     from bncheck.reference import compute_dtype
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.bool,

@@ -31,7 +31,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from bncheck.profiles import load_profile, profile_from_env
+from bncheck.engine.profiles import load_profile, profile_from_env
 
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every subprocess the tests start
 # A shell starts background jobs (`nox -s tests &`, nohup, some CI runners) with SIGINT

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Files the installed commands need, beyond the modules setuptools always packs.
-REQUIRED = ("bncheck/py.typed", "bncheck/mutants.py", "bncheck/distributed/mutants.py",
+REQUIRED = ("bncheck/py.typed", "bncheck/engine/mutants.py", "bncheck/distributed/mutants.py",
             "bncheck/pytest_plugin.py", "bncheck/_version.py", "bncheck/cli/__init__.py")
 
 

@@ -4,7 +4,7 @@ and checked by ``tests/unit/test_docs.py``.
 A page holds a marker comment where a generated block goes:
 
 - ``<!-- bncheck:catalogue -->``: the property catalogue, from the registry's own ``checks``,
-  ``catches`` and ``tolerance`` texts (:data:`bncheck.properties.CATALOGUE`), and the
+  ``catches`` and ``tolerance`` texts (:data:`bncheck.engine.properties.CATALOGUE`), and the
   distributed catalogue (:data:`bncheck.distributed.properties.CATALOGUE`);
 - ``<!-- bncheck:mutants -->``: the bundled mutants and the property meant to kill each;
 - ``<!-- bncheck:bench-baseline -->``: the ratios in ``benchmarks/baseline.json``, as
@@ -37,7 +37,7 @@ def _cell(text: str) -> str:
 def catalogue_markdown() -> str:
     """Both catalogues as Markdown tables, in catalogue order, from the registries."""
     from bncheck.distributed.properties import CATALOGUE as SYNC
-    from bncheck.properties import CATALOGUE
+    from bncheck.engine.properties import CATALOGUE
 
     rows = ["| # | property | checks | catches | tolerance |", "|---|---|---|---|---|"]
     rows += [f"| {p.number} | `{p.name}` | {_cell(p.checks)} | {_cell(p.catches)} | "
@@ -51,7 +51,7 @@ def catalogue_markdown() -> str:
 
 def mutants_markdown() -> str:
     """The bundled mutants: name, defect, the property meant to kill it."""
-    from bncheck.mutants import MUTANTS
+    from bncheck.engine.mutants import MUTANTS
 
     rows = ["| mutant | defect | killed by |", "|---|---|---|"]
     rows += [f"| `{m.name}` | {_cell(m.defect)} | `{m.killer}` |" for m in MUTANTS.values()]

@@ -8,8 +8,8 @@ True
 from typing import TYPE_CHECKING, Any
 
 from bncheck._version import __version__
-from bncheck.config import declaration_for
-from bncheck.declaration import Declaration
+from bncheck.engine.config import declaration_for
+from bncheck.engine.declaration import Declaration
 from bncheck.errors import (
     BNCheckError,
     InvalidArgument,
@@ -48,30 +48,29 @@ _REFERENCE = ("BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_n
 
 if TYPE_CHECKING:  # what mypy and pyright see; at run time __getattr__ imports them on first use
     from bncheck.distributed.sync_batchnorm import SyncBatchNorm
+    from bncheck.engine.runner import check_batchnorm, verify
     from bncheck.reference import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
-    from bncheck.verify import check_batchnorm, verify
 
 
 def __getattr__(name: str) -> Any:
     # Everything that imports torch or Hypothesis is imported on first use, so that
     # `import bncheck` (and the `bncheck` command before it parses its arguments, where Ctrl-C
-    # must already exit 130) stays light. `bncheck.verify` is the module bncheck.verify, which
-    # is callable as its function verify() (so that importing the submodule, which binds the
-    # package attribute to the module, changes nothing for the caller).
+    # must already exit 130) stays light. `bncheck.verify` is the function
+    # bncheck.engine.runner.verify (no submodule shares its name).
     if name in _REFERENCE:
         import bncheck.reference as reference
 
         return getattr(reference, name)
     if name == "verify":
-        import bncheck.verify as module
+        from bncheck.engine.runner import verify
 
-        return module
+        return verify
     if name == "SyncBatchNorm":  # the distributed package: loaded when first used
         from bncheck.distributed import SyncBatchNorm
 
         return SyncBatchNorm
     if name == "check_batchnorm":
-        from bncheck.verify import check_batchnorm
+        from bncheck.engine.runner import check_batchnorm
 
         return check_batchnorm
     raise AttributeError(f"module 'bncheck' has no attribute {name!r}")

@@ -64,7 +64,8 @@ class VerificationFailed(BNCheckError, AssertionError):
 class PropertyFailure(BNCheckError, AssertionError):
     """A property does not hold for one drawn case; the message is the mismatch report.
 
-    Raised inside a property run and turned into a failed result by :func:`bncheck.verify.verify`;
+    Raised inside a property run and turned into a failed result by
+    :func:`bncheck.engine.runner.verify`;
     it is a finding about the target, not an error of bncheck.
     """
 

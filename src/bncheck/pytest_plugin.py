@@ -35,13 +35,14 @@ import pytest
 if TYPE_CHECKING:
     import torch
 
-    from bncheck.conventions import Convention
-    from bncheck.declaration import Declaration
-    from bncheck.verify import Report
+    from bncheck.engine.conventions import Convention
+    from bncheck.engine.declaration import Declaration
+    from bncheck.engine.runner import Report
 
 __all__ = ["CheckOptions", "VerifyFixture", "PROFILE_NAMES"]
 
-#: bncheck's profiles (:data:`bncheck.profiles.PROFILES`; kept here so that loading the plugin
+#: bncheck's profiles (:data:`bncheck.engine.profiles.PROFILES`; kept here so that loading the
+#: plugin
 #: does not import Hypothesis, and checked equal by the tests) and their registered prefix.
 PROFILE_NAMES = ("dev", "ci", "thorough")
 PREFIX = "bncheck-"
@@ -74,6 +75,8 @@ class CheckOptions(TypedDict, total=False):
     timeout: float | None
     jobs: int
     framework: str | None
+    variant: str | None
+    variant_args: Mapping[str, Any] | None
 
 
 OPTION_NAMES = frozenset(CheckOptions.__annotations__)
@@ -90,10 +93,10 @@ class VerifyFixture:
 
     def __call__(self, obj: Any, /, **options: Unpack[CheckOptions]) -> Report:
         """Run the catalogue against ``obj`` (a BatchNorm class or factory); return the
-        :class:`~bncheck.verify.Report`, or fail the test with bncheck's report."""
+        :class:`~bncheck.engine.runner.Report`, or fail the test with bncheck's report."""
         __tracebackhide__ = True
+        from bncheck.engine.runner import check_batchnorm
         from bncheck.errors import BNCheckError
-        from bncheck.verify import check_batchnorm
 
         _check_option_names(options, "bncheck_verify()")
         merged: dict[str, Any] = {**self.defaults, **options}
@@ -139,7 +142,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SEED_KEY] = _resolve_seed(config)
     name = os.environ.get("HYPOTHESIS_PROFILE", "")
     if name.startswith(PREFIX) and name.removeprefix(PREFIX) in PROFILE_NAMES:
-        from bncheck.profiles import load_profile
+        from bncheck.engine.profiles import load_profile
 
         load_profile(name)
 
@@ -182,7 +185,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     seed, seed_from = config.stash[_SEED_KEY]
     if profile is None:
         env = os.environ.get("HYPOTHESIS_PROFILE", "").removeprefix(PREFIX)
-        profile = env if env in PROFILE_NAMES else "ci"  # bncheck.verify.resolve_profile
+        profile = env if env in PROFILE_NAMES else "ci"  # bncheck.engine.runner.resolve_profile
     if seed is not None:
         seed_text = f"seed {seed} ({seed_from})"
     else:

@@ -18,11 +18,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bncheck._io import file_mode
 from bncheck.cli import main
-from bncheck.data import IDX_FILES, synthetic_dataset, write_fashion_mnist
+from bncheck.infra.io import file_mode
 from bncheck.onnx.build import build_model
 from bncheck.training import STAND_IN_LABEL, load_checkpoint
+from bncheck.training.data import IDX_FILES, synthetic_dataset, write_fashion_mnist
 
 FILES = ["checkpoint.pt", "command.txt", "curves.png", "metrics.json"]
 
@@ -226,7 +226,7 @@ def test_a_buggy_layer_stops_before_training_naming_the_property(data_dir: Path,
     fresh model in eval divides by sqrt(eps). verify names initial_state, exit 1, and nothing
     is trained or written. (The cheapest mutant to verify: the other properties pass.)"""
     out = tmp_path / "run"
-    bn = "bncheck.mutants:ZeroInitRunningVar"
+    bn = "bncheck.engine.mutants:ZeroInitRunningVar"
     code, output = invoke("--data", data_dir, "--bn", bn, "--epochs", "1", "--batch-size",
                           "16", "--out", out)
     assert code == 1, output

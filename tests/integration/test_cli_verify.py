@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bncheck.properties import names
+from bncheck.engine.properties import names
 
 DATA = Path(__file__).parents[1] / "data"
 SEED = f"{DATA / 'seed_bn.py'}:BatchNorm"
@@ -62,7 +62,7 @@ def test_verify_verbatim_seed_fails_with_name_error(cli):
 #: only: gradcheck's finite differences straddled a one-ulp float32 drift of the plain-attribute
 #: moving variance under 0.9*v + 0.1*v, which shows only for some installed variances, and which
 #: variances seed 0 drew depended on Hypothesis's pool of "local constants" -- see
-#: bncheck.profiles.machine_independent_draws.) Its initial state is correct.
+#: bncheck.engine.profiles.machine_independent_draws.) Its initial state is correct.
 SEED_FIXED_PASSES = {"gradients", "initial_state"}
 SEED_FIXED_FAILS = set(names()) - SEED_FIXED_PASSES - {"empty_batch"}
 
@@ -87,12 +87,12 @@ def test_verify_fixed_seed_fails_exactly_the_expected_properties(tmp_path, cli):
 
 def test_failure_report_and_replay(tmp_path, cli, cli_subprocess):
     """The failure in this process, its replay in a fresh interpreter: the same case."""
-    target = "bncheck.mutants:BiasedRunningVar"
+    target = "bncheck.engine.mutants:BiasedRunningVar"
     r = cli("verify", target, "--property", "running_stats_update", "--seed", "11",
             "--json", str(tmp_path / "a.json"))
     assert r.returncode == 1
-    assert "property running_stats_update failed (bncheck.mutants:BiasedRunningVar, shape=" in \
-        r.stdout
+    assert ("property running_stats_update failed (bncheck.engine.mutants:BiasedRunningVar, "
+            "shape=") in r.stdout
     assert "Greatest absolute difference" in r.stdout
     replay = next(line for line in r.stdout.splitlines() if line.startswith("Reproduce: "))
     args = shlex.split(replay.removeprefix("Reproduce: "))

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from bncheck.cli import main
-from bncheck.config import declaration_for, declared_targets, find_config, read_config
-from bncheck.declaration import Declaration
+from bncheck.engine.config import declaration_for, declared_targets, find_config, read_config
+from bncheck.engine.declaration import Declaration
 from bncheck.errors import InvalidArgument
 
 LAYERS = textwrap.dedent('''
@@ -171,7 +171,7 @@ def test_config_reads_another_file(project, tmp_path_factory):
 
 
 def test_check_batchnorm_and_the_fixture_take_the_files_declaration(project, bncheck_verify):
-    from bncheck.target import load_target
+    from bncheck.engine.target import load_target
 
     layer = load_target(str(project / "layers.py") + ":RenamedBN")
     declaration = declaration_for("layers.py:RenamedBN")

@@ -12,11 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bncheck.adapter import supported_dims
 from bncheck.cli import main
-from bncheck.declaration import Declaration
+from bncheck.engine.adapter import supported_dims
+from bncheck.engine.declaration import Declaration
+from bncheck.engine.runner import build_target, check_batchnorm, verify
 from bncheck.errors import InvalidArgument
-from bncheck.verify import build_target, check_batchnorm, verify
 
 DATA = Path(__file__).parent.parent / "data"
 LAYERS = DATA / "declared_layers.py"
@@ -29,7 +29,7 @@ def _verify(*args: str):
 
 def test_a_declared_eps_is_passed_and_never_drawn(tmp_path):
     # The layer takes eps but computes with 1e-3: drawn eps values fail it, the declared passes.
-    from bncheck.target import load_target
+    from bncheck.engine.target import load_target
 
     out = tmp_path / "r.json"
     ok = _verify(f"{LAYERS}:EpsIgnoringBN", "--eps", "1e-3", "--momentum", "0.1", "--property",
@@ -44,7 +44,7 @@ def test_a_declared_eps_is_passed_and_never_drawn(tmp_path):
 
 
 def test_accepted_ranks_are_found_by_trying_the_layer():
-    from bncheck.target import load_target
+    from bncheck.engine.target import load_target
 
     flat = load_target(f"{LAYERS}:FlatOrImageBN")  # nn.BatchNorm2d taking (N, C) too
     assert supported_dims(flat) == (2, 4)
@@ -69,7 +69,7 @@ def test_verify_honours_declarations_given_with_a_prepared_target():
 
 
 def test_check_batchnorm_takes_a_declaration_object():
-    from bncheck.target import load_target
+    from bncheck.engine.target import load_target
 
     layer = load_target(f"{LAYERS}:EpsIgnoringBN")
     report = check_batchnorm(layer, declaration=Declaration(eps=1e-3, momentum=0.1),

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import bncheck
-from bncheck.declaration import Declaration
 from bncheck.distributed._worker import RankTask, Step
 from bncheck.distributed.launcher import RankFailure, WorkerPool
 from bncheck.distributed.mutants import MUTANTS
 from bncheck.distributed.verify import target_spec, verify_distributed
+from bncheck.engine.declaration import Declaration
 
 DATA = Path(__file__).parents[1] / "data"
 BAD = DATA / "distributed_bad.py"

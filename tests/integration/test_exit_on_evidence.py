@@ -2,7 +2,7 @@
 process, outputs that never clobber what is not bncheck's (issue 19's battery, as a user runs it).
 
 Every way the battery found to get a 0 without anything verified is tried here; the rule they
-all meet is :func:`bncheck._evidence.verdict`.
+all meet is :func:`bncheck.engine.evidence.verdict`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bncheck._evidence import verdict
+from bncheck.engine.evidence import verdict
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals, /proc")
 
@@ -47,7 +47,7 @@ def test_the_rule_needs_one_pass_and_no_failure() -> None:
 
 
 def test_a_report_with_every_property_skipped_is_not_ok() -> None:
-    from bncheck.verify import PropertyResult, Report, Status
+    from bncheck.engine.runner import PropertyResult, Report, Status
 
     report = Report("t", "torch", 0, "ci", [PropertyResult("p", Status.SKIPPED, "why")])
     assert not report.ok and report.verdict().code == 2

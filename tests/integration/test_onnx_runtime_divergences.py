@@ -138,8 +138,8 @@ def test_torch_verify_onnx_program_passes_the_seed_export_that_bncheck_fails() -
     import torch
     from torch.onnx.verification import verify_onnx_program
 
+    from bncheck.engine.target import bn_factory, load_target
     from bncheck.onnx import make_inputs, verify_against_torch
-    from bncheck.target import bn_factory, load_target
 
     seed_bn = str(Path(__file__).parents[1] / "data" / "seed_bn_fixed.py") + ":BatchNorm"
     model = build_model(bn_factory(load_target(seed_bn)))

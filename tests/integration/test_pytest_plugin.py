@@ -121,10 +121,10 @@ def test_bad_ini_value(tmp_path: Path) -> None:
 
 def test_profile_names_are_bnchecks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plugin's copies (kept so that loading it imports no Hypothesis) are bncheck's."""
-    from bncheck.profiles import PREFIX, PROFILES
+    from bncheck.engine.profiles import PREFIX, PROFILES
+    from bncheck.engine.runner import resolve_profile
     from bncheck.pytest_plugin import PREFIX as PLUGIN_PREFIX
     from bncheck.pytest_plugin import PROFILE_NAMES
-    from bncheck.verify import resolve_profile
 
     assert tuple(PROFILES) == PROFILE_NAMES and PREFIX == PLUGIN_PREFIX
     monkeypatch.delenv("HYPOTHESIS_PROFILE", raising=False)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bncheck.target import load_target
-from bncheck.verify import build_target, verify
+from bncheck.engine.runner import build_target, verify
+from bncheck.engine.target import load_target
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 

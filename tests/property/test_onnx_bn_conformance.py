@@ -2,7 +2,7 @@
 BatchNormalization operator in onnxruntime and onnx.reference (opset 15), for inference and for
 ``training_mode=1`` (output, running mean and running variance), on Hypothesis inputs.
 
-The ONNX convention (see :mod:`bncheck.conventions`): the momentum weights the *old* running
+The ONNX convention (see :mod:`bncheck.engine.conventions`): the momentum weights the *old* running
 value (``new = m * old + (1 - m) * batch``) and the running variance averages the *biased* batch
 variance. Both runtimes follow it (checked here); PyTorch stores the unbiased one.
 """
@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import bncheck
-from bncheck.compare import Tolerance, assert_close
-from bncheck.conventions import ONNX
+from bncheck.engine.compare import Tolerance, assert_close
+from bncheck.engine.conventions import ONNX
 
 OPSET = 15
 

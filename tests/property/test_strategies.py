@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bncheck import strategies as bst
-from bncheck.conventions import ONNX
+from bncheck.engine import strategies as bst
+from bncheck.engine.conventions import ONNX
 from bncheck.errors import InvalidArgument, InvalidArgumentType
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bncheck.adapter import PropertyFailure, Target, TargetRaised
-from bncheck.target import load_target
+from bncheck.engine.adapter import PropertyFailure, Target, TargetRaised
+from bncheck.engine.target import load_target
 
 DATA = Path(__file__).parents[1] / "data"
 

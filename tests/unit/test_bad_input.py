@@ -262,7 +262,7 @@ CLI_CASES: list[tuple[str, int, str]] = [
     ("verfy", 2, "No such command 'verfy'"),
 ]
 
-# (a Python expression; names: bncheck, torch, st (bncheck.strategies), x = randn(4, 3),
+# (a Python expression; names: bncheck, torch, st (bncheck.engine.strategies), x = randn(4, 3),
 #  BN = torch.nn.BatchNorm1d), the error type raised, a fragment of its message
 API_CASES: list[tuple[str, str, str]] = [
     # -- bncheck.batch_norm ---------------------------------------------------------------
@@ -538,7 +538,7 @@ def _lenet_like_onnx() -> bytes:
 
 def namespace() -> dict[str, Any]:
     import bncheck
-    from bncheck import strategies
+    from bncheck.engine import strategies
 
     return {"bncheck": bncheck, "torch": torch, "st": strategies, "BN": torch.nn.BatchNorm1d,
             "x": torch.randn(4, 3, generator=torch.Generator().manual_seed(0))}

@@ -1,4 +1,5 @@
-"""bncheck.bench: the gate's comparison, baseline files, the measurement loop on tiny cases,
+"""bncheck.reference.bench: the gate's comparison, baseline files, the measurement loop on tiny
+cases,
 and ``bncheck bench`` in-process (the real benchmarks run in ``nox -s bench``)."""
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from bncheck import bench
 from bncheck.cli import main
 from bncheck.errors import InvalidArgument
+from bncheck.reference import bench
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bncheck._io import file_mode
 from bncheck.errors import InvalidArgument, OutputError
-from bncheck.models import lenet_bn
+from bncheck.infra.io import file_mode
 from bncheck.onnx.build import build_model
+from bncheck.reference.lenet import lenet_bn
 from bncheck.training import load_checkpoint, read_state_dict, save_checkpoint
 
 

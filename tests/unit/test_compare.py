@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bncheck.compare import Tolerance, assert_close, compare, default_tolerance
+from bncheck.engine.compare import Tolerance, assert_close, compare, default_tolerance
 from bncheck.errors import InvalidArgument, VerificationFailed
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bncheck.conventions import ONNX, TORCH, Convention, convention
+from bncheck.engine.conventions import ONNX, TORCH, Convention, convention
 from bncheck.errors import InvalidArgument
 
 

@@ -1,4 +1,5 @@
-"""bncheck.data: IDX round trips, every malformed-file case, and the seeded batch iterator."""
+"""bncheck.training.data: IDX round trips, every malformed-file case, and the seeded batch
+iterator."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from bncheck.data import (
+from bncheck.errors import InvalidArgument, InvalidArgumentType, UsageError
+from bncheck.training.data import (
     IDX_FILES,
     DataError,
     Dataset,
@@ -21,7 +23,6 @@ from bncheck.data import (
     synthetic_dataset,
     write_idx,
 )
-from bncheck.errors import InvalidArgument, InvalidArgumentType, UsageError
 
 TRAIN_IMAGES, TRAIN_LABELS = IDX_FILES["train"]
 TEST_IMAGES, TEST_LABELS = IDX_FILES["test"]

@@ -90,8 +90,8 @@ def test_the_docs_have_blocks_to_run() -> None:
 
 def test_catalogue_is_the_registry() -> None:
     from bncheck.distributed.properties import CATALOGUE as SYNC
-    from bncheck.mutants import MUTANTS
-    from bncheck.properties import CATALOGUE
+    from bncheck.engine.mutants import MUTANTS
+    from bncheck.engine.properties import CATALOGUE
 
     page = _hooks().render((ROOT / "docs" / "catalogue.md").read_text(encoding="utf-8"))
     assert "<!-- bncheck:" not in page

@@ -1,14 +1,14 @@
 """The ``bncheck_verify`` fixture and the ``bncheck`` marker take every keyword of
 :func:`bncheck.check_batchnorm`: its own keywords and each declaration (a declaration added to
-:data:`bncheck.declaration.SPECS` without the fixture would make the fixture refuse it)."""
+:data:`bncheck.engine.declaration.SPECS` without the fixture would make the fixture refuse it)."""
 
 from __future__ import annotations
 
 import inspect
 
-from bncheck.declaration import SPECS
+from bncheck.engine.declaration import SPECS
+from bncheck.engine.runner import check_batchnorm
 from bncheck.pytest_plugin import OPTION_NAMES
-from bncheck.verify import check_batchnorm
 
 
 def test_the_fixture_takes_every_keyword_of_check_batchnorm() -> None:

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import bncheck
-from bncheck import oracle
-from bncheck.compare import Tolerance, compare
-from bncheck.data import DataError, read_idx
+from bncheck.engine import oracle
+from bncheck.engine.compare import Tolerance, compare
+from bncheck.engine.properties._tolerance import forward_tolerance
 from bncheck.onnx.localize import first_diverging_node
 from bncheck.onnx.verify import ModelFileError, load_onnx
-from bncheck.properties._tolerance import forward_tolerance
+from bncheck.training.data import DataError, read_idx
 
 
 def test_eval_with_a_subnormal_weight_is_within_the_tolerance():
@@ -95,9 +95,9 @@ def test_an_argument_with_a_nul_byte_is_a_usage_error(tmp_path):
     # fuzz_cli: `bncheck export 'IT\0z'` reached os.stat: ValueError("embedded null byte").
     from click.testing import CliRunner
 
-    from bncheck._io import check_output_path
     from bncheck.cli import main
     from bncheck.errors import OutputError
+    from bncheck.infra.io import check_output_path
 
     r = CliRunner().invoke(main, ["export", "IT\x00z"])
     assert r.exit_code == 2 and "Expected arguments without NUL bytes" in r.output

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 import bncheck
-from bncheck._preflight import preflight
 from bncheck.cli._app import _COMMANDS, main
-from bncheck.declaration import FLAG_TYPES, NAME_KEYS, SPECS, Declaration
-from bncheck.verify import build_target
+from bncheck.engine.declaration import FLAG_TYPES, NAME_KEYS, SPECS, Declaration
+from bncheck.engine.preflight import preflight
+from bncheck.engine.runner import build_target
 
 SRC = Path(bncheck.__file__).parent
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
@@ -34,9 +34,21 @@ def _options(command: click.Command) -> set[str]:
             for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
 
 
+def _pytest_options() -> set[str]:
+    """The options bncheck's pytest plugin adds to ``pytest`` (its texts name them too)."""
+    from _pytest.config.argparsing import Parser
+
+    from bncheck import pytest_plugin
+
+    parser = Parser(_ispytest=True)  # the plugin's pytest_addoption, as pytest calls it
+    pytest_plugin.pytest_addoption(parser)
+    return {o for group in parser._groups for option in group.options
+            for o in option.names() if o.startswith("--")}
+
+
 def accepted() -> set[str]:
     ctx = click.Context(main)
-    out = {"--help", "--version"}
+    out = {"--help", "--version"} | _pytest_options()
     for name in _COMMANDS:
         command = main.get_command(ctx, name)
         if command is not None:

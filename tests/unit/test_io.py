@@ -1,4 +1,5 @@
-"""bncheck._io: output paths checked before work, files written atomically with the umask's mode."""
+"""bncheck.infra.io: output paths checked before work, files written atomically with the umask's
+mode."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import stat
 
 import pytest
 
-from bncheck._io import check_output_path, file_mode, write_atomic, write_json_atomic
 from bncheck.errors import InvalidArgument, OutputError, UsageError
+from bncheck.infra.io import check_output_path, file_mode, write_atomic, write_json_atomic
 
 
 def test_output_error_is_a_usage_error_and_a_value_error():

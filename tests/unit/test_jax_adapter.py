@@ -15,8 +15,8 @@ flax = pytest.importorskip("flax")
 
 from flax import linen, nnx  # noqa: E402
 
+from bncheck.engine.runner import build_target, verify  # noqa: E402
 from bncheck.errors import InvalidArgument, InvalidArgumentType  # noqa: E402
-from bncheck.verify import build_target, verify  # noqa: E402
 
 TARGETS = [(nnx.BatchNorm, "flax-nnx"), (linen.BatchNorm, "flax-linen")]
 
@@ -76,7 +76,7 @@ def test_float64_is_scoped_to_bncheck_calls():
 
 def test_torch_only_runs_never_import_jax():
     code = ("import sys, torch, bncheck\n"
-            "from bncheck.verify import verify\n"
+            "from bncheck.engine.runner import verify\n"
             "assert verify(torch.nn.BatchNorm1d, properties=['train_forward'], examples=2,"
             " timeout=None).ok\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))")
@@ -108,7 +108,7 @@ def test_one_pass_variance_is_named_and_two_pass_passes(obj, framework):
 
 
 def test_one_pass_variance_is_not_named_for_another_defect():
-    from bncheck.mutants import EpsOutsideSqrt, UnbiasedNormalization
+    from bncheck.engine.mutants import EpsOutsideSqrt, UnbiasedNormalization
 
     for obj in (EpsOutsideSqrt, UnbiasedNormalization):
         (r,) = verify(obj, properties=["train_forward"], timeout=None, examples=10,

@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("flax")
 
+from bncheck.engine.mutants import MUTANTS  # noqa: E402
+from bncheck.engine.properties import names  # noqa: E402
+from bncheck.engine.runner import verify  # noqa: E402
 from bncheck.frameworks.flax_mutants import JAX_MUTANTS, JaxClean  # noqa: E402
-from bncheck.mutants import MUTANTS  # noqa: E402
-from bncheck.properties import names  # noqa: E402
-from bncheck.verify import verify  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(JAX_MUTANTS))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from torch import Tensor, nn
 
-from bncheck.data import synthetic_dataset
+from bncheck.engine.mutants import BackwardMissingTerm, BiasedRunningVar
+from bncheck.engine.target import bn_factory
 from bncheck.errors import InvalidArgument
-from bncheck.mutants import BackwardMissingTerm, BiasedRunningVar
 from bncheck.reference import BatchNorm
-from bncheck.target import bn_factory
 from bncheck.training import compare_variants
+from bncheck.training.data import synthetic_dataset
 
 DATA = synthetic_dataset(400)  # 50 steps of 8
 
@@ -59,7 +59,7 @@ def test_bundled_mutants_diverge_at_step_one(mutant: type[nn.Module], where: str
 
 
 def test_variants_with_other_state_dict_keys_are_refused() -> None:
-    from bncheck.mutants import SeedStyle
+    from bncheck.engine.mutants import SeedStyle
 
     with pytest.raises(InvalidArgument, match="their state_dict keys differ"):
         compare_variants(DATA, variant_a=bn_factory(SeedStyle), steps=1, batch_size=8)

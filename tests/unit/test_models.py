@@ -8,7 +8,7 @@ from torch import nn
 
 import bncheck
 from bncheck.errors import InvalidArgument, InvalidArgumentType
-from bncheck.models import BN_LAYER_INDICES, lenet_bn
+from bncheck.reference.lenet import BN_LAYER_INDICES, lenet_bn
 
 
 def test_architecture_is_the_seeds():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bncheck.mutants import MUTANTS, Clean, EpsOutsideSqrt, SeedStyle, meant_first
-from bncheck.properties import names
-from bncheck.verify import verify
+from bncheck.engine.mutants import MUTANTS, Clean, EpsOutsideSqrt, SeedStyle, meant_first
+from bncheck.engine.properties import names
+from bncheck.engine.runner import verify
 
 
 @pytest.mark.parametrize("name", list(MUTANTS))

@@ -8,12 +8,12 @@ from pathlib import Path
 import onnx
 import pytest
 
+from bncheck.engine.target import bn_factory, load_target
 from bncheck.errors import InvalidArgument, OutputError
 from bncheck.onnx import build_model, export_onnx, make_inputs
 from bncheck.onnx.export import check_opset, write_atomic
 from bncheck.onnx.localize import localize
 from bncheck.onnx.placement import bn_placement
-from bncheck.target import bn_factory, load_target
 
 SEED_BN = str(Path(__file__).parents[1] / "data" / "seed_bn_fixed.py") + ":BatchNorm"
 

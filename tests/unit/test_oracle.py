@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bncheck import oracle
-from bncheck.properties._tolerance import forward_tolerance, roundoff
+from bncheck.engine import oracle
+from bncheck.engine.properties._tolerance import forward_tolerance, roundoff
 
 
 def test_hand_computed():

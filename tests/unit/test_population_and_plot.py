@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from bncheck.data import synthetic_dataset
 from bncheck.errors import InvalidArgument
-from bncheck.models import lenet_bn
+from bncheck.reference.lenet import lenet_bn
 from bncheck.training import EpochStats, TrainingHistory, plot_curves, population_gaps
 from bncheck.training._loop import CurvePoint
+from bncheck.training.data import synthetic_dataset
 
 DATA = synthetic_dataset(64)
 

@@ -408,7 +408,7 @@ def test_backward_without_temporaries_matches_torch(shape, channels_last, wants)
 
 
 def test_memory_kept_for_backward_is_the_input():
-    from bncheck.bench import saved_bytes
+    from bncheck.reference.bench import saved_bytes
 
     x = torch.randn(16, 8, 6, 6, requires_grad=True)
     w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
@@ -418,7 +418,7 @@ def test_memory_kept_for_backward_is_the_input():
     assert kept <= x.numel() * 4 + per_channel
     assert kept <= native + 4 * 8  # native saves input, weight, mean, 1/std (bias is ours)
     # The plain formula keeps about three input-sized tensors: the check can fail.
-    from bncheck._kernels import formula
+    from bncheck.reference._kernels import formula
     assert saved_bytes(lambda: formula(x, w, b, 1e-5)[0]) > 2 * x.numel() * 4
 
 

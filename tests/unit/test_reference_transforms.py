@@ -2,7 +2,8 @@
 torch.export and torch.compile, each compared with torch's own BatchNorm on the same tensors.
 
 Under a transform the reference computes training mode as the composite formula
-(``bncheck._kernels.composite_train``); these tests are what keeps that path equal to torch.
+(``bncheck.reference._kernels.composite_train``); these tests are what keeps that path equal to
+torch.
 
 Tolerances: float64 to 1e-10 (the same formulas in double over at most 40 values per channel);
 the compiled float32 model at ``assert_close``'s float32 defaults (rtol 1.3e-6, atol 1e-5:

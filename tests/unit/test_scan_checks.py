@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from bncheck.engine.target import load_target
 from bncheck.scan import model_checks as mc
 from bncheck.scan.inventory import find_norm_layers
 from bncheck.scan.report import ScanReport
-from bncheck.target import load_target
 
 DATA = Path(__file__).parents[1] / "data"
 X = (torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)),)

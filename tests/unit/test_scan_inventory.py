@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bncheck._validation import not_set
+from bncheck.engine.target import load_target
+from bncheck.infra.validation import not_set
 from bncheck.scan.infer import declarations, group_layers, observe, replay_command
 from bncheck.scan.inventory import (
     Config,
@@ -18,7 +19,6 @@ from bncheck.scan.inventory import (
     config_of,
     find_norm_layers,
 )
-from bncheck.target import load_target
 
 DATA = Path(__file__).parents[1] / "data"
 MODELS = f"{DATA / 'scan_models.py'}"

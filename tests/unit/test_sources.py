@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bncheck.data import DataError, synthetic_dataset, write_fashion_mnist
 from bncheck.training import STAND_IN_LABEL, find_data, stand_in_datasets, user_cache_dir
+from bncheck.training.data import DataError, synthetic_dataset, write_fashion_mnist
 
 SMALL = synthetic_dataset(8)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
+from bncheck.engine.target import bn_factory, load_target, takes_num_dims
 from bncheck.errors import TargetError
-from bncheck.target import bn_factory, load_target, takes_num_dims
 
 DATA = Path(__file__).parents[1] / "data"
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from bncheck.data import Dataset, synthetic_dataset, write_fashion_mnist
 from bncheck.errors import BNCheckError, InvalidArgument, InvalidArgumentType
-from bncheck.models import lenet_bn
+from bncheck.reference.lenet import lenet_bn
 from bncheck.training import (
     BatchProgress,
     TrainingDiverged,
@@ -22,6 +21,7 @@ from bncheck.training import (
     train,
     xavier_init,
 )
+from bncheck.training.data import Dataset, synthetic_dataset, write_fashion_mnist
 
 TRAIN = synthetic_dataset(256, seed=0)
 TEST = synthetic_dataset(128, seed=1)

@@ -19,11 +19,11 @@ from hypothesis import find, settings
 import bncheck
 from bncheck import check_batchnorm
 from bncheck.cli import main
-from bncheck.compare import compare, max_errors
+from bncheck.engine.compare import compare, max_errors
+from bncheck.engine.runner import Status, build_target, describe_target, verify
+from bncheck.engine.strategies import inputs
+from bncheck.engine.target import load_target
 from bncheck.errors import BNCheckError, PropertyFailure, TargetError, UsageError
-from bncheck.strategies import inputs
-from bncheck.target import load_target
-from bncheck.verify import Status, build_target, describe_target, verify
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
 
@@ -138,7 +138,7 @@ def test_own_names_and_channels_last_are_declarable():
 
 
 def test_running_std_is_declarable():
-    conv = bncheck.conventions.convention("torch", running_stat="std")
+    conv = bncheck.engine.conventions.convention("torch", running_stat="std")
     props = ["eval_forward", "running_stats_update", "running_stats_convergence"]
     report = _run("running_std_bn.py:RunningStdBN", props, convention=conv,
                   names={"running_var": "running_std"})
@@ -197,7 +197,7 @@ def test_mismatch_reports_expected_got_and_nan():
 
 
 def test_counterexample_always_shows_x():
-    from bncheck.strategies import BNCase, BNConfig, Mode
+    from bncheck.engine.strategies import BNCase, BNConfig, Mode
 
     x = torch.arange(40.0).reshape(4, 10)
     case = BNCase((4, 10), torch.float32, Mode(True), BNConfig(), x, torch.ones(10),
@@ -216,7 +216,7 @@ def test_declared_momentum_is_honoured_and_shown():
 
 # 17 ------------------------------------------------------------------------------------------
 def test_bncheck_profiles_never_redefine_the_users():
-    from bncheck.profiles import load_profile, register_profiles
+    from bncheck.engine.profiles import load_profile, register_profiles
 
     before = settings._current_profile
     settings.register_profile("ci", max_examples=1234)

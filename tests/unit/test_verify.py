@@ -9,11 +9,11 @@ import torch
 
 import bncheck
 from bncheck import check_batchnorm
+from bncheck.engine.mutants import MomentumFlipped
+from bncheck.engine.properties import CATALOGUE, names
+from bncheck.engine.runner import verify
+from bncheck.engine.target import load_target
 from bncheck.errors import InvalidArgument, VerificationFailed
-from bncheck.mutants import MomentumFlipped
-from bncheck.properties import CATALOGUE, names
-from bncheck.target import load_target
-from bncheck.verify import verify
 
 DATA = Path(__file__).parents[1] / "data"
 

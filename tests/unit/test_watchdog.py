@@ -16,12 +16,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bncheck._watchdog import runner_for
-from bncheck._workers import main_thread_frames, reimport_spec, start_method_for
 from bncheck.cli import main
-from bncheck.properties import get
-from bncheck.target import load_target
-from bncheck.verify import Status, build_target, verify
+from bncheck.engine.properties import get
+from bncheck.engine.runner import Status, build_target, verify
+from bncheck.engine.target import load_target
+from bncheck.infra.watchdog import runner_for
+from bncheck.infra.workers import main_thread_frames, reimport_spec, start_method_for
 
 HANGING = Path(__file__).parents[1] / "data" / "hanging_bn.py"
 LINUX = sys.platform.startswith("linux")

@@ -3,7 +3,8 @@
 ``multiprocessing`` keeps the fork server's pid in a module-level object that ``fork`` copies;
 a watched command (``bncheck verify`` under ``runs_watched``) is such a forked worker and starts
 its property workers with ``forkserver`` when it is not the only thread. Without
-``_workers._forget_parents_fork_server`` that start fails with ``ChildProcessError`` (ECHILD).
+``bncheck.infra.workers._forget_parents_fork_server`` that start fails with
+``ChildProcessError`` (ECHILD).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from bncheck._workers import Worker
+from bncheck.infra.workers import Worker
 
 pytestmark = pytest.mark.skipif(
     not {"fork", "forkserver"} <= set(multiprocessing.get_all_start_methods()),
@@ -30,7 +31,7 @@ def _starts_a_forkserver_worker(conn: Connection) -> None:
     import pickle
 
     multiprocessing.current_process().daemon = False  # as the watched command does
-    inner = Worker(_pid, start_method="forkserver", preload=("bncheck._workers",))
+    inner = Worker(_pid, start_method="forkserver", preload=("bncheck.infra.workers",))
     try:
         inner.start()
         got = ("ok", inner.receive(60.0))
@@ -42,7 +43,7 @@ def _starts_a_forkserver_worker(conn: Connection) -> None:
 
 
 def test_a_forked_worker_starts_forkserver_workers_after_the_parent_did() -> None:
-    first = Worker(_pid, start_method="forkserver", preload=("bncheck._workers",))
+    first = Worker(_pid, start_method="forkserver", preload=("bncheck.infra.workers",))
     first.start()  # the fork server now runs, a child of this process
     try:
         assert isinstance(first.receive(60.0), int)

@@ -52,8 +52,8 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
     """
     import torch
 
-    from bncheck import _io
-    from bncheck import bench as b
+    from bncheck.infra import io as _io
+    from bncheck.reference import bench as b
 
     if json_path is not None:
         json_path = _io.check_output_path(json_path, "--json")
@@ -88,7 +88,7 @@ def bench(sections: tuple[str, ...], shapes: tuple[str, ...], compiled: bool, ro
 def _sections(out: Any, chosen: Any, parsed: Any, compiled: bool, rounds: int, timer: str,
               results: list[Any], record: dict[str, Any]) -> None:
     """Run the ``chosen`` sections, filling ``results`` and ``record`` as each finishes."""
-    from bncheck import bench as b
+    from bncheck.reference import bench as b
 
     with status_line(out) as step:
         if "kernels" in chosen:

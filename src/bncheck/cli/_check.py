@@ -89,7 +89,7 @@ def _check(model_path: Path, model_spec: str | None, model_args: tuple[str, ...]
                            or model_path.with_suffix(".json").is_file()):
         raise InvalidArgument("--training-graph checks a file without a source or manifest "
                               "(runtimes vs each other); give it without --bn/--model, "
-                              "--manifest or --polygraphy-*")
+                              "--manifest or --polygraphy-inputs/--polygraphy-outputs")
     if (pg_inputs is None) != (pg_outputs is None):
         raise InvalidArgument("Give --polygraphy-inputs and --polygraphy-outputs both or "
                               "neither")

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bncheck._validation import DEFAULT_TIMEOUT, RANK_TIMEOUT
+from bncheck.infra.validation import DEFAULT_TIMEOUT, RANK_TIMEOUT
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -143,7 +143,7 @@ def plan_export(out: Path, *, name: str = "OUT", polygraphy: bool = False) -> Ex
     Raises:
         OutputError: a path cannot be written.
     """
-    from bncheck._io import check_output_path
+    from bncheck.infra.io import check_output_path
 
     out = check_output_path(out, name, suffix=".onnx")
     kinds = ("inputs", "outputs") if polygraphy else ()

@@ -51,15 +51,15 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
     killed by its property, 1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are
     reported).
     """
-    from bncheck._io import check_output_path, write_json_atomic
-    from bncheck._validation import default_timeout
-    from bncheck.mutants import MUTANTS, MutantResult, run_mutants
+    from bncheck.engine.mutants import MUTANTS, MutantResult, run_mutants
+    from bncheck.infra.io import check_output_path, write_json_atomic
+    from bncheck.infra.validation import default_timeout
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
     timeout = default_timeout(timeout, ranks=bool(world_size))  # nan and inf refused too
     if world_size:
-        from bncheck._workers import check_process_count
+        from bncheck.infra.workers import check_process_count
 
         check_process_count(world_size, "--world-size")
     done: list[MutantResult] = []

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 from bncheck.onnx._report import node_text
 from bncheck.onnx.placement import placement_line
 from bncheck.onnx.verify import Report

@@ -103,13 +103,13 @@ def scan(model_spec: str | None, model_args: tuple[str, ...], input_shapes: tupl
     Example: bncheck scan monai.networks.nets:resnet18 --model-arg spatial_dims=2
     --model-arg n_input_channels=3 --input-shape 2,3,64,64
     """
-    from bncheck._io import check_output_path, write_json_atomic
-    from bncheck._validation import check_timeout
     from bncheck.cli._export import make_source
-    from bncheck.properties import get
+    from bncheck.engine.properties import get
+    from bncheck.engine.runner import check_jobs, resolve_run
+    from bncheck.infra.io import check_output_path, write_json_atomic
+    from bncheck.infra.validation import check_timeout
     from bncheck.scan import ScanReport
     from bncheck.scan.engine import verify_classes
-    from bncheck.verify import check_jobs, resolve_run
 
     check_timeout(timeout)  # click's range lets nan and inf through
     if json_path is not None:

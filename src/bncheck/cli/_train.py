@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bncheck._validation import check_finite_float, check_positive_int
 from bncheck.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -21,14 +20,17 @@ from bncheck.cli._common import (
     handles_errors,
 )
 from bncheck.cli._watched import timeout_option
-from bncheck.declaration import Declaration, declaration_options
+from bncheck.engine.declaration import Declaration, declaration_options
 from bncheck.errors import InvalidArgument
+from bncheck.infra.validation import check_finite_float, check_positive_int
 
 #: Declarations ``train --bn`` cannot honour: the training and export steps build the layer as
 #: ``Name(num_features)`` and call it as ``module(x)`` on channels-first input (LeNet's), so a
 #: declared constructor value, layout or mode argument would verify another layer than the one
-#: trained. They are not options of ``train`` (click refuses them, exit 2, naming the option).
-TRAIN_REFUSES = ("momentum", "eps", "fixed", "channel_axis", "mode_argument")
+#: trained (a variant's arguments are passed to the constructor where it takes them). They are
+#: not options of ``train`` (click refuses them, exit 2, naming the option).
+TRAIN_REFUSES = ("momentum", "eps", "fixed", "channel_axis", "mode_argument", "variant",
+                 "variant_args")
 
 
 def train_declaration(declared: dict[str, Any], *, unverified: str | None) -> Declaration:
@@ -124,10 +126,10 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
     failed verification (nothing trained) or its export failed (training kept), or --compare
     diverged, 2 bad option, bad data or diverged training, 130 interrupted.
     """
-    from bncheck._io import hold_folder
-    from bncheck._validation import check_timeout
     from bncheck.errors import InvalidArgument
-    from bncheck.models import BUILTIN_BN, resolve_bn
+    from bncheck.infra.io import hold_folder
+    from bncheck.infra.validation import check_timeout
+    from bncheck.reference.lenet import BUILTIN_BN, resolve_bn
     from bncheck.training import RunSettings, check_batch_size, find_data, plan_outputs
 
     # Options and output paths are checked before any work, with the names the user typed.

@@ -1,7 +1,7 @@
 """The loop around ``bncheck train --bn FILE.py:Name``: verify the layer before training, export
 the trained model after, each through the code its own command runs.
 
-* :func:`verify_step`: :func:`bncheck.verify.verify` on the layer as ``bncheck verify
+* :func:`verify_step`: :func:`bncheck.engine.runner.verify` on the layer as ``bncheck verify
   FILE.py:Name`` runs it (profile ``ci``, ``--timeout``, ``--jobs``' default); a failing
   property stops the run with exit 1 before any training, naming the properties and the command
   that shows the whole report. A layer that hangs fails ``preflight`` within the timeout.
@@ -23,7 +23,7 @@ from bncheck.cli._common import EXIT_FAILED, JOBS_ENV, handles_errors, interrupt
 
 if TYPE_CHECKING:
     from bncheck.cli._train import _Screen
-    from bncheck.declaration import Declaration
+    from bncheck.engine.declaration import Declaration
     from bncheck.training import RunOutputs
 
 #: The Hypothesis profile of the verify step (``bncheck verify``'s default).
@@ -35,14 +35,14 @@ ONNX_NAME = "lenet.onnx"
 
 
 def _timeout_args(timeout: float) -> list[str]:
-    from bncheck._workers import DEFAULT_TIMEOUT
+    from bncheck.infra.workers import DEFAULT_TIMEOUT
 
     return [] if timeout == DEFAULT_TIMEOUT else ["--timeout", f"{timeout:g}"]
 
 
 def verify_command(spec: str, *, declaration: Declaration, timeout: float) -> str:
     """The ``bncheck verify`` command whose report the verify step's is."""
-    from bncheck.verify import resolve_profile
+    from bncheck.engine.runner import resolve_profile
 
     profile = [] if resolve_profile(None) == PROFILE else ["--profile", PROFILE]
     return shlex.join(["bncheck", "verify", spec, *declaration.cli_args(),
@@ -53,8 +53,8 @@ def verify_step(screen: _Screen, spec: str, *, declaration: Declaration,
                 timeout: float) -> dict[str, Any]:
     """Verify the layer ``spec`` names; its record for the metrics JSON when every property
     passes, else exit 1 (nothing written). Progress lines on a terminal only."""
-    from bncheck.target import load_target
-    from bncheck.verify import PropertyResult, Status, verify
+    from bncheck.engine.runner import PropertyResult, Status, verify
+    from bncheck.engine.target import load_target
 
     jobs = resolve_jobs(os.environ.get(JOBS_ENV), JOBS_ENV)
     command = verify_command(spec, declaration=declaration, timeout=timeout)

@@ -12,7 +12,6 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from bncheck._validation import DEFAULT_TIMEOUT, default_timeout
 from bncheck.cli._common import (
     EXIT_INTERRUPTED,
     JOBS_ENV,
@@ -24,8 +23,9 @@ from bncheck.cli._common import (
 )
 from bncheck.cli._distributed import SYNC_REFERENCE, distributed_options
 from bncheck.cli._watched import runs_watched
-from bncheck.declaration import Declaration, declaration_options
+from bncheck.engine.declaration import Declaration, declaration_options
 from bncheck.errors import InvalidArgument
+from bncheck.infra.validation import DEFAULT_TIMEOUT, default_timeout
 
 REFERENCE = "bncheck.reference:BatchNorm"
 _STYLE = {"passed": "green", "failed": "red", "skipped": "yellow", "error": "magenta"}
@@ -73,9 +73,9 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
 
     Exit status: 0 all properties pass, 1 some property fails, 2 usage error, 130 Ctrl-C.
     """
-    from bncheck._io import check_output_path, write_json_atomic
-    from bncheck.properties import get
-    from bncheck.verify import resolve_profile
+    from bncheck.engine.properties import get
+    from bncheck.engine.runner import resolve_profile
+    from bncheck.infra.io import check_output_path, write_json_atomic
 
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
@@ -83,8 +83,8 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
     jobs = _jobs(jobs_text, world_size)
     profile = resolve_profile(profile)  # named in the replay even when it came from the env
     if world_size:
-        from bncheck._workers import check_process_count
         from bncheck.cli._distributed import check_property_names
+        from bncheck.infra.workers import check_process_count
 
         check_process_count(world_size, "--world-size")
 
@@ -116,7 +116,7 @@ def verify(target: str | None, properties: tuple[str, ...], profile: str | None,
         if json_path is not None:
             write_json_atomic(json_path, {"ok": not failed,
                                           "reports": [r.to_json() for r in reports]})
-    outcomes = [r.verdict() for r in reports]  # exit 0 only on evidence (bncheck._evidence)
+    outcomes = [r.verdict() for r in reports]  # exit 0 only on evidence (bncheck.engine.evidence)
     for report, outcome in zip(reports, outcomes, strict=True):
         if not outcome.ok and not report.failed:
             err(f"{report.target}: {outcome.reason}" if len(reports) > 1 else outcome.reason)
@@ -129,7 +129,7 @@ def _plan(target: str | None, config: Path | None, declared: dict[str, Any],
     """What to verify: ``(TARGET as typed or None, spec to import, declaration)`` for TARGET
     (its config table, if any, under the flags), or for every declared target when TARGET is
     left out (none declared: the reference)."""
-    from bncheck.config import declared_targets
+    from bncheck.engine.config import declared_targets
 
     tables = declared_targets(config)
     if config is not None and not tables:
@@ -145,8 +145,8 @@ def _plan(target: str | None, config: Path | None, declared: dict[str, Any],
 
 def _target(arg: str | None, spec: str, declaration: Declaration, *, world_size: int | None,
             device: str, debug: bool) -> Any:
-    from bncheck.target import load_target
-    from bncheck.verify import build_target
+    from bncheck.engine.runner import build_target
+    from bncheck.engine.target import load_target
 
     obj = load_target(spec)
     if world_size:
@@ -177,8 +177,8 @@ def _run_flax_sync(spec: str, declaration: Declaration, world_size: int,
                    json_path: Path | None, replay: Any) -> Any:
     """``--world-size N`` for a Flax target: its ``axis_name`` synchronisation over ``jax.vmap``
     and ``shard_map`` on N CPU devices (:mod:`bncheck.frameworks.flax_sync`)."""
-    from bncheck._io import write_json_atomic
     from bncheck.frameworks.flax_sync import verify_synchronised
+    from bncheck.infra.io import write_json_atomic
 
     out = console()
     out.print(f"bncheck verify {escape(spec)} ({world_size} shards, jax.vmap and shard_map)")
@@ -215,7 +215,7 @@ def _jobs(text: str | None, world_size: int | None) -> int:
 def _replay_command(profile: str, target: str | None, declaration: Declaration) -> Any:
     """``bncheck verify`` with the target, its whole declaration (from flags or a config
     table), the other options the user gave, one property and the seed."""
-    from bncheck.declaration import SPECS, shown
+    from bncheck.engine.declaration import SPECS, shown
 
     ctx = click.get_current_context()
     args: list[str] = ["bncheck", "verify"]
@@ -242,9 +242,9 @@ def _run(t: Any, spec: str, properties: list[str] | None, profile: str,
          examples: int | None, seed: int | None, json_path: Path | None, *, replay: Any,
          distributed: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
          jobs: int = 1) -> Any:
-    from bncheck._io import write_json_atomic
-    from bncheck.verify import PropertyResult, Report, describe_target
-    from bncheck.verify import verify as run
+    from bncheck.engine.runner import PropertyResult, Report, describe_target
+    from bncheck.engine.runner import verify as run
+    from bncheck.infra.io import write_json_atomic
 
     out = console()
     out.print(f"bncheck verify {escape(t.label)}")

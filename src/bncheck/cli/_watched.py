@@ -3,8 +3,8 @@
 ``bncheck export`` and ``bncheck check`` with ``--bn FILE.py:Name`` or ``--model`` run the
 user's code throughout: building the model, each calibration forward, the exporter's trace, the
 eager forwards. With :func:`runs_watched` the command's body runs in a forked
-:class:`~bncheck._workers.Worker` and its output comes back over the pipe. Each block of user
-code (:func:`bncheck.target.user_code`, :func:`bncheck._workers.time_limited`) may take
+:class:`~bncheck.infra.workers.Worker` and its output comes back over the pipe. Each block of user
+code (:func:`bncheck.engine.target.user_code`, :func:`bncheck.infra.workers.time_limited`) may take
 ``--timeout`` seconds; then the parent reads where the worker is (also when its code holds the
 GIL), kills it, and exits 2 with one paragraph naming the step and the user's file and line.
 Ctrl-C is passed on to the worker, which ends the command as it would in-process (exit 130);
@@ -36,8 +36,8 @@ _CTRL_C_GRACE = 3.0
 
 
 def timeout_option(help_text: str) -> Callable[[F], F]:
-    """``--timeout S``, default :data:`bncheck._workers.DEFAULT_TIMEOUT`."""
-    from bncheck._workers import DEFAULT_TIMEOUT
+    """``--timeout S``, default :data:`bncheck.infra.workers.DEFAULT_TIMEOUT`."""
+    from bncheck.infra.workers import DEFAULT_TIMEOUT
 
     return click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
                         default=DEFAULT_TIMEOUT, show_default=True, metavar="S",
@@ -53,8 +53,8 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from bncheck._validation import check_timeout
             from bncheck.errors import UsageError
+            from bncheck.infra.validation import check_timeout
 
             try:
                 check_timeout(kwargs["timeout"])  # click's range lets nan and inf through
@@ -63,7 +63,7 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
                 sys.exit(EXIT_USAGE)
             if not needs_watch(kwargs) or not can_watch(debug=kwargs.get("debug", False)):
                 return fn(*args, **kwargs)
-            from bncheck._workers import DEFAULT_TIMEOUT
+            from bncheck.infra.workers import DEFAULT_TIMEOUT
 
             code = run_watched(lambda: fn(*args, **kwargs),
                                timeout=kwargs["timeout"] or DEFAULT_TIMEOUT)
@@ -84,8 +84,8 @@ def can_watch(*, debug: bool) -> bool:
 
 def run_watched(body: Callable[[], Any], *, timeout: float) -> int:
     """Run ``body`` (a command, under ``handles_errors``) in a forked worker; its exit code."""
-    from bncheck._workers import TIMED_OUT, Worker, WorkerDied, stuck_at
-    from bncheck.adapter import is_user_file
+    from bncheck.engine.adapter import is_user_file
+    from bncheck.infra.workers import TIMED_OUT, Worker, WorkerDied, stuck_at
 
     worker = Worker(_serve, (body, sys.stdout.isatty(), sys.stderr.isatty()),
                     start_method="fork", name="bncheck-command")
@@ -158,7 +158,7 @@ def _pass_on_ctrl_c(worker: Any, doing: list[str], again: threading.Event) -> in
     """The body of :func:`_interrupted`, while Ctrl-C only sets ``again``."""
     import time
 
-    from bncheck._workers import TIMED_OUT, WorkerDied
+    from bncheck.infra.workers import TIMED_OUT, WorkerDied
 
     try:
         os.kill(worker.pid, signal.SIGINT)
@@ -203,7 +203,7 @@ def _serve(conn: Connection, body: Callable[[], Any], out_tty: bool, err_tty: bo
     """Run the command; send its output, its user-code blocks and its exit code."""
     import pickle
 
-    from bncheck._workers import watch_with
+    from bncheck.infra.workers import watch_with
 
     lock = threading.Lock()  # a progress display writes from its own thread
 

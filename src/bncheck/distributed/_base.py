@@ -2,9 +2,10 @@
 float64 expectation for a block's concatenated batch, and per-rank comparisons.
 
 Each property draws a :class:`~bncheck.distributed.cases.SyncCase`, has the ranks run it, and
-compares every rank with the float64 oracle (:mod:`bncheck.oracle`) applied to the global batch
+compares every rank with the float64 oracle (:mod:`bncheck.engine.oracle`) applied to the global
+batch
 of the rank's process group, with the single-process tolerance rules
-(:mod:`bncheck.properties._tolerance`) for a reduction over that global batch.
+(:mod:`bncheck.engine.properties._tolerance`) for a reduction over that global batch.
 """
 
 from __future__ import annotations
@@ -17,22 +18,22 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from bncheck import oracle
-from bncheck.adapter import PropertyFailure
-from bncheck.compare import compare
-from bncheck.conventions import Convention
 from bncheck.distributed._worker import RankResult, RankTask, Step
 from bncheck.distributed.cases import SyncCase
 from bncheck.distributed.launcher import RankFailure, WorkerPool
-from bncheck.errors import RankAbort
-from bncheck.properties import Context
-from bncheck.properties._base import check_output, expect_close
-from bncheck.properties._tolerance import (
+from bncheck.engine import oracle
+from bncheck.engine.adapter import PropertyFailure
+from bncheck.engine.compare import compare
+from bncheck.engine.conventions import Convention
+from bncheck.engine.properties import Context
+from bncheck.engine.properties._base import check_output, expect_close
+from bncheck.engine.properties._tolerance import (
     forward_tolerance,
     gradient_tolerances,
     stats_tolerance,
 )
-from bncheck.strategies import dtype_name
+from bncheck.engine.strategies import dtype_name
+from bncheck.errors import RankAbort
 
 __all__ = ["SyncContext", "SyncProperty", "REGISTRY", "register", "RankAbort", "Expected",
            "expected_train", "upstream_gradient", "per_block", "train_steps", "expect_outputs",

@@ -40,7 +40,8 @@ class RankTask:
     drawn configuration."""
 
     target: str
-    declaration: Any  # a bncheck.declaration.Declaration (not imported here: light to unpickle)
+    # a bncheck.engine.declaration.Declaration (not imported here: light to unpickle)
+    declaration: Any
     num_features: int
     ndim: int
     dtype: torch.dtype
@@ -94,13 +95,13 @@ class _Rank:
 
     def target(self, spec: str) -> Any:
         if spec not in self.targets:
-            from bncheck.target import load_target
+            from bncheck.engine.target import load_target
 
             self.targets[spec] = load_target(spec)
         return self.targets[spec]
 
     def build(self, task: RankTask) -> Any:
-        from bncheck.adapter import Target
+        from bncheck.engine.adapter import Target
 
         key = (task.target, task.declaration)
         if key not in self.targets:
@@ -153,7 +154,7 @@ class _Rank:
             self.where = f"{label} backward"
             y.backward(step.grad.to(device=y.device, dtype=y.dtype))
             out.dx = None if x.grad is None else x.grad.detach().cpu()
-            from bncheck.adapter import attribute
+            from bncheck.engine.adapter import attribute
 
             for name, attr in ((bn.weight_name, "dweight"), (bn.bias_name, "dbias")):
                 g = getattr(attribute(module, name) if name else None, "grad", None)
@@ -166,7 +167,7 @@ class _Rank:
 
 def worker_main(conn: Connection, rank: int, world_size: int, port: int, device: str,
                 groups: tuple[tuple[int, ...], ...], timeout: float) -> None:
-    """A rank's life (in a :class:`~bncheck._workers.Worker`): join the process group, create
+    """A rank's life (in a :class:`~bncheck.infra.workers.Worker`): join the process group, create
     ``groups``, answer tasks until told to stop.
 
     Every message is ``pickle``d: a :class:`RankTask`, ``None`` (sit this case out) or

@@ -6,8 +6,8 @@
 ... def test_sizes(sizes):
 ...     assert sum(sizes) == 5 and len(sizes) == 3 and min(sizes) >= 1
 
-A :class:`SyncCase` holds one single-process :class:`~bncheck.strategies.BNCase` (the global
-batch, dtype, configuration, weight and bias, drawn by :mod:`bncheck.strategies`) plus the
+A :class:`SyncCase` holds one single-process :class:`~bncheck.engine.strategies.BNCase` (the global
+batch, dtype, configuration, weight and bias, drawn by :mod:`bncheck.engine.strategies`) plus the
 per-rank batch sizes and the blocks of ranks that synchronise together. Rank ``r`` receives
 rows ``sum(sizes[:r]) .. sum(sizes[:r+1])``; a block's batch is its ranks' rows in rank order.
 """
@@ -20,9 +20,9 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from bncheck._validation import check_min_max, check_positive_int, check_type
+from bncheck.engine.strategies import BNCase
 from bncheck.errors import InvalidArgument
-from bncheck.strategies import BNCase
+from bncheck.infra.validation import check_min_max, check_positive_int, check_type
 
 __all__ = ["SyncCase", "splits", "splits_with_empty"]
 

@@ -10,7 +10,7 @@ and create the process groups the properties need, once. Each case is one messag
 over a pipe and one answer back. A watchdog bounds every case: a rank that dies, hangs (a
 collective waiting for a peer that never comes) or whose target raises fails the case with the
 rank and the reason (a hung rank with where it was stuck), and the pool is restarted before the
-next case. Each rank is a :class:`~bncheck._workers.Worker` (bncheck's one process manager):
+next case. Each rank is a :class:`~bncheck.infra.workers.Worker` (bncheck's one process manager):
 ranks exit when the parent goes away, and :meth:`WorkerPool.close` asks, terminates, then kills.
 """
 
@@ -26,14 +26,14 @@ from typing import Any
 
 import torch.distributed as dist
 
-from bncheck._validation import RANK_TIMEOUT, check_finite_float, check_positive_int
-from bncheck._workers import Worker, WorkerDied, stop_workers, stuck_at
 from bncheck.errors import InvalidArgument, RankFailure
+from bncheck.infra.validation import RANK_TIMEOUT, check_finite_float, check_positive_int
+from bncheck.infra.workers import Worker, WorkerDied, stop_workers, stuck_at
 
 __all__ = ["WorkerPool", "RankFailure", "partitions", "DEFAULT_TIMEOUT"]
 
 #: Seconds a rank may take for one case (tiny tensors take milliseconds; a hang takes forever).
-DEFAULT_TIMEOUT = RANK_TIMEOUT  # decided in bncheck._validation
+DEFAULT_TIMEOUT = RANK_TIMEOUT  # decided in bncheck.infra.validation
 #: Seconds the ranks may take to start (import torch, join the group, create the subgroups).
 START_TIMEOUT = 120.0
 
@@ -161,7 +161,7 @@ class WorkerPool:
     def _collect(self, timeout: float, what: str) -> list[Any]:
         """One answer per rank within ``timeout`` seconds, or :class:`RankFailure` (the ranks
         that died first, then those whose target raised, then those that hung)."""
-        from bncheck.adapter import is_user_file
+        from bncheck.engine.adapter import is_user_file
 
         answers: dict[int, Any] = {}
         failures: dict[int, str] = {}

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bncheck.mutants import Mutant, MutantResult, judge
+from bncheck.engine.mutants import Mutant, MutantResult, judge
 from bncheck.reference import batch_norm, compute_dtype, reduction_dims
 
 __all__ = ["CleanSync", "MUTANTS", "run_mutants"]
@@ -247,12 +247,12 @@ def run_mutants(names: Sequence[str] | None = None, *, world_size: int, profile:
                 every_property: bool = False,
                 on_result: Callable[[MutantResult], None] | None = None) -> list[MutantResult]:
     """Run each mutant (without shrinking) against the distributed property meant to kill it,
-    the rest of the catalogue only when it survives (:func:`bncheck.mutants.meant_first`;
+    the rest of the catalogue only when it survives (:func:`bncheck.engine.mutants.meant_first`;
     ``every_property``: all of it), on one set of ``world_size`` ranks started once."""
-    from bncheck._validation import check_timeout, unknown_name
     from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
     from bncheck.distributed.properties import names as catalogue
     from bncheck.distributed.verify import target_spec, verify_distributed
+    from bncheck.infra.validation import check_timeout, unknown_name
 
     chosen = list(MUTANTS) if not names else list(names)
     unknown = [n for n in chosen if n not in MUTANTS]

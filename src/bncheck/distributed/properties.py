@@ -19,9 +19,6 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from bncheck import oracle
-from bncheck._validation import unknown_name
-from bncheck.adapter import PropertyFailure
 from bncheck.distributed._base import (
     REGISTRY,
     SyncContext,
@@ -37,9 +34,12 @@ from bncheck.distributed._base import (
 )
 from bncheck.distributed._worker import Step
 from bncheck.distributed.cases import SyncCase, splits, splits_with_empty
-from bncheck.properties._base import check_output, expect_close, stat_values
-from bncheck.properties._tolerance import forward_tolerance
-from bncheck.strategies import dtype_name
+from bncheck.engine import oracle
+from bncheck.engine.adapter import PropertyFailure
+from bncheck.engine.properties._base import check_output, expect_close, stat_values
+from bncheck.engine.properties._tolerance import forward_tolerance
+from bncheck.engine.strategies import dtype_name
+from bncheck.infra.validation import unknown_name
 
 __all__ = ["CATALOGUE", "names", "get"]
 

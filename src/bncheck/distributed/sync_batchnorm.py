@@ -30,8 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bncheck._validation import check_type
 from bncheck.errors import InvalidArgument, InvalidArgumentType
+from bncheck.infra.validation import check_type
 from bncheck.reference import BatchNorm, compute_dtype, reduction_dims
 
 __all__ = ["SyncBatchNorm"]

@@ -21,17 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from bncheck._validation import check_names
-from bncheck.adapter import Target
-from bncheck.declaration import Declaration
 from bncheck.distributed._base import RankAbort, SyncContext, SyncProperty
 from bncheck.distributed._worker import takes_process_group
 from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
 from bncheck.distributed.properties import CATALOGUE, get
-from bncheck.errors import InvalidArgument, TargetError
-from bncheck.properties import Context
-from bncheck.target import load_target
-from bncheck.verify import (
+from bncheck.engine.adapter import Target
+from bncheck.engine.declaration import Declaration
+from bncheck.engine.properties import Context
+from bncheck.engine.runner import (
     PropertyResult,
     Report,
     Status,
@@ -40,6 +37,9 @@ from bncheck.verify import (
     resolve_dtypes,
     resolve_run,
 )
+from bncheck.engine.target import load_target
+from bncheck.errors import InvalidArgument, TargetError
+from bncheck.infra.validation import check_names
 
 __all__ = ["verify_distributed", "target_spec", "refuse_on_device"]
 
@@ -53,7 +53,7 @@ def target_spec(target: str | Callable[..., Any]) -> str:
     """
     if isinstance(target, str):
         return target
-    from bncheck._workers import reimport_spec
+    from bncheck.infra.workers import reimport_spec
 
     spec = reimport_spec(target)
     if spec is None:
@@ -81,7 +81,7 @@ def refuse_on_device(obj: Any, device: str) -> None:
 
 
 def _run_one(prop: SyncProperty, ctx: SyncContext, *, seed: int, config: Any) -> PropertyResult:
-    from bncheck.verify import run_property
+    from bncheck.engine.runner import run_property
 
     start, before = time.perf_counter(), ctx.examples
     try:
@@ -109,13 +109,14 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
             its signature takes one (else every case uses all ranks).
         world_size: ranks to start (2 or more); each case draws its own size up to this.
         properties, profile, examples, seed, shrink, replay, on_result: as
-            :func:`bncheck.verify.verify`.
+            :func:`bncheck.engine.runner.verify`.
         timeout: seconds a case may take on a rank before the rank counts as hung.
         device: ``"cpu"`` (gloo) or ``"cuda"``.
         pool: running ranks to reuse (its world size wins); else started and stopped here.
-        label, declaration, declared: as :func:`bncheck.verify.build_target` (every
+        label, declaration, declared: as :func:`bncheck.engine.runner.build_target` (every
             declaration travels to the ranks, which build the target as declared).
-        prepared: the :class:`~bncheck.adapter.Target` already built for ``target`` (the CLI's),
+        prepared: the :class:`~bncheck.engine.adapter.Target` already built for ``target`` (the
+        CLI's),
             with its declaration; further ``declaration``/``declared`` go over it.
 
     Raises:

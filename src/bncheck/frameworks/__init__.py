@@ -9,7 +9,7 @@
 Properties and the oracle are framework-free: they call a built target only through the
 :class:`BuiltTarget` protocol, with torch tensors in torch's layout (channels in dim 1), and judge
 it in float64 torch. Torch modules (and Keras 3 layers on its torch backend, which are torch
-modules) sit behind :class:`bncheck.adapter.Adapted`; JAX modules (Flax NNX and Linen) behind
+modules) sit behind :class:`bncheck.engine.adapter.Adapted`; JAX modules (Flax NNX and Linen) behind
 :class:`bncheck.frameworks.flax.FlaxAdapted`, which converts arrays at the boundary through NumPy.
 A framework module is imported only when a target names it: ``import bncheck`` and torch-only
 runs never import jax.
@@ -32,7 +32,7 @@ FRAMEWORKS = ("torch", "flax-nnx", "flax-linen")
 
 
 class BuiltTarget(Protocol):
-    """What the properties use of a built target (:class:`bncheck.adapter.Adapted` for torch;
+    """What the properties use of a built target (:class:`bncheck.engine.adapter.Adapted` for torch;
     tensors are torch tensors in torch's layout, statistics ``(C,)`` float64 copies)."""
 
     num_features: int

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from bncheck import oracle
+from bncheck.engine import oracle
+from bncheck.engine.properties._base import Checks, Context, PropertyCase
+from bncheck.engine.properties._tolerance import forward_tolerance, stats_tolerance
+from bncheck.engine.properties.gradients import zero_sum_failure
 from bncheck.frameworks.flax import STATS, FlaxAdapted, to_jax, to_torch, x64
-from bncheck.properties._base import Checks, Context, PropertyCase
-from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
-from bncheck.properties.gradients import zero_sum_failure
 
 __all__ = ["MEANINGS", "SKIPPED"]
 

@@ -1,6 +1,6 @@
 """Flax BatchNorms (``flax.nnx`` and ``flax.linen``) behind the properties' interface.
 
->>> from bncheck.verify import build_target
+>>> from bncheck.engine.runner import build_target
 >>> from flax import nnx
 >>> t = build_target(nnx.BatchNorm, framework="flax-nnx")
 >>> bn = t.build(3, ndim=4)
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bncheck.adapter import Adapted, Target
+from bncheck.engine.adapter import Adapted, Target
+from bncheck.engine.target import Constructor
 from bncheck.errors import PropertyFailure, TargetRaised
-from bncheck.target import Constructor
 
 __all__ = ["FlaxAdapted", "build", "inspect_constructor", "SKIPPED", "MEANINGS", "x64"]
 
@@ -267,7 +267,7 @@ def build(t: Target, num_features: int, *, ndim: int, wanted: Mapping[str, Any],
     except PropertyFailure:
         raise
     except Exception as e:  # noqa: BLE001 - user code: report whatever it raised
-        from bncheck.adapter import describe_exception
+        from bncheck.engine.adapter import describe_exception
 
         raise TargetRaised(f"building the target as {call} raised "
                            f"{describe_exception(e, debug=t.debug)}") from None
@@ -316,7 +316,7 @@ class FlaxAdapted:
 
     def invoke(self, what: str, fn: Callable[..., Any], *args: Any,
                passthrough: tuple[type[BaseException], ...] = (), **kwargs: Any) -> Any:
-        """:meth:`bncheck.adapter.Adapted.invoke`: the one path into the target's code."""
+        """:meth:`bncheck.engine.adapter.Adapted.invoke`: the one path into the target's code."""
         return Adapted.invoke(self, what, fn, *args,  # type: ignore[arg-type]
                               passthrough=passthrough, **kwargs)
 

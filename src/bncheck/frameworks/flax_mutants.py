@@ -1,4 +1,4 @@
-"""Buggy Flax NNX BatchNorms, the same defects as :mod:`bncheck.mutants`, to prove the
+"""Buggy Flax NNX BatchNorms, the same defects as :mod:`bncheck.engine.mutants`, to prove the
 properties have teeth for JAX targets too.
 
 >>> from bncheck.frameworks.flax_mutants import JAX_MUTANTS
@@ -8,7 +8,8 @@ properties have teeth for JAX targets too.
 :class:`JaxClean` is a correct ``nnx.Module`` BatchNorm in Flax's convention (channels last,
 ``ra = m * ra + (1 - m) * batch``, m = 0.99, biased running variance, statistics in
 ``nnx.BatchStat``, float32 accumulation, a two-pass variance); each mutant overrides one step of
-it. :func:`run_jax_mutants` runs them as :func:`bncheck.mutants.run_mutants` runs the torch ones.
+it. :func:`run_jax_mutants` runs them as :func:`bncheck.engine.mutants.run_mutants` runs the torch
+ones.
 Importing this module imports jax and flax.
 """
 
@@ -22,10 +23,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bncheck._workers import DEFAULT_TIMEOUT
-from bncheck.conventions import FLAX
-from bncheck.declaration import Declaration
-from bncheck.mutants import Mutant, MutantResult, judge
+from bncheck.engine.conventions import FLAX
+from bncheck.engine.declaration import Declaration
+from bncheck.engine.mutants import Mutant, MutantResult, judge
+from bncheck.infra.workers import DEFAULT_TIMEOUT
 
 __all__ = ["JaxClean", "JAX_MUTANTS", "run_jax_mutants"]
 
@@ -292,10 +293,10 @@ def run_jax_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
                     on_result: Callable[[MutantResult], None] | None = None,
                     timeout: float | None = DEFAULT_TIMEOUT) -> list[MutantResult]:
     """Each JAX mutant against the property meant to kill it (the rest of the catalogue when
-    it survives), as :func:`bncheck.mutants.run_mutants`."""
-    from bncheck._validation import unknown_name
-    from bncheck.properties import names as catalogue
-    from bncheck.verify import verify
+    it survives), as :func:`bncheck.engine.mutants.run_mutants`."""
+    from bncheck.engine.properties import names as catalogue
+    from bncheck.engine.runner import verify
+    from bncheck.infra.validation import unknown_name
 
     chosen = list(JAX_MUTANTS) if not names else list(names)
     for n in chosen:

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from bncheck import oracle
+from bncheck.engine import oracle
+from bncheck.engine.properties._base import Checks, Context, PropertyCase, stat_values
+from bncheck.engine.properties._tolerance import forward_tolerance, stats_tolerance
 from bncheck.errors import InvalidArgument, PropertyFailure
-from bncheck.properties._base import Checks, Context, PropertyCase, stat_values
-from bncheck.properties._tolerance import forward_tolerance, stats_tolerance
 
 __all__ = ["NAMES", "verify_synchronised"]
 
@@ -91,7 +91,7 @@ def _run_sharded(bn: Any, how: str, x: torch.Tensor, training: bool, world: int,
 
 @dataclass(frozen=True)
 class _SyncProperty:
-    """One synchronised property, run by :func:`bncheck.verify.run_property`."""
+    """One synchronised property, run by :func:`bncheck.engine.runner.run_property`."""
 
     name: str
     run: Callable[[Context, PropertyCase, Checks, int, str], None]
@@ -193,8 +193,8 @@ def run_here(spec: str, framework: str, world_size: int, properties: Sequence[st
              examples: int | None, seed: int, fixed: dict[str, Any]) -> dict[str, Any]:
     """The checks in this process (which must have ``world_size`` CPU devices): the report as
     JSON."""
-    from bncheck.target import load_target
-    from bncheck.verify import Report, _settings, build_target, run_property
+    from bncheck.engine.runner import Report, _settings, build_target, run_property
+    from bncheck.engine.target import load_target
 
     fixed = {**fixed, "axis_name": fixed.get("axis_name", AXIS)}
     t = build_target(load_target(spec), label=spec, framework=framework, fixed=fixed,
@@ -215,13 +215,13 @@ def verify_synchronised(spec: str, *, framework: str, world_size: int,
                         timeout: float = 600) -> Any:
     """Run the synchronised properties against ``spec`` (``module:Name`` or ``file.py:Name``)
     in a fresh interpreter with ``world_size`` CPU devices; return the
-    :class:`~bncheck.verify.Report`.
+    :class:`~bncheck.engine.runner.Report`.
 
     Raises:
         InvalidArgument: ``world_size`` below 2 or an unknown property name.
         PropertyFailure: the checking process failed (its last lines are in the message).
     """
-    from bncheck.verify import PropertyResult, Report
+    from bncheck.engine.runner import PropertyResult, Report
 
     if not isinstance(world_size, int) or world_size < 2:
         raise InvalidArgument(f"Expected world_size >= 2 shards, received "

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from bncheck.compare import Tolerance, compare, max_errors
+from bncheck.engine.compare import Tolerance, compare, max_errors
 from bncheck.onnx.bn_nodes import BNNode, Fold, bn_nodes, folds
 from bncheck.onnx.graph import io_specs
 from bncheck.onnx.localize import Localization, batch_dependent_nodes
@@ -76,12 +76,13 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """At least one check ran and passed, none failed (:func:`bncheck._evidence.verdict`)."""
+        """At least one check ran and passed, none failed
+        (:func:`bncheck.engine.evidence.verdict`)."""
         return self.verdict().ok
 
     def verdict(self) -> Any:
-        """The :class:`~bncheck._evidence.Verdict` of the rows and failures."""
-        from bncheck._evidence import verdict
+        """The :class:`~bncheck.engine.evidence.Verdict` of the rows and failures."""
+        from bncheck.engine.evidence import verdict
 
         failed = len(self.failures) + sum(r.verdict == "FAIL" for r in self.rows)
         return verdict(passed=sum(r.verdict == "ok" for r in self.rows), failed=failed,

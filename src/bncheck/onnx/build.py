@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from bncheck._validation import check_positive_int, check_type
-from bncheck.models import BUILTIN_BN, INPUT_SHAPE, BNFactory, resolve_bn
+from bncheck.infra.validation import check_positive_int, check_type
+from bncheck.reference.lenet import BUILTIN_BN, INPUT_SHAPE, BNFactory, resolve_bn
 
 __all__ = ["BUILTIN_BN", "resolve_bn", "build_model", "calibrate", "make_inputs", "load_checkpoint"]
 
@@ -52,7 +52,7 @@ def calibrate(model: nn.Module, *, seed: int, steps: int = CALIBRATION_STEPS,
     Raises:
         TargetError: a forward raised (the message names the file and line).
     """
-    from bncheck.target import user_code
+    from bncheck.engine.target import user_code
 
     make = make or (lambda b, s: (make_inputs(b, seed=s),))
     model.train()

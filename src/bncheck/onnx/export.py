@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from bncheck._io import write_atomic
-from bncheck._validation import check_type
-from bncheck._workers import time_limited
 from bncheck.errors import ExportFailed, InvalidArgument
+from bncheck.infra.io import write_atomic
+from bncheck.infra.validation import check_type
+from bncheck.infra.workers import time_limited
 
 if TYPE_CHECKING:
     from bncheck.onnx.source import ModelSource

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bncheck.compare import compare, max_errors
+from bncheck.engine.compare import compare, max_errors
 from bncheck.errors import InvalidArgument, VerificationFailed
 from bncheck.onnx.export import export_onnx, write_atomic
 from bncheck.onnx.localize import eager_outputs
@@ -104,12 +104,12 @@ class GateResult:
 
     @property
     def ok(self) -> bool:
-        """No drift, and at least one output compared (:func:`bncheck._evidence.verdict`);
+        """No drift, and at least one output compared (:func:`bncheck.engine.evidence.verdict`);
         ``--update`` (which compares nothing) is judged by what it wrote."""
         return self.verdict().ok
 
     def verdict(self) -> Any:
-        from bncheck._evidence import verdict
+        from bncheck.engine.evidence import verdict
 
         compared = sum(row.verdict == "ok" for _, row in self.rows) or len(self.written)
         return verdict(passed=compared, failed=len(self.drift),

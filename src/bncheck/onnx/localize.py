@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bncheck.compare import Tolerance, compare
+from bncheck.engine.compare import Tolerance, compare
 from bncheck.errors import TargetError
 from bncheck.onnx.graph import display_name, intermediates, module_of
 from bncheck.onnx.placement import BNLayer, bn_placement, nodes_by_module
@@ -114,7 +114,7 @@ def run_eager(model: nn.Module, inputs: Sequence[Tensor], context: str = "torch.
     Raises:
         TargetError: the forward raised (named with the user's file and line).
     """
-    from bncheck.target import user_code
+    from bncheck.engine.target import user_code
 
     model = copy.deepcopy(model).eval()
     run = EagerRun([])

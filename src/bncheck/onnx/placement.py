@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.models import BN_LAYER_INDICES
 from bncheck.onnx.graph import display_name, module_of
+from bncheck.reference.lenet import BN_LAYER_INDICES
 
 __all__ = ["Placement", "BNLayer", "LENET_BN_LAYERS", "nodes_by_module", "bn_placement",
            "placement_line"]

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncheck._validation import check_positive_int, check_type
 from bncheck.errors import InvalidArgument, TargetError
-from bncheck.models import INPUT_SHAPE, BNFactory
+from bncheck.infra.validation import check_positive_int, check_type
+from bncheck.reference.lenet import INPUT_SHAPE, BNFactory
 
 __all__ = ["InputSpec", "ModelSource", "lenet_source", "model_source", "parse_model_arg",
            "parse_shape", "generated_inputs"]
@@ -77,7 +77,7 @@ def parse_shape(text: str, name: str = "--input-shape") -> tuple[int, ...]:
     if not dims or any(d < 1 for d in dims):
         raise InvalidArgument(f"Expected {name} as comma-separated positive integers, batch "
                               f"first (e.g. 1,3,224,224), received {name}={text!r}")
-    from bncheck._workers import check_fits_in_memory
+    from bncheck.infra.workers import check_fits_in_memory
 
     check_fits_in_memory(math.prod(dims) * 4, f"{name}={text}", "a float32 input of that shape")
     return dims
@@ -137,9 +137,9 @@ class ModelSource:
             InvalidArgument: bad ``seed``/``calibrate``, a bad checkpoint.
             TargetError: the factory or a forward raised (named with the file and line).
         """
+        from bncheck.engine.target import user_code
         from bncheck.onnx.build import calibrate as run_calibration
         from bncheck.onnx.build import load_checkpoint
-        from bncheck.target import user_code
 
         check_type(int, seed, "seed")
         if seed < 0:
@@ -170,7 +170,7 @@ class ModelSource:
 
 def lenet_source(bn: str | BNFactory = "scratch") -> ModelSource:
     """The seed's LeNet-BN with ``bn`` (``scratch``, ``torch``, a TARGET or a factory)."""
-    from bncheck.models import lenet_bn, resolve_bn
+    from bncheck.reference.lenet import lenet_bn, resolve_bn
 
     factory = resolve_bn(bn) if isinstance(bn, str) else bn
     name = bn if isinstance(bn, str) else getattr(bn, "__qualname__", "factory")
@@ -199,7 +199,7 @@ def model_source(spec: str | None = None, *, model_args: Mapping[str, Any] | Non
             ``--input-shape`` for a model).
         TargetError: the factory cannot be imported.
     """
-    from bncheck.target import load_target
+    from bncheck.engine.target import load_target
 
     model_args = dict(model_args or {})
     if spec is None:

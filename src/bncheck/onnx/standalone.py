@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 from bncheck.onnx._report import (
     Feeds,
     Report,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bncheck.compare import compare, max_errors
+from bncheck.engine.compare import compare, max_errors
 from bncheck.onnx._report import (
     Report,
     Row,
@@ -69,7 +69,7 @@ def load_onnx(path: str | Path) -> tuple[bytes, Any]:
     import onnx
     from google.protobuf.message import DecodeError
 
-    from bncheck._io import describe_path
+    from bncheck.infra.io import describe_path
 
     p = Path(path)
     problem = describe_path(p)  # a FIFO, a device, a name too long: said as such

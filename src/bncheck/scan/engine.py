@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from bncheck._workers import DEFAULT_TIMEOUT
 from bncheck.errors import BNCheckError, TargetError
+from bncheck.infra.workers import DEFAULT_TIMEOUT
 from bncheck.scan import model_checks as mc
 from bncheck.scan.infer import Group, declarations, group_layers, observe, replay_command
 from bncheck.scan.inventory import candidates_by_behaviour, find_norm_layers
@@ -60,7 +60,7 @@ def scan_model(source: Any, *, seed: int = 0, checkpoint: str | Path | None = No
             source's).
         properties: the properties each class runs (default: all; a frozen class runs those
             that hold for a frozen layer).
-        profile, examples, timeout, jobs: :func:`bncheck.verify.verify`'s.
+        profile, examples, timeout, jobs: :func:`bncheck.engine.runner.verify`'s.
         strict_frozen: a frozen-looking layer fails ``frozen_layers`` (default: a note).
         onnx: also export the model and verify the file (``onnx_export``).
         on_progress: ``on_progress(i, n, group)`` before class ``i`` of ``n`` is verified.
@@ -69,7 +69,7 @@ def scan_model(source: Any, *, seed: int = 0, checkpoint: str | Path | None = No
         TargetError: the model cannot be built (the factory raised).
         InvalidArgument: a bad argument.
     """
-    from bncheck.verify import resolve_run
+    from bncheck.engine.runner import resolve_run
 
     profile, seed = resolve_run(profile, examples, seed)
     start = time.perf_counter()
@@ -114,8 +114,8 @@ def verify_classes(findings: Findings, report: ScanReport, *,
     """Verify each group's class once, loaded by its spec as ``bncheck verify SPEC`` loads it
     (so the replay command reproduces what the scan saw), filling ``report`` as it goes: on
     Ctrl-C it holds every class finished."""
-    from bncheck._validation import check_timeout
-    from bncheck.verify import check_jobs
+    from bncheck.engine.runner import check_jobs
+    from bncheck.infra.validation import check_timeout
 
     check_timeout(timeout)
     check_jobs(jobs, timeout)
@@ -208,10 +208,10 @@ def _verify_class(result: ClassResult, *, properties: Sequence[str] | None,
                   profile: str, examples: int | None, seed: int, timeout: float,
                   jobs: int) -> None:
     """Run the catalogue on the group's class with the declarations its instances show."""
+    from bncheck.engine.properties import CATALOGUE
+    from bncheck.engine.runner import verify
+    from bncheck.engine.target import load_target
     from bncheck.errors import UsageError
-    from bncheck.properties import CATALOGUE
-    from bncheck.target import load_target
-    from bncheck.verify import verify
 
     group = result.group
     if group.spec is None:

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncheck._validation import not_set
-from bncheck.declaration import Declaration
+from bncheck.engine.declaration import Declaration
+from bncheck.infra.validation import not_set
 from bncheck.scan.inventory import Config, NormLayer
 
 __all__ = ["Observation", "Group", "observe", "group_layers", "declarations",
@@ -83,9 +83,9 @@ def observe(model: nn.Module, inputs: Sequence[Tensor], *, paths: Sequence[str],
     modules at ``paths``; then test the modules at ``probe`` for mode-dependent output.
 
     The model's exception, if any, is kept in the result, not raised (a layer before it still
-    reports its rank). Call it inside :func:`bncheck.target.user_code` for the time limit.
+    reports its rank). Call it inside :func:`bncheck.engine.target.user_code` for the time limit.
     """
-    from bncheck.target import user_code
+    from bncheck.engine.target import user_code
 
     modules = dict(model.named_modules())
     seen = Observation()
@@ -120,8 +120,8 @@ def _mode_dependent(module: nn.Module, args: tuple[Any, ...], path: str) -> bool
     """Whether a copy of ``module`` gives another output in training (grad enabled) than in
     eval (no grad) on ``args``; ``None`` when it raises. Exact comparison: the two modes run
     the same code on the same input unless the layer normalizes differently."""
+    from bncheck.engine.target import user_code
     from bncheck.errors import TargetError
-    from bncheck.target import user_code
 
     try:
         with user_code(f"running {path} alone in training and eval mode"):
@@ -158,7 +158,7 @@ def group_layers(model: nn.Module, layers: Sequence[NormLayer], seen: Observatio
 def _shaped_rank(module: nn.Module) -> tuple[int, ...]:
     """The input rank a layer's broadcast-shaped statistics imply (the seed notebook keeps
     ``(1, C)`` or ``(1, C, 1, 1)``); ``()`` for flat ones."""
-    from bncheck.adapter import attribute
+    from bncheck.engine.adapter import attribute
     from bncheck.scan.inventory import own_statistics
 
     pair = own_statistics(module)
@@ -169,7 +169,7 @@ def _shaped_rank(module: nn.Module) -> tuple[int, ...]:
 
 
 def declarations(group: Group) -> Declaration:
-    """What ``group``'s class is verified as: the :class:`~bncheck.declaration.Declaration`
+    """What ``group``'s class is verified as: the :class:`~bncheck.engine.declaration.Declaration`
     its instances show (momentum, eps, the ranks they see, affine and track_running_stats as
     fixed flags); the one place a scan turns an instance into declarations."""
     cfg = group.config

@@ -27,8 +27,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from bncheck._validation import NotSet, not_set
-from bncheck.adapter import STAT_NAMES, attribute
+from bncheck.engine.adapter import STAT_NAMES, attribute
+from bncheck.infra.validation import NotSet, not_set
 
 __all__ = ["Config", "NormLayer", "find_norm_layers", "config_of", "own_statistics",
            "display_path", "class_spec"]
@@ -168,7 +168,7 @@ def class_spec(cls: type) -> str | None:
     directory) or ``package.module:Name`` (an installed one, by the shortest package that
     exposes it: ``torch.nn:BatchNorm2d``) that loads ``cls``; ``None`` for a class defined
     inside a function, which nothing can load by name."""
-    from bncheck.adapter import is_user_file
+    from bncheck.engine.adapter import is_user_file
 
     if "<locals>" in cls.__qualname__:
         return None

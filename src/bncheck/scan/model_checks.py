@@ -9,7 +9,7 @@
 
 Each check takes the model (eval mode, running statistics in place) and deterministic inputs,
 works on a deep copy, and returns a :class:`Check` whose ``paths`` name the layers it blames.
-The user's code runs inside :func:`bncheck.target.user_code` (time limited in a watched
+The user's code runs inside :func:`bncheck.engine.target.user_code` (time limited in a watched
 worker): an exception in the model fails the check that ran it, with its file and line.
 """
 
@@ -66,7 +66,7 @@ def outputs_of(out: Any) -> list[Tensor]:
 
 
 def _run(model: nn.Module, inputs: Sequence[Tensor], what: str) -> list[Tensor]:
-    from bncheck.target import user_code
+    from bncheck.engine.target import user_code
 
     with user_code(what):
         return [t.detach() for t in outputs_of(model(*inputs))]
@@ -103,7 +103,7 @@ def _norm_modules(model: nn.Module, layers: Sequence[NormLayer]) -> dict[str, nn
 
 
 def _stats(module: nn.Module) -> list[Tensor]:
-    from bncheck.adapter import attribute
+    from bncheck.engine.adapter import attribute
 
     pair = own_statistics(module)
     return [] if pair is None else [attribute(module, n).detach().clone() for n in pair]
@@ -195,7 +195,7 @@ def eval_grad_mode_independence(model: nn.Module, inputs: Sequence[Tensor]) -> C
 
 
 def _gradients_match(model: nn.Module, inputs: Sequence[Tensor], name: str) -> Check:
-    from bncheck.target import user_code
+    from bncheck.engine.target import user_code
 
     try:
         with user_code("an eval forward in float64"):
@@ -335,7 +335,7 @@ def fusion_matches_eval(model: nn.Module, inputs: Sequence[Tensor]) -> Check:
                 raise
             fused = copy.deepcopy(base)
             target = dict(fused.named_modules())[path]
-            from bncheck.target import user_code
+            from bncheck.engine.target import user_code
 
             with user_code(f"calling {label}"):
                 returned = getattr(target, method)()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bncheck.engine.runner import PropertyResult, Report
 from bncheck.scan.infer import Group, declarations
 from bncheck.scan.inventory import NormLayer
 from bncheck.scan.model_checks import Check
-from bncheck.verify import PropertyResult, Report
 
 __all__ = ["ClassResult", "LayerVerdict", "ScanReport"]
 

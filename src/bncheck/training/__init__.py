@@ -1,7 +1,7 @@
 """Training LeNet-BN as the seed notebook does, in pieces that stay apart.
 
->>> from bncheck.data import synthetic_dataset
->>> from bncheck.models import lenet_bn
+>>> from bncheck.training.data import synthetic_dataset
+>>> from bncheck.reference.lenet import lenet_bn
 >>> from bncheck.training import train
 >>> history = train(lenet_bn("torch"), synthetic_dataset(256), synthetic_dataset(64, seed=1),
 ...                 epochs=2, batch_size=32)

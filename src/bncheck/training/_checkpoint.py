@@ -1,7 +1,7 @@
 """The checkpoint format, written and read in one place: a plain ``state_dict``.
 
 >>> import tempfile, pathlib
->>> from bncheck.models import lenet_bn
+>>> from bncheck.reference.lenet import lenet_bn
 >>> from bncheck.training import load_checkpoint, save_checkpoint
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "lenet.pt"
 >>> _ = save_checkpoint(lenet_bn("scratch"), path, note="an example")
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncheck._io import check_output_path, write_atomic
-from bncheck._validation import check_type
 from bncheck.errors import InvalidArgument
+from bncheck.infra.io import check_output_path, write_atomic
+from bncheck.infra.validation import check_type
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_state_dict"]
 

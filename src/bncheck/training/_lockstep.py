@@ -1,6 +1,6 @@
 """Scratch = torch, step by step: two LeNet-BN variants trained in lockstep on the same batches.
 
->>> from bncheck.data import synthetic_dataset
+>>> from bncheck.training.data import synthetic_dataset
 >>> from bncheck.training import compare_variants
 >>> report = compare_variants(synthetic_dataset(64), steps=4, batch_size=16)
 >>> report.passed, report.steps
@@ -16,8 +16,9 @@ relative in the loss after 10 steps here, so no fixed tolerance would stay both 
 
 The bound, per BatchNorm layer, on its real inputs ``x`` (``n`` values per channel):
 
-* its own rounding, for each variant: :func:`~bncheck.properties._tolerance.forward_tolerance`
-  and :func:`~bncheck.properties._tolerance.stats_tolerance` (the rules ``bncheck verify``
+* its own rounding, for each variant:
+  :func:`~bncheck.engine.properties._tolerance.forward_tolerance`
+  and :func:`~bncheck.engine.properties._tolerance.stats_tolerance` (the rules ``bncheck verify``
   uses: a naive ``n * u`` summation bound with u = 2**-24 for float32, x8 margin), summed for
   the two variants;
 * plus how far the layer's inputs already differ (``d`` = max per channel of ``|x_a - x_b|``,
@@ -44,22 +45,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from bncheck._validation import check_finite_float, check_positive_int, check_type
-from bncheck.compare import Mismatch, Tolerance, compare
-from bncheck.conventions import TORCH
-from bncheck.data import Dataset, batches
-from bncheck.errors import InvalidArgument
-from bncheck.models import BNFactory, lenet_bn
-from bncheck.oracle import batch_stats, channel_view, count_per_channel, reduce_dims
-from bncheck.properties._tolerance import (
+from bncheck.engine.compare import Mismatch, Tolerance, compare
+from bncheck.engine.conventions import TORCH
+from bncheck.engine.oracle import batch_stats, channel_view, count_per_channel, reduce_dims
+from bncheck.engine.properties._tolerance import (
     SAFETY,
     forward_tolerance,
     gradient_tolerances,
     roundoff,
     stats_tolerance,
 )
+from bncheck.errors import InvalidArgument
+from bncheck.infra.validation import check_finite_float, check_positive_int, check_type
+from bncheck.reference.lenet import BNFactory, lenet_bn
 from bncheck.training._loop import check_batch_size, xavier_init
 from bncheck.training._population import bn_buffer
+from bncheck.training.data import Dataset, batches
 
 __all__ = ["LockstepDivergence", "LockstepReport", "compare_variants"]
 
@@ -121,7 +122,8 @@ def compare_variants(
     Args:
         data: the training set; batches are drawn as :func:`bncheck.training.train` draws them
             (same seed, same order; a last batch of one sample is dropped).
-        variant_a, variant_b: BatchNorm variants as :func:`bncheck.models.lenet_bn` takes them
+        variant_a, variant_b: BatchNorm variants as :func:`bncheck.reference.lenet.lenet_bn` takes
+        them
             (``"scratch"``, ``"torch"`` or a factory); their ``state_dict`` keys must agree.
         steps: stop after this many steps (default: all of ``epochs`` epochs).
         epochs, lr, batch_size, seed: the recipe, as for ``train``.

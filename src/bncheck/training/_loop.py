@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bncheck._validation import check_finite_float, check_positive_int, check_type
-from bncheck.data import Dataset, batches
 from bncheck.errors import InvalidArgument, TrainingDiverged
+from bncheck.infra.validation import check_finite_float, check_positive_int, check_type
+from bncheck.training.data import Dataset, batches
 
 __all__ = [
     "DIVERGENCE_FACTOR",
@@ -159,8 +159,8 @@ def train(
 ) -> TrainingHistory:
     """Train ``model`` in place with the seed notebook's recipe and return its history.
 
-    >>> from bncheck.data import synthetic_dataset
-    >>> from bncheck.models import lenet_bn
+    >>> from bncheck.training.data import synthetic_dataset
+    >>> from bncheck.reference.lenet import lenet_bn
     >>> history = train(lenet_bn("torch"), synthetic_dataset(256), synthetic_dataset(64, seed=1),
     ...                 epochs=2, batch_size=32)
     >>> [e.epoch for e in history.epochs], history.epochs[-1].train_loss < 0.5
@@ -168,7 +168,7 @@ def train(
 
     Args:
         model: a classifier taking ``train_data.images`` batches, returning logits.
-        train_data, test_data: :class:`bncheck.data.Dataset` (images, int64 labels).
+        train_data, test_data: :class:`bncheck.training.data.Dataset` (images, int64 labels).
         epochs, lr, batch_size: the recipe's 10, 1.0 and 256 by default (plain SGD).
         seed: seeds the Xavier init and the per-epoch shuffling; same seed, same weights.
         init: apply Xavier-uniform init first, as d2l ``train_ch6`` does.

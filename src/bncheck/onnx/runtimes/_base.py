@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 from bncheck.onnx.graph import walk_nodes
 
 __all__ = ["Runner", "Runtime", "RuntimePlugin", "first_line", "bn_nodes_in"]

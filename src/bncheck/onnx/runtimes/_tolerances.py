@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 
 __all__ = ["TOLERANCES", "OutputScaledTolerance", "concrete", "for_dtype"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 from bncheck.onnx.runtimes._base import Runner, RuntimePlugin
 
 __all__ = ["OpenVino", "default_precision"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 from bncheck.onnx.runtimes._base import Runner, RuntimePlugin, bn_nodes_in
 
 __all__ = ["OrtCpu", "ort_session", "ort_runner", "crash_hazard", "ort_missing_kernel"]

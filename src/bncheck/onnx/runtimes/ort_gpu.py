@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 from bncheck.onnx.runtimes._base import Runner, RuntimePlugin
 from bncheck.onnx.runtimes.ort_cpu import (
     crash_hazard,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.compare import Tolerance
+from bncheck.engine.compare import Tolerance
 from bncheck.onnx.bn_nodes import bn_nodes
 from bncheck.onnx.runtimes._base import Runner, RuntimePlugin
 

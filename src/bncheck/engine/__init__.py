@@ -1,0 +1,2 @@
+"""The verification engine: declarations, targets, the oracle, strategies, properties, mutants, the
+runner."""

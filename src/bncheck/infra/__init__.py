@@ -1,0 +1,2 @@
+"""Infrastructure: watched workers, the watchdog, atomic outputs, argument validation, user
+imports."""
