@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from bncheck.engine.conventions import Convention
+    from bncheck.engine.declaration import Declaration
     from bncheck.engine.runner import Report
 
 __all__ = ["CheckOptions", "VerifyFixture", "PROFILE_NAMES"]
@@ -53,7 +54,11 @@ _SEED_KEY = pytest.StashKey[tuple[int | None, str]]()
 class CheckOptions(TypedDict, total=False):
     """The keywords of :func:`bncheck.check_batchnorm`, as the fixture and the marker take them."""
 
+    declaration: Declaration | None
     convention: Convention | str
+    momentum_weights: str | None
+    running_var: str | None
+    running_stat: str | None
     momentum: float | None
     eps: float
     dims: Sequence[int] | None
@@ -69,6 +74,9 @@ class CheckOptions(TypedDict, total=False):
     empty_batches: bool | None
     timeout: float | None
     jobs: int
+    framework: str | None
+    variant: str | None
+    variant_args: Mapping[str, Any] | None
 
 
 OPTION_NAMES = frozenset(CheckOptions.__annotations__)

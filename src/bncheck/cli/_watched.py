@@ -146,12 +146,20 @@ def _interrupted(worker: Any, doing: list[str]) -> int:
     keeps); it is killed when it has not within the grace period, or at once at a second
     Ctrl-C (a target that ignores SIGINT cannot hold bncheck). Exit 130 whatever the worker's
     own code: an interrupted run is never evidence."""
+    again = threading.Event()  # from now on Ctrl-C only says "stop now", it raises nothing
+    before = signal.signal(signal.SIGINT, lambda *_: again.set())
+    try:
+        return _pass_on_ctrl_c(worker, doing, again)
+    finally:  # run_watched may run again in this process (the API, a test's CliRunner)
+        signal.signal(signal.SIGINT, before)
+
+
+def _pass_on_ctrl_c(worker: Any, doing: list[str], again: threading.Event) -> int:
+    """The body of :func:`_interrupted`, while Ctrl-C only sets ``again``."""
     import time
 
     from bncheck.infra.workers import TIMED_OUT, WorkerDied
 
-    again = threading.Event()  # from now on Ctrl-C only says "stop now", it raises nothing
-    signal.signal(signal.SIGINT, lambda *_: again.set())
     try:
         os.kill(worker.pid, signal.SIGINT)
         deadline = time.monotonic() + _CTRL_C_GRACE

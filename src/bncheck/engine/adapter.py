@@ -110,16 +110,18 @@ def supported_dims(obj: Any) -> tuple[int, ...] | None:
 _LIBRARY_DIRS = tuple(str(Path(p).resolve()) for p in {
     sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
     sysconfig.get_paths()["platlib"], str(Path(torch.__file__).parent.parent)})
-_BNCHECK_DIR = str(Path(__file__).resolve().parent)
-_USER_INSIDE_BNCHECK = ("mutants.py", "reference.py")
+_BNCHECK_DIR = str(Path(__file__).resolve().parent.parent)  # the package, not engine/
+#: bncheck's bundled targets (the mutants, the reference), relative to the package.
+_USER_INSIDE_BNCHECK = ("engine/mutants.py", "engine/mutants_variants.py",
+                        "distributed/mutants.py", "reference/__init__.py")
 
 
 def is_user_file(filename: str) -> bool:
     """Whether ``filename`` is the user's code (not the standard library, site-packages, torch
     or bncheck itself, except bncheck's bundled targets)."""
     path = str(Path(filename).resolve()) if not filename.startswith("<") else filename
-    if path.startswith(_BNCHECK_DIR):
-        return Path(path).name in _USER_INSIDE_BNCHECK
+    if Path(path).is_relative_to(_BNCHECK_DIR):
+        return Path(path).relative_to(_BNCHECK_DIR).as_posix() in _USER_INSIDE_BNCHECK
     return not path.startswith(_LIBRARY_DIRS) and "site-packages" not in path
 
 

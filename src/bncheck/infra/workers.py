@@ -175,11 +175,38 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
+def _forget_parents_fork_server() -> None:
+    """In a forked worker: forget the fork server the parent started (``multiprocessing`` keeps
+    its pid, socket and "alive" pipe in a module-level object, which ``fork`` copies).
+
+    The copy is wrong in the child: the server is the parent's child, not this process's, so
+    the next ``forkserver`` start (a watched command's own workers, e.g. ``verify`` under
+    ``runs_watched``) fails in ``os.waitpid`` with ``ChildProcessError`` (ECHILD), and the copied
+    pipe would keep the parent's server alive as long as this worker lives. Forgotten, the
+    child starts a server of its own on first use, with its own preload and ``sys.path``. A
+    worker started by a fork server or by spawn has none to forget. The resource tracker is
+    left shared: it is found by its pipe alone and meant to be shared with children."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive)
+    server._lock = threading.Lock()  # it may have been held by another thread at the fork
+    server._forkserver_pid = None
+    server._forkserver_address = None
+    server._forkserver_alive_fd = None
+
+
 def _child(main: Callable[..., None], parent_pid: int, dump_path: str, conn: Connection,
            args: tuple[Any, ...]) -> None:
     """A worker's life: set up, then ``main(conn, *args)``; exits with ``os._exit``."""
     import torch
 
+    _forget_parents_fork_server()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent(parent_pid)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
