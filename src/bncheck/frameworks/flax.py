@@ -407,6 +407,15 @@ class FlaxAdapted:
             self.variables = {c: {k: to_jax(state[f"{c}.{k}"]) for k in v}
                               for c, v in self.variables.items()}
 
+    def save(self) -> dict[str, Tensor]:
+        """The state as Flax keeps it (every collection's variables; see :meth:`state_dict`),
+        for ``train_eval_switch``'s save into a fresh instance."""
+        return self.state_dict()
+
+    def load(self, saved: Mapping[str, Tensor]) -> None:
+        """Load what another instance's :meth:`save` returned."""
+        self.load_state_dict(saved)
+
     # -- parameters --------------------------------------------------------------------------
     @property
     def affine(self) -> bool:
