@@ -77,8 +77,10 @@ def test_torchrun_block_runs(where: str, code: str, tmp_path: Path) -> None:
                         "--nproc-per-node", "2", str(script)], capture_output=True, text=True,
                        cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    printed = sorted(line.split(": ", 1)[1] for line in r.stdout.splitlines()
-                     if line.startswith("rank "))
+    # the two ranks share one stdout and may interleave their lines ("...]rank 0: ..."), so
+    # each rank's report is found by its "rank N: " prefix, not by line
+    reports = re.split(r"rank \d+: ", r.stdout)[1:]
+    printed = sorted(part.splitlines()[0] if part.splitlines() else part for part in reports)
     assert len(printed) == 2 and printed[0] == printed[1], r.stdout
     page = (ROOT / "docs" / where.split(":")[0]).read_text(encoding="utf-8")
     assert printed[0] in page, f"{where}: the page does not quote {printed[0]!r}"
