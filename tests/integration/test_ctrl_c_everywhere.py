@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "gate": ("gate", "--exports", str(ROOT / "exports"), "--variant", "lenet_scratch"),
     "train": ("train", "--limit", "6000", "--epochs", "5", "--out", "run"),
     "bench": ("bench", "--section", "properties"),
+    "scan": ("scan", str(ROOT / "tests" / "data" / "scan_models.py") + ":correct_cnn",
+             "--input-shape", "2,3,8,8"),
+    "scan --jobs 2": ("scan", str(ROOT / "tests" / "data" / "scan_models.py") + ":correct_cnn",
+                      "--input-shape", "2,3,8,8", "--jobs", "2"),
 }
 
 
@@ -74,10 +78,50 @@ def test_ctrl_c_exits_130(folder: Path, name: str) -> None:
     codes = []
     for _ in range(TRIES):
         # within the first 2 s: every command here runs longer than that even on an idle
-        # machine (check, the shortest, 2.6 s), so the signal lands mid-run, not in the
-        # last moments of a finished run (a Ctrl-C during interpreter teardown is issue 19's
-        # open end)
+        # machine (check, the shortest, 2.6 s), so the signal lands mid-run; a Ctrl-C after
+        # the command has finished is test_ctrl_c_after_the_report_exits_130's
         code = interrupt(COMMANDS[name], folder, after=rng.uniform(0.3, 2.0))
         if code is not None:
             codes.append(code)
     assert codes == [130] * len(codes), f"{name}: exit codes {codes}"
+
+
+
+#: ``bncheck ARGS`` with an exit handler that runs last and takes its time, as a library's
+#: may (torch's, multiprocessing's joining its helpers): it says ``exiting`` on stdout first,
+#: so the Ctrl-C lands after the command has finished, while the process exits.
+SLOW_EXIT = """
+import atexit, sys, time
+atexit.register(lambda: (print("exiting", flush=True), time.sleep(30)))
+sys.argv = ["bncheck", *sys.argv[1:]]
+from bncheck.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [("verify", "--property", "initial_state"),
+                                  ("verify", "--world-size", "2", "--property", "sync_forward"),
+                                  ("export", "m.onnx")],
+                         ids=["verify", "verify --world-size 2", "export"])
+def test_ctrl_c_after_the_command_finished_exits_130(folder: Path, args: tuple[str, ...]
+                                                     ) -> None:
+    """A Ctrl-C that lands once the command is over (its report printed, Python running exit
+    handlers) exits 130 at once, with one line saying the command had finished: not the
+    command's own 0 after the handlers, not a traceback from inside one."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXIT, *args], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "exiting":
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        else:
+            pytest.fail(f"no exit handler ran: {proc.communicate()}")
+        _, stderr = proc.communicate(timeout=20)  # less than the handler's 30 s
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    assert stderr.strip().splitlines()[-1] == ("Error: interrupted (Ctrl-C) while bncheck was "
+                                               "exiting; the command had finished"), stderr

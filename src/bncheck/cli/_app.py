@@ -4,6 +4,7 @@ so ``bncheck --help`` stays fast and a subcommand's heavy imports happen only wh
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import sys
@@ -73,8 +74,9 @@ def _ctrl_c_exits() -> Iterator[None]:
     """Once Ctrl-C reached bncheck, the exit code is 130, whatever the command did with the
     interrupt (one swallowed by a library, e.g. inside a garbage-collector callback, would
     otherwise end as a pass); Ctrl-C outside a command's own handling (parsing, importing the
-    command) exits 130 with one line, not click's "Aborted!" and exit 1."""
-    from bncheck.cli._common import EXIT_INTERRUPTED, err
+    command, returning from it) exits 130 with one line saying which (:data:`_phase`), not
+    click's "Aborted!" and exit 1."""
+    from bncheck.cli._common import AS_IT_ENDED, BEFORE_START, EXIT_INTERRUPTED, err
 
     _listen_for_ctrl_c()
     try:
@@ -83,7 +85,7 @@ def _ctrl_c_exits() -> Iterator[None]:
         if "--debug" in sys.argv[1:]:  # a command's --debug: the traceback it asked for
             raise
         _deaf_to_ctrl_c()
-        err("interrupted (Ctrl-C) before the command started; nothing was done")
+        err(f"interrupted (Ctrl-C) {BEFORE_START if _phase == 'starting' else AS_IT_ENDED}")
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit as e:
         if e.code != EXIT_INTERRUPTED and _ctrl_c_seen:
@@ -117,15 +119,17 @@ _owns_process = False
 
 
 def _deaf_to_ctrl_c() -> None:
-    """The command is over (or ending with exit 130): a Ctrl-C now could only turn its exit
-    code into a death by SIGINT with a traceback, so it is ignored. A caller of :func:`main`
-    gets Python's own handler back instead."""
+    """The command is over (or ending with exit 130): a Ctrl-C now cannot stop anything. As the
+    program, bncheck then exits 130 at once (:func:`bncheck.cli._program.ctrl_c_ends_now`); a
+    caller of :func:`main` gets Python's own handler back instead."""
     import signal
 
     with contextlib.suppress(ValueError):  # not the main thread (an embedding caller)
         if _owns_process:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            from bncheck.cli._program import ctrl_c_ends_now
+
             forget_unhandled_ctrl_c()
+            ctrl_c_ends_now()
         elif signal.getsignal(signal.SIGINT) is _on_ctrl_c:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -140,8 +144,20 @@ def _survive_encoding() -> None:
 
 class _LazyGroup(click.Group):
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        global _owns_process, _ctrl_c_seen
-        _owns_process, _ctrl_c_seen = args is None, False
+        global _owns_process, _ctrl_c_seen, _phase
+        _owns_process, _ctrl_c_seen, _phase = args is None, False, "starting"
+        if not _owns_process:
+            return self._run(args, *rest, **kwargs)
+        from bncheck.cli._program import end
+
+        try:
+            self._run(args, *rest, **kwargs)
+        except SystemExit as e:
+            end(e.code)
+        end(0)
+
+    def _run(self, args: Any, *rest: Any, **kwargs: Any) -> Any:
+        """:meth:`main` as click runs it, with a Ctrl-C anywhere ending in exit 130."""
         _listen_for_ctrl_c()
         try:
             return super().main(args, *rest, **kwargs)
@@ -189,7 +205,32 @@ class _LazyGroup(click.Group):
             return None
         module, attr = _COMMANDS[name].split(":")
         command: Any = getattr(importlib.import_module(module), attr)
+        _mark_phases(command)
         return command  # type: ignore[no-any-return]
+
+
+#: Where the command is: "starting" (parsing, importing it), "running" (its body, which handles
+#: Ctrl-C itself), "ended" (its body returned or raised).
+_phase = "starting"
+
+
+def _mark_phases(command: click.Command) -> None:
+    """Make ``command``'s body keep :data:`_phase` (once per command object)."""
+    body = command.callback
+    if body is None or getattr(body, "_marks_phases", False):
+        return
+
+    @functools.wraps(body)
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        global _phase
+        _phase = "running"
+        try:
+            return body(*args, **kwargs)
+        finally:
+            _phase = "ended"
+
+    marked._marks_phases = True  # type: ignore[attr-defined]
+    command.callback = marked
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

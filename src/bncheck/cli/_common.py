@@ -17,6 +17,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+#: What ``Error: interrupted (Ctrl-C) ...`` says of a Ctrl-C outside a command's own handling.
+BEFORE_START = "before the command started; nothing was done"
+AS_IT_ENDED = "as the command ended; its result does not count"
 
 #: The environment variable that sets ``--jobs`` (``bncheck verify``; ``train``'s verify step).
 JOBS_ENV = "BNCHECK_JOBS"

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bncheck.cli._common import EXIT_INTERRUPTED, EXIT_USAGE, err
+from bncheck.cli._common import AS_IT_ENDED, EXIT_INTERRUPTED, EXIT_USAGE, err
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -165,7 +165,10 @@ def _pass_on_ctrl_c(worker: Any, doing: list[str], again: threading.Event) -> in
         deadline = time.monotonic() + _CTRL_C_GRACE
         while not again.is_set() and time.monotonic() < deadline:
             got = worker.receive(min(0.1, max(0.0, deadline - time.monotonic())))
-            if got is not TIMED_OUT and _handle(got, doing) is not None:
+            code = None if got is TIMED_OUT else _handle(got, doing)
+            if code is not None:
+                if code != EXIT_INTERRUPTED:  # it had ended on its own: it said nothing of it
+                    err(f"interrupted (Ctrl-C) {AS_IT_ENDED}")
                 return EXIT_INTERRUPTED  # the worker said what it kept
     except (OSError, WorkerDied):
         pass
