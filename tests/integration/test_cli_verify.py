@@ -114,8 +114,7 @@ def test_torch_target_and_skips(cli):
 
 
 def test_usage_error_exits_2_without_traceback(cli_subprocess):
-    # The whole table (this case included) runs in-process in
-    # tests/unit/test_cli_verify_options.py.
+    # The whole table (this case included) runs in-process in tests/unit/test_bad_input.py.
     r = cli_subprocess("verify", "nope.py:BN")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "does not exist" in r.stderr
