@@ -134,6 +134,32 @@ def cli_subprocess() -> Callable[..., Ran]:
     return run_subprocess
 
 
+class ThirdParty:
+    """The layers in tests/data/third_party (each docstring there names its source and defect):
+    ``load("file.py:Name")`` loads one; ``run(spec, properties, ...)`` verifies it with few
+    examples (``kwargs``: :func:`bncheck.engine.runner.build_target`'s declarations)."""
+
+    data = Path(__file__).parent / "data" / "third_party"
+
+    def load(self, spec: str) -> Any:
+        from bncheck.engine.target import load_target
+
+        return load_target(f"{self.data / spec}")
+
+    def run(self, spec: str, props: list[str], *, examples: int = 5, seed: int = 0,
+            shrink: bool = True, **kwargs: Any) -> Any:
+        from bncheck.engine.runner import build_target, verify
+
+        return verify(build_target(self.load(spec), label=spec, **kwargs), properties=props,
+                      examples=examples, seed=seed, shrink=shrink)
+
+
+@pytest.fixture(scope="session")
+def third_party() -> ThirdParty:
+    """:class:`ThirdParty`: load and verify the layers in tests/data/third_party."""
+    return ThirdParty()
+
+
 @pytest.fixture(scope="session")
 def lenet_torch_onnx() -> bytes:
     """LeNet-BN (bn=torch, seed 0) exported with the TorchScript exporter, once per process."""

@@ -1,5 +1,5 @@
-"""``bncheck train`` end to end: two real subprocesses (a fresh machine, Ctrl-C), the rest
-in-process with click's runner (same code path, no start-up cost)."""
+"""``bncheck train`` end to end: three real subprocesses (a fresh machine, Ctrl-C, a hanging
+layer), the rest in-process with click's runner (same code path, no start-up cost)."""
 
 from __future__ import annotations
 
@@ -267,12 +267,14 @@ def test_no_verify_trains_it_anyway_and_a_failed_export_keeps_the_training(
 
 def test_a_hanging_layer_is_stopped_by_the_verify_step_within_the_timeout(
         data_dir: Path, my_bn: Path, tmp_path: Path) -> None:
+    # A real process: were the layer not stopped, subprocess's timeout (a hang guard, not a
+    # measurement: the run takes seconds) fails the test instead of hanging the suite.
     out = tmp_path / "run"
-    start = time.monotonic()
-    code, output = invoke("--data", data_dir, "--bn", f"{my_bn}:HangsInTraining", "--timeout",
-                          "1", "--out", out)
+    r = subprocess.run([sys.executable, "-m", "bncheck", "train", "--data", str(data_dir),
+                        "--bn", f"{my_bn}:HangsInTraining", "--timeout", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    code, output = r.returncode, r.stdout + r.stderr
     assert code == 1, output
-    assert time.monotonic() - start < 40  # 1 s, plus starting the worker on a loaded machine
     assert re.search(r"\n  preflight: the target did not return within 1 s \(at \S*my_bn\.py:"
                      r"\d+ in forward\)\n", output), output
     assert output.splitlines()[-1].startswith(f"Error: {my_bn}:HangsInTraining failed "

@@ -36,9 +36,10 @@ def test_verify_reference_passes_and_says_what_it_checked(tmp_path, cli_subproce
     assert "13 passed, 0 failed, 0 skipped" in r.stdout  # empty_batch too: it is declared
     data = json.loads(out.read_text())
     assert data["ok"] is True and data["profile"] == "ci" and data["seed"] == 0
-    assert data["wall_seconds"] < 60
     for p in data["properties"]:
         assert p["status"] == "passed" and p["examples"] >= 1 and p["seconds"] > 0
+    # the run's wall time covers each property's (how fast: benchmarks, property examples/s)
+    assert data["wall_seconds"] >= max(p["seconds"] for p in data["properties"])
 
 
 @pytest.mark.slow
@@ -113,8 +114,7 @@ def test_torch_target_and_skips(cli):
 
 
 def test_usage_error_exits_2_without_traceback(cli_subprocess):
-    # The whole table (this case included) runs in-process in
-    # tests/unit/test_cli_verify_options.py.
+    # The whole table (this case included) runs in-process in tests/unit/test_bad_input.py.
     r = cli_subprocess("verify", "nope.py:BN")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "does not exist" in r.stderr

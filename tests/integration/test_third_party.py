@@ -73,7 +73,7 @@ def test_statistics_computed_in_float16_are_named_as_overflow():
 #: Issue 7's third-party styles (tests/data/third_party; each file's header names its defect):
 #: (implementation, declarations, properties run, the failing properties that own a defect).
 #: Failures that are consequences of another property's defect are named as such and are not
-#: listed. More of these run in tests/unit/test_trust.py, one per issue item.
+#: listed. More of these run in tests/unit/test_declarations.py and test_findings.py.
 STYLES = [
     ("d2l_old.py:BatchNorm", {"convention": "onnx"},
      ["running_stats_update", "grad_mode_independence", "stats_are_buffers", "eval_forward"],

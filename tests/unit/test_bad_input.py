@@ -35,8 +35,8 @@ CLI_CASES: list[tuple[str, int, str]] = [
                                          "boom at import"),
     ("verify exits_on_import.py:BN", 2, "importing 'exits_on_import.py' raised SystemExit: 3"),
     ("verify notpy.txt:BN", 2, "TARGET='notpy.txt:BN': 'notpy.txt' is a file but not a .py"),
-    ("verify torch.nn:NoSuchNorm", 2, "has no attribute 'NoSuchNorm'"),
-    ("verify torch.nn:BatchNorm2D", 2, "did you mean BatchNorm2d"),
+    ("verify torch.nn:NoSuchNorm", 2, "has no attribute 'NoSuchNorm'; no name close to it"),
+    ("verify torch.nn:BatchNorm2D", 2, "has no attribute 'BatchNorm2D'; did you mean BatchNorm2d"),
     ("verify torch.nn:batchnorm2d", 2, "did you mean BatchNorm2d"),
     ("verify nosuchpackage:BN", 2, "no module named 'nosuchpackage'"),
     ("verify no_colon", 2, "Expected TARGET in the form path/to/file.py:Name"),
@@ -544,12 +544,17 @@ def namespace() -> dict[str, Any]:
             "x": torch.randn(4, 3, generator=torch.Generator().manual_seed(0))}
 
 
+def invoke(command: str) -> Any:
+    """``bncheck COMMAND`` in-process: click's result."""
+    from bncheck.cli import main
+
+    return CliRunner().invoke(main, shlex.split(command))
+
+
 def run_cli(command: str) -> tuple[int, str, BaseException | None]:
     """``bncheck COMMAND`` in-process: exit code, what the user sees (whitespace joined), and an
     exception that escaped the command (None or SystemExit when it ended properly)."""
-    from bncheck.cli import main
-
-    r = CliRunner().invoke(main, shlex.split(command))
+    r = invoke(command)
     return r.exit_code, " ".join(r.output.split()), r.exception
 
 
@@ -570,11 +575,14 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def check_cli(command: str, code: int, seen: str) -> None:
-    exit_code, output, exc = run_cli(command)
+    r = invoke(command)
+    exit_code, output, exc = r.exit_code, " ".join(r.output.split()), r.exception
     assert exc is None or isinstance(exc, SystemExit), f"{type(exc).__name__}: {exc}"
     assert "Traceback" not in output, output
     assert exit_code == code, output
     assert seen in output, output
+    if code == 2:  # a usage error is written to stderr, not into the report
+        assert seen in " ".join(r.stderr.split()), output
 
 
 def check_api(call: str, error: str, seen: str) -> None:

@@ -135,28 +135,14 @@ def test_bench_cli_checks_json_path_before_work(tmp_path):
 
 
 def test_measure_warms_the_allocator_and_says_so(one_thread):
-    """After measure(), 4 MiB blocks come from the heap: once it has grown (the first few), its
-    pages are not faulted in again, where a fresh mmap faults all 1024 pages on every allocation
-    (4096 faults for the four counted here in a process that never freed a larger block).
-    Shown to fail: with the warm-up removed, 4096+ faults."""
+    """measure() warms glibc's mmap threshold once (so 1-4 MiB tensors come from the heap, not
+    fresh mmaps that fault in every page) and environment() says so. That the warm-up spares the
+    page faults is counted in benchmarks/test_bench.py (a process-wide count: not for the
+    default suite)."""
     import os
-    import platform
-
-    import torch
 
     bench.measure(bench.kernel_cases(shapes=[(4, 3)], modes=["eval_forward"],
                                      impls=["native"]), rounds=1, min_seconds=0.0)
+    assert bench._warmed
     if "LD_PRELOAD" not in os.environ:
         assert "mmap threshold warmed to 32 MiB" in bench.environment()["allocator"]
-    resource = pytest.importorskip("resource")
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc's mmap threshold only")
-    for _ in range(4):  # the heap grows to hold the block
-        torch.empty(1 << 20).fill_(1)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
-        torch.empty(1 << 20).fill_(1)
-    # Unwarmed: 4 x 1024 faults. Warmed: ~0 for these four, but the count is the whole
-    # process's, and other threads (pytest-xdist's I/O) or the heap moving once may fault about
-    # one block's worth meanwhile (1028 seen once under load): half the unwarmed count separates.
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 2048

@@ -10,6 +10,7 @@ pytest.importorskip("flax")
 from bncheck.engine.mutants import MUTANTS  # noqa: E402
 from bncheck.engine.properties import names  # noqa: E402
 from bncheck.engine.runner import verify  # noqa: E402
+from bncheck.errors import InvalidArgument  # noqa: E402
 from bncheck.frameworks.flax_mutants import JAX_MUTANTS, JaxClean  # noqa: E402
 
 
@@ -40,3 +41,19 @@ def test_clean_jax_batchnorm_passes_the_killer_properties():
     report = verify(JaxClean, framework="flax-nnx", properties=killers, profile="ci",
                     examples=5, timeout=None)
     assert report.ok, report.render()
+
+
+def test_run_mutants_runs_the_jax_mutants_by_framework():
+    """One runner for both frameworks: ``framework="flax-nnx"`` picks the JAX catalogue."""
+    from bncheck.engine.mutants import run_mutants
+    from bncheck.frameworks.flax_mutants import run_jax_mutants
+
+    seen = []
+    (res,) = run_mutants(["jax_eps_outside_sqrt"], framework="flax-nnx", examples=5,
+                         on_result=seen.append)
+    assert res.mutant is JAX_MUTANTS["jax_eps_outside_sqrt"] and res.killed_as_meant
+    assert seen == [res]
+    (again,) = run_jax_mutants(["jax_eps_outside_sqrt"], examples=5)
+    assert again.killed_by == res.killed_by
+    with pytest.raises(InvalidArgument, match="Unknown mutant='eps_outside_sqrt'"):
+        run_mutants(["eps_outside_sqrt"], framework="flax-nnx")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bncheck.engine.mutants import MUTANTS, Clean, EpsOutsideSqrt, SeedStyle, meant_first
@@ -48,3 +50,23 @@ def test_a_mutant_that_survives_its_property_meets_the_rest():
     ran.clear()
     failed = meant_first(verify_some, "train_forward", ["initial_state", "train_forward"])
     assert ran == [["train_forward"]] and [r.name for r in failed] == ["train_forward"]
+
+
+@pytest.mark.parametrize("framework,says", [
+    ("flax-linen", "bundled mutants (torch, flax-nnx), received framework='flax-linen'"),
+    ("tensorflow", "received framework='tensorflow'"),
+])
+def test_run_mutants_refuses_a_framework_without_mutants(framework, says):
+    from bncheck.engine.mutants import run_mutants
+    from bncheck.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match=re.escape(says)):
+        run_mutants(framework=framework)
+
+
+def test_run_mutants_refuses_a_name_of_another_framework():
+    from bncheck.engine.mutants import run_mutants
+    from bncheck.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="Unknown mutant='jax_bata_typo'"):
+        run_mutants(["jax_bata_typo"])  # torch's catalogue by default

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -63,11 +62,11 @@ def children() -> set[int]:
     ("BlocksInCOnFloat16", [f"hanging_bn.py:{_line('pthread_mutex_lock', 2)} in _deadlock"]),
 ])
 def test_a_target_that_never_returns_fails_its_property_and_the_run_goes_on(name, wheres):
+    # How long this takes is measured in benchmarks/test_bench.py (test_seconds_to_stop_a_hung_
+    # target), off the default suite.
     before = children()
-    start = time.monotonic()
     report = verify(load_target(f"{HANGING}:{name}"), examples=3, timeout=1.0,
                     properties=["reduced_precision", "train_forward"])
-    elapsed = time.monotonic() - start
     hung, after = report.results
     assert (hung.name, hung.status) == ("reduced_precision", Status.FAILED)
     assert hung.message.startswith("the target did not return within 1 s (at ")
@@ -75,7 +74,6 @@ def test_a_target_that_never_returns_fails_its_property_and_the_run_goes_on(name
     assert "went on with the other properties in a fresh process" in hung.message
     assert "dtype=float16" in hung.counterexample and hung.examples >= 1
     assert after.status is Status.PASSED  # the next property ran, in a fresh worker
-    assert elapsed < 20  # 1 s of waiting; the rest is the two properties on a loaded machine
     assert children() <= before  # the hung worker was killed, the other one stopped
 
 

@@ -24,8 +24,8 @@ from bncheck.engine.conventions import ONNX, TORCH, Convention
 from bncheck.engine.declaration import Declaration
 from bncheck.infra.validation import DEFAULT_TIMEOUT
 
-__all__ = ["Mutant", "MUTANTS", "MutantResult", "run_mutants", "meant_first", "judge", "Clean",
-           "SeedStyle"]
+__all__ = ["Mutant", "MUTANTS", "MutantResult", "mutants_of", "run_mutants", "meant_first",
+           "judge", "Clean", "SeedStyle"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -445,26 +445,54 @@ def judge(m: Mutant, verify_some: Callable[[list[str] | None], Sequence[Any]],
     return res
 
 
-def run_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
-                examples: int | None = None, seed: int = 0, every_property: bool = False,
+def mutants_of(framework: str = "torch") -> dict[str, Mutant]:
+    """The bundled mutants of ``framework``: :data:`MUTANTS` for torch, the Flax NNX ones
+    (:data:`bncheck.frameworks.flax_mutants.JAX_MUTANTS`, which imports jax and flax) for
+    ``flax-nnx``.
+
+    Raises:
+        InvalidArgument: ``framework`` is not one of :data:`bncheck.frameworks.FRAMEWORKS`, or
+            has no bundled mutants (``flax-linen``).
+        TargetError: ``flax-nnx`` without jax and flax installed.
+    """
+    from bncheck.errors import InvalidArgument
+    from bncheck.frameworks import framework as framework_named
+
+    fw = framework_named(framework)  # an unknown name: refused with the list
+    if fw.name == "torch":
+        return MUTANTS
+    if fw.name == "flax-nnx":
+        fw.adapter()  # not installed: TargetError naming the extra
+        from bncheck.frameworks.flax_mutants import JAX_MUTANTS
+
+        return JAX_MUTANTS
+    raise InvalidArgument(f"Expected framework to be one with bundled mutants (torch, "
+                          f"flax-nnx), received framework={framework!r}")
+
+
+def run_mutants(names: Sequence[str] | None = None, *, framework: str = "torch",
+                profile: str = "ci", examples: int | None = None, seed: int = 0,
+                every_property: bool = False,
                 on_result: Callable[[MutantResult], None] | None = None,
                 timeout: float | None = DEFAULT_TIMEOUT) -> list[MutantResult]:
-    """Run each mutant (without shrinking) against the property meant to kill it; a mutant that
-    survives it meets the rest of the catalogue (:func:`meant_first`). ``every_property``: the
-    whole catalogue against every mutant, to see everything that catches each (slower).
-    ``timeout`` is :func:`bncheck.engine.runner.verify`'s."""
+    """Run each of ``framework``'s mutants (:func:`mutants_of`; all, or those ``names``)
+    without shrinking against the property meant to kill it; a mutant that survives it meets
+    the rest of the catalogue (:func:`meant_first`). ``every_property``: the whole catalogue
+    against every mutant, to see everything that catches each (slower). ``timeout`` is
+    :func:`bncheck.engine.runner.verify`'s."""
     from bncheck.engine.properties import names as catalogue
     from bncheck.engine.runner import verify
     from bncheck.infra.validation import check_timeout, unknown_name
 
     check_timeout(timeout)
-    chosen = list(MUTANTS) if not names else list(names)
-    unknown = [n for n in chosen if n not in MUTANTS]
+    bundled = mutants_of(framework)
+    chosen = list(bundled) if not names else list(names)
+    unknown = [n for n in chosen if n not in bundled]
     if unknown:
-        raise unknown_name("mutant", unknown[0], MUTANTS)
+        raise unknown_name("mutant", unknown[0], bundled)
     results = []
     for name in chosen:
-        m = MUTANTS[name]
+        m = bundled[name]
 
         def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
             return verify(m.factory, label=m.name, declaration=m.declaration,

@@ -15,14 +15,15 @@ property it stands for (same name, same replay line), judged by the same oracle 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 
-from bncheck.engine import oracle
 from bncheck.engine.properties._base import Checks, Context, PropertyCase
-from bncheck.engine.properties._tolerance import forward_tolerance, stats_tolerance
 from bncheck.engine.properties.gradients import zero_sum_failure
+from bncheck.engine.properties.modes import same_every_way
 from bncheck.frameworks.flax import STATS, FlaxAdapted, to_jax, to_torch, x64
 
 __all__ = ["MEANINGS", "SKIPPED"]
@@ -36,46 +37,16 @@ SKIPPED: dict[str, str] = {
 
 
 def _jit_independence(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
-    case = drawn.case
-    assert drawn.installed is not None
-    training, cfg, x = case.mode.training, case.config, case.x
-    outputs: dict[str, torch.Tensor] = {}
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    start: tuple[torch.Tensor, torch.Tensor] | None = None
-    for how in ("eagerly", "under jax.jit"):
-        bn = ctx.build(case)
-        assert isinstance(bn, FlaxAdapted)
-        bn.jit = how != "eagerly"
-        bn.set_stats(*drawn.installed)
-        start = bn.require_stats()
-        bn.train(training)
-        outputs[how] = bn.call(x, what=f"a forward {how}").to(torch.float64)
-        stats[how] = bn.require_stats()
-    w, b = bn.params()
-    assert start is not None
-    if training:
-        mean, var = oracle.batch_stats(x)
-        tol = forward_tolerance(x, mean, var, eps=cfg.eps, weight=w, bias=b, dtype=case.dtype)
-    else:
-        tol = forward_tolerance(x, start[0], start[1], eps=cfg.eps, n=1, weight=w, bias=b,
-                                dtype=case.dtype)
-    mode = "train" if training else "eval"
-    checks.close(outputs["under jax.jit"], outputs["eagerly"], tol + tol,
-                 f"{mode} output under jax.jit vs. eagerly")
-    if training:
-        conv = ctx.target.convention
-        n = oracle.count_per_channel(x.shape)
-        tm, tv = stats_tolerance(x, start[0], start[1], mean, var,
-                                 weight=conv.batch_weight(cfg.momentum, 1),
-                                 correction=conv.correction(n),
-                                 stat_dtype=bn.stat_dtype() or torch.float32)
-        for i, (name, t) in enumerate((("running mean", tm), ("running variance", tv))):
-            checks.close(stats["under jax.jit"][i], stats["eagerly"][i], t + t,
-                         f"{name} updated under jax.jit vs. eagerly")
-    else:
-        for i, name in enumerate(("running mean", "running variance")):
-            checks.that(torch.equal(stats["under jax.jit"][i], start[i]),
-                        f"the {name} changed in an eval forward under jax.jit")
+    def jit(on: bool) -> Callable[[Any], AbstractContextManager[None]]:
+        def enter(bn: Any) -> AbstractContextManager[None]:
+            assert isinstance(bn, FlaxAdapted)
+            bn.jit = on
+            return nullcontext()
+        return enter
+
+    same_every_way(ctx, drawn, checks, [("eagerly", "a forward eagerly", jit(False)),
+                                        ("under jax.jit", "a forward under jax.jit", jit(True))],
+                   stat_names=("running mean", "running variance"), eval_stats_unchanged=True)
 
 
 def _stats_in_state(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:

@@ -8,8 +8,8 @@ properties have teeth for JAX targets too.
 :class:`JaxClean` is a correct ``nnx.Module`` BatchNorm in Flax's convention (channels last,
 ``ra = m * ra + (1 - m) * batch``, m = 0.99, biased running variance, statistics in
 ``nnx.BatchStat``, float32 accumulation, a two-pass variance); each mutant overrides one step of
-it. :func:`run_jax_mutants` runs them as :func:`bncheck.engine.mutants.run_mutants` runs the torch
-ones.
+it. :func:`bncheck.engine.mutants.run_mutants` runs them with ``framework="flax-nnx"``
+(:func:`run_jax_mutants`).
 Importing this module imports jax and flax.
 """
 
@@ -25,8 +25,7 @@ from flax import nnx
 
 from bncheck.engine.conventions import FLAX
 from bncheck.engine.declaration import Declaration
-from bncheck.engine.mutants import Mutant, MutantResult, judge
-from bncheck.infra.workers import DEFAULT_TIMEOUT
+from bncheck.engine.mutants import Mutant, MutantResult, run_mutants
 
 __all__ = ["JaxClean", "JAX_MUTANTS", "run_jax_mutants"]
 
@@ -288,28 +287,8 @@ JAX_MUTANTS: dict[str, Mutant] = dict([
 ])
 
 
-def run_jax_mutants(names: Sequence[str] | None = None, *, profile: str = "ci",
-                    examples: int | None = None, seed: int = 0,
-                    on_result: Callable[[MutantResult], None] | None = None,
-                    timeout: float | None = DEFAULT_TIMEOUT) -> list[MutantResult]:
-    """Each JAX mutant against the property meant to kill it (the rest of the catalogue when
-    it survives), as :func:`bncheck.engine.mutants.run_mutants`."""
-    from bncheck.engine.properties import names as catalogue
-    from bncheck.engine.runner import verify
-    from bncheck.infra.validation import unknown_name
-
-    chosen = list(JAX_MUTANTS) if not names else list(names)
-    for n in chosen:
-        if n not in JAX_MUTANTS:
-            raise unknown_name("mutant", n, JAX_MUTANTS)
-    results = []
-    for name in chosen:
-        m = JAX_MUTANTS[name]
-
-        def verify_some(properties: list[str] | None, m: Mutant = m) -> list[Any]:
-            return verify(m.factory, label=m.name, declaration=m.declaration,
-                          properties=properties, profile=profile, examples=examples, seed=seed,
-                          shrink=False, timeout=timeout).results
-
-        results.append(judge(m, verify_some, catalogue(), on_result=on_result))
-    return results
+def run_jax_mutants(names: Sequence[str] | None = None, **options: Any) -> list[MutantResult]:
+    """:func:`bncheck.engine.mutants.run_mutants` with ``framework="flax-nnx"``: each JAX
+    mutant against the property meant to kill it (the rest of the catalogue when it
+    survives); ``options`` are ``run_mutants``'s."""
+    return run_mutants(names, framework="flax-nnx", **options)

@@ -11,7 +11,7 @@ the collected findings as one :class:`~bncheck.errors.PropertyFailure`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -188,6 +188,13 @@ class Context:
         """Each case with running statistics to install (and ``extra`` fields drawn)."""
         return cases.flatmap(lambda c: st.builds(
             PropertyCase, st.just(c), stat_values(c.num_features), **extra))
+
+    def tracked_cases(self, *, extra: Mapping[str, st.SearchStrategy[Any]] | None = None,
+                      **kwargs: Any) -> st.SearchStrategy[PropertyCase]:
+        """Cases (:meth:`cases`'s ``kwargs``) of a layer that tracks running statistics, each
+        with statistics to install (and ``extra`` fields drawn, :meth:`with_stats`)."""
+        return self.with_stats(self.cases(configs=self.configs(track_running_stats=True),
+                                          **kwargs), **(extra or {}))
 
     def build(self, case: BNCase, *, dtype: torch.dtype | None = None) -> Adapted:
         """Build the target for ``case`` (converted to the case's dtype unless float32) with the

@@ -49,11 +49,6 @@ def train_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
                      case.x, y, expected, tol, eps=case.config.eps, weight=w, bias=b))
 
 
-def _eval_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
-    return ctx.with_stats(ctx.cases(training=False,
-                                    configs=ctx.configs(track_running_stats=True)))
-
-
 @register(
     2, "eval_forward",
     checks="eval output normalizes with the running statistics, leaves them unchanged, and is "
@@ -61,7 +56,7 @@ def _eval_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
            "works)",
     catches="batch statistics in eval, mode chosen by grad mode, statistics updated in eval",
     tolerance="forward_tolerance with n=1 (no reduction), x8",
-    cases=_eval_cases,
+    cases=lambda ctx: ctx.tracked_cases(training=False),
     requires=needs_stats,
     trains=False,
 )
@@ -150,9 +145,7 @@ def invariances(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
 
 
 def _reduced_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
-    return ctx.with_stats(ctx.cases(dtypes=ctx.reduced_dtypes, training=True,
-                                    grad_modes=["enabled"],
-                                    configs=ctx.configs(track_running_stats=True)))
+    return ctx.tracked_cases(dtypes=ctx.reduced_dtypes, training=True, grad_modes=["enabled"])
 
 
 def _needs_reduced(ctx: Context) -> str | None:

@@ -86,8 +86,7 @@ def initial_state(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
 
 
 def _empty_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
-    return ctx.with_stats(ctx.cases(training=True, grad_modes=["enabled"],
-                                    configs=ctx.configs(track_running_stats=True)))
+    return ctx.tracked_cases(training=True, grad_modes=["enabled"])
 
 
 def _needs_declaration(ctx: Context) -> str | None:

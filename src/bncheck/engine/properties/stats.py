@@ -69,9 +69,8 @@ def expect_update(conv: Convention, bn: Adapted, x: Tensor, before: tuple[Tensor
 
 
 def _update_cases(ctx: Context) -> st.SearchStrategy[PropertyCase]:
-    return ctx.with_stats(ctx.cases(training=True, grad_modes=["enabled"],
-                                    configs=ctx.configs(track_running_stats=True)),
-                          steps=st.integers(1, 3), tracked=horizons())
+    return ctx.tracked_cases(training=True, grad_modes=["enabled"],
+                             extra={"steps": st.integers(1, 3), "tracked": horizons()})
 
 
 @register(
