@@ -11,6 +11,7 @@ docs/reliability.md's "Bad input" table is run the same way (:func:`test_readme_
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import shlex
 import struct
@@ -453,6 +454,8 @@ def _round_two_files(root: Path) -> None:
         "        super().__init__()\n\n    def forward(self):\n        return torch.zeros(1)\n"
         "\n\nclass Meta(torch.nn.BatchNorm1d):\n"
         "    def forward(self, x):\n        return torch.empty_like(x, device='meta')\n")
+    (root / "real.json").write_text("an earlier report")
+    (root / "link.json").symlink_to("real.json")
     if hasattr(os, "mkfifo"):
         os.mkfifo(root / "fifo.py")
         os.mkfifo(root / "fifo.onnx")
@@ -462,6 +465,11 @@ def _round_two_files(root: Path) -> None:
         shutil.copy(ROOT / "exports" / name, goldens / name)
     npz = goldens / "lenet_scratch.npz"
     npz.write_bytes(npz.read_bytes()[:300])
+    # `check --manifest`: a manifest naming that golden (check reads it before any runtime)
+    from bncheck.onnx.manifest import MANIFEST_FORMAT
+
+    (goldens / "truncated_golden.json").write_text(
+        json.dumps({"format": MANIFEST_FORMAT, "golden": {"file": "lenet_scratch.npz"}}))
 
 
 def _idx(body: bytes, dims: tuple[int, ...], code: int = 0x08) -> bytes:
@@ -544,17 +552,19 @@ def namespace() -> dict[str, Any]:
             "x": torch.randn(4, 3, generator=torch.Generator().manual_seed(0))}
 
 
-def invoke(command: str) -> Any:
-    """``bncheck COMMAND`` in-process: click's result."""
+def invoke(command: str, env: dict[str, str] | None = None) -> Any:
+    """``bncheck COMMAND`` in-process (with ``env`` set): click's result."""
     from bncheck.cli import main
 
-    return CliRunner().invoke(main, shlex.split(command))
+    return CliRunner().invoke(main, shlex.split(command), env=env)
 
 
-def run_cli(command: str) -> tuple[int, str, BaseException | None]:
-    """``bncheck COMMAND`` in-process: exit code, what the user sees (whitespace joined), and an
-    exception that escaped the command (None or SystemExit when it ended properly)."""
-    r = invoke(command)
+def run_cli(command: str, env: dict[str, str] | None = None
+            ) -> tuple[int, str, BaseException | None]:
+    """``bncheck COMMAND`` in-process (with ``env`` set): exit code, what the user sees
+    (whitespace joined), and an exception that escaped the command (None or SystemExit when it
+    ended properly)."""
+    r = invoke(command, env)
     return r.exit_code, " ".join(r.output.split()), r.exception
 
 
@@ -574,8 +584,8 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def check_cli(command: str, code: int, seen: str) -> None:
-    r = invoke(command)
+def check_cli(command: str, code: int, seen: str, env: dict[str, str] | None = None) -> None:
+    r = invoke(command, env)
     exit_code, output, exc = r.exit_code, " ".join(r.output.split()), r.exception
     assert exc is None or isinstance(exc, SystemExit), f"{type(exc).__name__}: {exc}"
     assert "Traceback" not in output, output
@@ -625,10 +635,13 @@ def test_readme_table(bad_files: Path, monkeypatch: pytest.MonkeyPatch, given: s
         return
     fragments = re.findall(r"`([^`]+)`", seen)
     assert fragments, f"the docs/reliability.md row for {given} shows no message"
-    if given.startswith("bncheck "):
+    # a row may set environment variables as a shell line does: `NAME=value bncheck ...`
+    env = dict(re.findall(r"(\w+)=(\S*) ", given.split("bncheck ", 1)[0]))
+    command = given.split("bncheck ", 1)[-1] if re.match(r"(\w+=\S* )*bncheck ", given) \
+        else None
+    if command is not None:
         for fragment in fragments:
-            check_cli(given.removeprefix("bncheck "), int(code), fragment.removeprefix(
-                "Error: "))
+            check_cli(command, int(code), fragment.removeprefix("Error: "), env)
     else:
         for fragment in fragments:
             check_api(given, code, fragment)
