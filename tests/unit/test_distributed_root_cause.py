@@ -2,7 +2,7 @@
 never exchange statistics is recognised from its outputs (each rank's is BatchNorm of its own
 rows, and not of the global batch); NaN statistics are named as NaN on which ranks, never as a
 difference between ranks. The real gloo runs are in
-tests/integration/test_distributed_root_cause.py."""
+tests/integration/test_distributed_no_exchange.py."""
 
 from __future__ import annotations
 

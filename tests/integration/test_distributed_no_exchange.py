@@ -17,7 +17,7 @@ from bncheck.distributed.launcher import WorkerPool
 from bncheck.distributed.verify import verify_distributed
 
 DATA = Path(__file__).parents[1] / "data" / "third_party"
-POOL = pytest.mark.xdist_group("distributed_root_cause_pool")
+POOL = pytest.mark.xdist_group("distributed_no_exchange_pool")
 
 
 @pytest.fixture(scope="module")
