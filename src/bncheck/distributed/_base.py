@@ -281,10 +281,14 @@ def expect_stats(ctx: SyncContext, sc: SyncCase, results: Sequence[RankResult],
                  expected: dict[int, Any], *, step: int = 0,
                  representable_only: bool = False) -> None:
     """Every rank's running statistics equal its group's global update (unbiased with the
-    group's count, the declared convention) and are identical on the ranks of a group."""
+    group's count, the declared convention) and are identical on the ranks of a group.
+
+    NaN is named as NaN, for all the group's ranks at once (:func:`nan_report`), never as a
+    difference between ranks: two ranks holding NaN at the same places hold the same values."""
+    conv = ctx.base.target.convention
     for block in sc.blocks:
         exp, _ = expected[block[0]]
-        first = results[block[0]]
+        updates: dict[int, _Update] = {}
         for r in block:
             res = results[r]
             before = res.installed if step == 0 else res.steps[step - 1].stats
@@ -292,37 +296,123 @@ def expect_stats(ctx: SyncContext, sc: SyncCase, results: Sequence[RankResult],
             if before is None or after is None:
                 raise PropertyFailure(f"rank {r}: no running statistics found (looked for "
                                       f"running_mean/running_var, moving_mean/moving_var)")
-            _expect_update(ctx.base.target.convention, sc, r, exp, before, after,
-                           res.steps[step].count, step=step,
+            updates[r] = _expected_update(conv, sc, exp, before, after, res.steps[step].count,
+                                          step=step)
+        for i, name in enumerate(("running_mean", "running_var")):
+            got = {r: u.after[i] for r, u in updates.items()}
+            text = nan_report(name, got, {r: u.want[i] for r, u in updates.items()},
+                              step=step)
+            if text is not None:
+                raise PropertyFailure(text)
+        for r in block:
+            _expect_update(conv, sc, r, exp, updates[r], step=step,
                            representable_only=representable_only)
+        first = updates[block[0]].after
         for r in block[1:]:
             for i, name in enumerate(("running_mean", "running_var")):
-                a, b = first.steps[step].stats, results[r].steps[step].stats
-                assert a is not None and b is not None
-                if not torch.equal(a[i], b[i]):
-                    raise PropertyFailure(
-                        f"{name} differs between rank {block[0]} and rank {r} after a "
-                        f"synchronised training step (ranks must hold identical statistics):\n"
-                        f"rank {block[0]}: {a[i].tolist()}\nrank {r}: {b[i].tolist()}")
+                text = rank_difference(name, block[0], first[i], r, updates[r].after[i])
+                if text is not None:
+                    raise PropertyFailure(text)
 
 
-def _expect_update(conv: Convention, sc: SyncCase, rank: int, exp: Expected,
-                   before: tuple[Tensor, Tensor], after: tuple[Tensor, Tensor],
-                   count: int | None, *, step: int, representable_only: bool) -> None:
+def _places(mask: Tensor) -> str:
+    """``k / n elements (channels i, j, ...)`` for the elements ``mask`` selects."""
+    where = mask.flatten().nonzero().flatten().tolist()
+    shown = ", ".join(map(str, where[:8])) + (", ..." if len(where) > 8 else "")
+    plural = "s" if len(where) > 1 else ""
+    return f"{len(where)} / {mask.numel()} elements (channel{plural} {shown})"
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    names = [f"rank {r}" for r in ranks]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def nan_report(name: str, got: dict[int, Tensor], want: dict[int, Tensor], *,
+               step: int) -> str | None:
+    """The failure text when some ranks' statistic ``name`` is NaN where the expected update
+    is not (which ranks, how many elements, where), else ``None``.
+
+    >>> import torch
+    >>> nan = float("nan")
+    >>> got, want = torch.tensor([nan, 1.0]), torch.tensor([0.9, 1.0])
+    >>> print(nan_report("running_var", {0: got, 1: got}, {0: want, 1: want}, step=0))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    running_var is NaN on rank 0 and rank 1 after training step 1: 1 / 2 elements
+    (channel 0) on each, where the global update is finite
+    Expected: [0.9, 1.0]
+    """
+    bad = {r: torch.isnan(g) & ~torch.isnan(want[r].to(torch.float64)) for r, g in got.items()
+           if g.shape == want[r].shape}
+    ranks = [r for r, b in bad.items() if bool(b.any())]
+    if not ranks:
+        return None
+    places = {r: _places(bad[r]) for r in ranks}
+    if len(set(places.values())) == 1:
+        where = f"{places[ranks[0]]}{' on each' if len(ranks) > 1 else ''}"
+    else:
+        where = "; ".join(f"rank {r}: {places[r]}" for r in ranks)
+    clean = [r for r in got if r not in ranks]
+    tail = f" (not on {_ranks(clean)})" if clean else ""
+    return (f"{name} is NaN on {_ranks(ranks)} after training step {step + 1}: {where}, where "
+            f"the global update is finite{tail}\n"
+            f"Expected: {[round(v, 6) for v in want[ranks[0]].tolist()]}")
+
+
+def rank_difference(name: str, a_rank: int, a: Tensor, b_rank: int, b: Tensor) -> str | None:
+    """The failure text when two ranks of a group hold different values of ``name`` (NaN at
+    the same places is the same value; NaN at different places is named as NaN), else
+    ``None``."""
+    values = f"(ranks must hold identical statistics):\nrank {a_rank}: {a.tolist()}\n" \
+             f"rank {b_rank}: {b.tolist()}"
+    if a.shape == b.shape:
+        nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+        if bool(((a == b) | (nan_a & nan_b)).all()):
+            return None
+        if not torch.equal(nan_a, nan_b):
+            parts = [f"NaN on rank {r} at {_places(mine & ~other)} and not on rank {o}"
+                     for r, mine, other, o in ((a_rank, nan_a, nan_b, b_rank),
+                                               (b_rank, nan_b, nan_a, a_rank))
+                     if bool((mine & ~other).any())]
+            return f"{name} is {'; '.join(parts)} after a synchronised training step {values}"
+    return (f"{name} differs between rank {a_rank} and rank {b_rank} after a synchronised "
+            f"training step {values}")
+
+
+@dataclass(frozen=True)
+class _Update:
+    """A rank's statistics after a step and the expected update (float64), with tolerances."""
+
+    after: tuple[Tensor, Tensor]
+    want: tuple[Tensor, Tensor]
+    batch: tuple[Tensor, Tensor]
+    tol: tuple[Any, Any]
+    n: int
+
+
+def _expected_update(conv: Convention, sc: SyncCase, exp: Expected,
+                     before: tuple[Tensor, Tensor], after: tuple[Tensor, Tensor],
+                     count: int | None, *, step: int) -> _Update:
     c = sc.case
     n = oracle.count_per_channel(exp.x.shape)
     steps = count if count is not None else step + 1
     momentum = c.config.momentum
     w = conv.batch_weight(momentum, steps)
     corr = conv.correction(n)
-    stat_dtype = c.dtype
     tm, tv = stats_tolerance(exp.raw, before[0], before[1], exp.mean, exp.var, weight=w,
-                             correction=corr, stat_dtype=stat_dtype)
+                             correction=corr, stat_dtype=c.dtype)
     exp_m = conv.update(before[0], exp.mean, momentum=momentum, steps=steps)
     run_var = conv.running_variance(exp.var, n)
     exp_v = conv.update(before[1], run_var, momentum=momentum, steps=steps)
-    for got, want, batch, tol, name in ((after[0], exp_m, exp.mean, tm, "running_mean"),
-                                        (after[1], exp_v, run_var, tv, "running_var")):
+    return _Update(after, (exp_m, exp_v), (exp.mean, run_var), (tm, tv), n)
+
+
+def _expect_update(conv: Convention, sc: SyncCase, rank: int, exp: Expected, u: _Update, *,
+                   step: int, representable_only: bool) -> None:
+    c = sc.case
+    momentum, stat_dtype = c.config.momentum, c.dtype
+    for got, want, batch, tol, name in zip(u.after, u.want, u.batch, u.tol,
+                                            ("running_mean", "running_var"), strict=True):
         keep = torch.ones_like(want, dtype=torch.bool)
         if representable_only:  # as single-process reduced_precision: see there
             keep = torch.isfinite(want.to(stat_dtype)) & torch.isfinite(batch.to(stat_dtype))
@@ -341,7 +431,7 @@ def _expect_update(conv: Convention, sc: SyncCase, rank: int, exp: Expected,
         if m is not None:
             rule = conv.describe().split(": ", 1)[1]
             raise PropertyFailure(
-                f"{m}\nExpected ({rule}; global count n={n} over ranks "
+                f"{m}\nExpected ({rule}; global count n={u.n} over ranks "
                 f"{list(sc.group_of(rank))}, momentum {momentum}): "
                 f"{[round(v, 6) for v in want.tolist()]}\n"
                 f"Got: {[round(v, 6) for v in got.tolist()]}\nTolerance: {tol.reason}")

@@ -10,6 +10,8 @@ The ranks are started once per run (:class:`~bncheck.distributed.launcher.Worker
 every Hypothesis example of every property; the parent draws the cases and judges the answers.
 A value mismatch is shrunk as in single-process verify; a rank that dies, hangs or raises ends
 its property at once with the rank and the reason (every rerun would need fresh processes).
+A layer whose ranks never exchange statistics (:mod:`bncheck.distributed._design`) gets one
+``sync_forward`` finding, and the failures of the properties it explains are its consequences.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from bncheck.distributed._base import RankAbort, SyncContext, SyncProperty
+from bncheck.distributed._design import CONSEQUENCES, NO_EXCHANGE, OWNER, no_exchange
 from bncheck.distributed._worker import takes_process_group
 from bncheck.distributed.launcher import DEFAULT_TIMEOUT, WorkerPool
 from bncheck.distributed.properties import CATALOGUE, get
@@ -146,8 +149,21 @@ def verify_distributed(target: str | Callable[..., Any], *, world_size: int,
     torch.set_num_threads(1)
     try:
         pool.start()
+        explained = {OWNER, *CONSEQUENCES}
+        design = no_exchange(ctx) if any(p.name in explained for p in chosen) else None
+        owner = get(OWNER)
+        if design is not None and owner not in chosen:  # the finding its consequences name
+            chosen = [owner, *chosen]
         for prop in chosen:
-            result = _run_one(prop, ctx, seed=seed, config=config)
+            if design is not None and prop.name == OWNER:
+                result = PropertyResult(OWNER, Status.FAILED, design.message,
+                                        design.case.describe(), 1)
+            else:
+                result = _run_one(prop, ctx, seed=seed, config=config)
+                if design is not None and prop.name in CONSEQUENCES and \
+                        result.status is Status.FAILED:
+                    result.consequence_of = NO_EXCHANGE
+                    result.message = f"consequence of: {NO_EXCHANGE}\n{result.message}"
             if result.status in ("failed", "error") and replay is not None:
                 result.replay = replay(prop.name, seed)
             report.results.append(result)

@@ -13,6 +13,8 @@ replays
 exactly the case a full run reported, on any machine. A failure carries the shrunk
 counterexample and its mismatch report; an exception raised inside the target is a failure of
 the property that triggered it; a failure caused by a defect another property owns says so.
+After the drawn cases pass, a property's fixed cases run (``Property.fixed``: train_forward's
+one case per memory layout), so what a few draws reach only by chance is reached every run.
 """
 
 from __future__ import annotations
@@ -298,6 +300,9 @@ def run_property(prop: Property, ctx: Context, *, seed: int, config: settings,
     try:
         with machine_independent_draws(), with_reporter(lambda _msg: None):
             runner()
+        fixed = getattr(prop, "fixed_cases", None)  # the distributed properties have none
+        for case in (fixed(ctx) if fixed is not None else ()):
+            test(case)  # after the drawn cases pass: reached every run (no shrinking needed)
     except PropertyFailure as e:
         res = result(Status.FAILED, str(e))
         owner = _consequence(prop, ctx, state["case"], on_example)

@@ -44,6 +44,7 @@ from bncheck.infra.validation import (
 __all__ = [
     "Mode", "BNConfig", "BNCase", "GRAD_MODES", "KINDS", "LAYOUTS", "DTYPES",
     "shapes", "dtypes", "modes", "bn_configs", "inputs", "channel_values", "bn_cases",
+    "layout_cases",
 ]
 
 GradMode = Literal["enabled", "no_grad", "inference_mode"]
@@ -440,3 +441,40 @@ def bn_cases(*, dims: Sequence[int] = (2, 4),
         shapes(dims=dims, min_batch=min_batch, max_batch=max_batch, max_channels=max_channels,
                max_side=max_side, wide_channels=wide_channels, batch_multiple=batch_multiple),
         st.sampled_from(dts), modes(training=training, grad_modes=grad_modes), configs, ks, ls)
+
+
+def layout_cases(ndim: int, *, batch: int = 4, channels: int = 3,
+                 dtype: torch.dtype = torch.float32, config: BNConfig | None = None,
+                 mode: Mode | None = None, layouts: Sequence[str] | None = None
+                 ) -> list[BNCase]:
+    """One fixed case per memory layout (default: all of :data:`LAYOUTS` that differ from
+    contiguous at rank ``ndim``): the same seeded values, spatial sides 3, 4, 2 (all different,
+    so transposing two of them changes the strides), weight and bias not at their defaults.
+
+    A handful of drawn examples reaches a given layout of :data:`LAYOUTS` only by chance (one
+    draw in seven, and only at a rank and side where the layout changes the strides); these
+    reach each one, every run.
+
+    >>> [c.layout for c in layout_cases(2)]
+    ['non_contiguous', 'permuted', 'storage_offset', 'expanded']
+    """
+    check_positive_int(batch, "batch")
+    check_positive_int(channels, "channels")
+    if ndim not in (2, 3, 4, 5):
+        raise InvalidArgument(f"Expected ndim in (2, 3, 4, 5), received ndim={ndim!r}")
+    wanted = (tuple(v for v in LAYOUTS if v != "contiguous") if layouts is None
+              else _check_choices(layouts, "layouts", LAYOUTS))
+    shape = (batch, channels, *(3, 4, 2)[:ndim - 2])
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 1.5 + 0.5).to(dtype)
+    weight = torch.linspace(0.5, 1.5, channels, dtype=torch.float64)
+    bias = torch.linspace(-0.25, 0.25, channels, dtype=torch.float64)
+    out = []
+    for layout in wanted:
+        laid = _layout(x, layout)
+        if layout != "contiguous" and laid.stride() == x.stride() and \
+                laid.storage_offset() == 0:
+            continue  # the same strides as contiguous at this rank
+        out.append(BNCase(shape, dtype, mode or Mode(True), config or BNConfig(), laid,
+                          weight, bias, ("standard",) * channels, layout))
+    return out

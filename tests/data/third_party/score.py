@@ -12,6 +12,8 @@ those defects. For every layer bncheck runs the whole catalogue (seed 0, no shri
 - recall = real defects whose owning property failed / real defects;
 - verdict score = layers whose whole verdict (pass/fail) matches the table / layers.
 
+A row with ``world_size`` is a synchronised BatchNorm: it runs the distributed catalogue
+(:func:`bncheck.distributed.verify.verify_distributed`) on that many local gloo ranks instead.
 The rows are fixed data, so the numbers before and after a change come from the same code.
 """
 
@@ -38,6 +40,7 @@ class Row:
     needs: str | None = None       # a module the row needs (skipped when missing)
     env: dict[str, str] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)  # verify() keywords (dtypes)
+    world_size: int | None = None  # a synchronised BN: verify_distributed on this many ranks
 
 
 def _fs(*names: str) -> frozenset[str]:
@@ -130,6 +133,11 @@ ROWS: list[Row] = [
             "stats_are_buffers", "differential", "train_eval_switch", "gradients",
             "reduced_precision", "empty_batch", "running_stats_convergence")),
     Row("realnvp_bn.py:RunningAverageBN", {}, "fail", _fs("training_mode")),
+    # synchronised BatchNorms, on 2 local gloo ranks (bncheck verify --world-size 2)
+    Row("dp_sync_bn.py:SynchronizedBatchNorm2d", {}, "fail", _fs("sync_forward"),
+        world_size=2),
+    Row("avg_buffers_sync_bn.py:AveragedBuffersSyncBN", {}, "fail", _fs("sync_running_stats"),
+        _fs("sync_uneven", "sync_reduced_precision"), world_size=2),
 ]
 
 
@@ -199,8 +207,16 @@ def score(rows: list[Row], *, examples: int, seed: int) -> Score:
             declare["convention"] = preset(declare.pop("convention", "torch"), **conv)
         started = time.monotonic()
         try:
-            report = verify(_load(row), label=row.spec, examples=examples, seed=seed,
-                            shrink=False, **row.run, **declare)
+            if row.world_size is not None:
+                from bncheck.distributed.verify import verify_distributed
+
+                file, _, name = row.spec.partition(":")
+                report = verify_distributed(f"{HERE / file}:{name}", world_size=row.world_size,
+                                            label=row.spec, examples=examples, seed=seed,
+                                            shrink=False, **row.run, **declare)
+            else:
+                report = verify(_load(row), label=row.spec, examples=examples, seed=seed,
+                                shrink=False, **row.run, **declare)
         except (BNCheckError, TypeError, RuntimeError) as e:  # exit 2 (TypeError: a
             # declaration this version of bncheck does not have, "no such option"; RuntimeError:
             # bncheck's worker crashed): one report, blaming nothing

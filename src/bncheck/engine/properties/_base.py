@@ -11,7 +11,7 @@ the collected findings as one :class:`~bncheck.errors.PropertyFailure`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from bncheck.engine.strategies import (
     bn_cases,
     bn_configs,
     dtype_name,
+    layout_cases,
     show_values,
 )
 from bncheck.errors import PropertyFailure
@@ -37,7 +38,7 @@ from bncheck.infra.validation import not_set
 
 __all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
            "register", "check_output", "expect_close", "stat_values", "needs_full", "needs_stats",
-           "FULL", "REDUCED", "activation_after", "one_pass_variance"]
+           "FULL", "REDUCED", "activation_after", "one_pass_variance", "layout_examples"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
@@ -263,6 +264,13 @@ class Property:
     requires: Callable[[Context], str | None]
     #: whether it checks training behaviour (skipped for a frozen target, see Facts.frozen)
     trains: bool = True
+    #: fixed cases run after the drawn ones pass (what a few drawn examples cannot be relied on
+    #: to reach, e.g. one case per memory layout), or None
+    fixed: Callable[[Context], Sequence[Any]] | None = None
+
+    def fixed_cases(self, ctx: Context) -> Sequence[Any]:
+        """The fixed cases to run on ``ctx`` after the drawn ones (none by default)."""
+        return () if self.fixed is None else self.fixed(ctx)
 
     def skip_reason(self, ctx: Context) -> str | None:
         if ctx.target.framework != "torch":
@@ -295,6 +303,29 @@ class Property:
 REGISTRY: dict[str, Property] = {}
 
 
+def layout_examples(ctx: Context) -> list[PropertyCase]:
+    """One fixed training case per memory layout (:func:`~bncheck.engine.strategies.layout_cases`)
+    at the target's largest input rank, in its default configuration (the declared flags and
+    momentum, else torch's defaults) and float32 (or the first full dtype requested); none for
+    a target of another framework (torch memory layouts do not reach it) or without full dtypes.
+    """
+    t = ctx.target
+    if t.framework != "torch" or not ctx.full_dtypes:
+        return []
+    dtype = torch.float32 if torch.float32 in ctx.full_dtypes else ctx.full_dtypes[0]
+    conf, fixed = t.configurable, t.fixed_flags
+
+    def flag(name: str) -> bool:
+        return True if name in conf else bool(fixed.get(name, True))
+
+    config = BNConfig(eps=t.eps, momentum=t.momentum, affine=flag("affine"),
+                      track_running_stats=flag("track_running_stats"), bias=flag("bias"))
+    v = t.variant
+    batch = 2 * v.virtual_batch if v is not None and v.name == "ghost" else 4
+    return [PropertyCase(c) for c in layout_cases(max(t.dims), batch=batch, dtype=dtype,
+                                                  config=config)]
+
+
 def needs_full(ctx: Context) -> str | None:
     if not ctx.full_dtypes:
         return ("needs float32 or float64; requested dtypes: "
@@ -315,15 +346,17 @@ def needs_stats(ctx: Context) -> str | None:
 def register(number: int, name: str, *, checks: str, catches: str, tolerance: str,
              cases: Callable[[Context], st.SearchStrategy[Any]],
              requires: Callable[[Context], str | None] = needs_full, trains: bool = True,
+             fixed: Callable[[Context], Sequence[Any]] | None = None,
              ) -> Callable[[Callable[[Context, Any, Checks], None]],
                            Callable[[Context, Any, Checks], None]]:
     """Add the decorated ``run(ctx, case, checks)`` to :data:`REGISTRY` as property ``name``
-    (``trains=False``: it holds for a frozen BatchNorm too, see :attr:`Facts.frozen`)."""
+    (``trains=False``: it holds for a frozen BatchNorm too, see :attr:`Facts.frozen`;
+    ``fixed(ctx)``: cases run after the drawn ones pass, see :attr:`Property.fixed`)."""
 
     def deco(run: Callable[[Context, Any, Checks], None]) -> Callable[[Context, Any, Checks],
                                                                         None]:
         REGISTRY[name] = Property(number, name, checks, catches, tolerance, cases, run, requires,
-                                  trains)
+                                  trains, fixed)
         return run
 
     return deco

@@ -15,6 +15,7 @@ from bncheck.engine.properties._base import (
     check_output,
     horizons,
     install_count,
+    layout_examples,
     needs_stats,
     one_pass_variance,
     oracle_eval,
@@ -35,6 +36,7 @@ from bncheck.engine.strategies import BNCase, dtype_name
     tolerance="forward_tolerance: unit roundoff x reduction length x max|x|/std, x8",
     cases=lambda ctx: st.builds(PropertyCase, ctx.cases(training=True, grad_modes=["enabled"]),
                                 tracked=horizons()),
+    fixed=layout_examples,
 )
 def train_forward(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
