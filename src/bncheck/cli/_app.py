@@ -33,10 +33,64 @@ _ctrl_c_seen = False
 
 
 def _on_ctrl_c(signum: int, frame: Any) -> None:
-    """SIGINT: remembered, then raised as Python does (``KeyboardInterrupt``)."""
+    """SIGINT: remembered, then raised as Python does (``KeyboardInterrupt``), except while a
+    module is being imported (see :func:`_raise_after_the_import`)."""
     global _ctrl_c_seen
     _ctrl_c_seen = True
+    if _importing(frame) and not _deferred_too_long:
+        _raise_after_the_import()
+        return
     raise KeyboardInterrupt
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside an import (importlib's bootstrap is on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+#: The thread waiting to raise a deferred Ctrl-C (:func:`_raise_after_the_import`), and
+#: whether it waited :data:`_DEFER_AT_MOST` seconds (an import that never ends is interrupted).
+_deferred: Any = None
+_deferred_too_long = False
+_DEFER_AT_MOST = 10.0
+
+
+def _raise_after_the_import() -> None:
+    """A KeyboardInterrupt raised inside an import can come out of a Python callback that a C++
+    extension's static initializer called (torch.distributed's, through pybind11): C++ then
+    calls ``std::terminate`` and the process dies with SIGABRT instead of exiting 130 (1 try
+    in 50 of Ctrl-C during ``bncheck verify``'s first second). So the interrupt is deferred:
+    a thread watches the main thread's stack and sends SIGINT again once no import is under
+    way, when it is raised as usual (or after :data:`_DEFER_AT_MOST` s, wherever it is)."""
+    global _deferred
+    import threading
+
+    if _deferred is not None and _deferred.is_alive():
+        return
+
+    def resend() -> None:
+        import os
+        import signal
+        import time
+
+        global _deferred_too_long
+        main, since = threading.main_thread().ident or 0, time.monotonic()
+        while True:
+            time.sleep(0.02)
+            frame = sys._current_frames().get(main)  # noqa: SLF001 - the documented way
+            if frame is None or not _importing(frame):
+                break
+            if time.monotonic() - since > _DEFER_AT_MOST:
+                _deferred_too_long = True
+                break
+        os.kill(os.getpid(), signal.SIGINT)
+
+    _deferred = threading.Thread(target=resend, name="bncheck-deferred-ctrl-c", daemon=True)
+    _deferred.start()
 
 
 def _from_ctrl_c(error: BaseException) -> bool:
@@ -144,8 +198,9 @@ def _survive_encoding() -> None:
 
 class _LazyGroup(click.Group):
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        global _owns_process, _ctrl_c_seen, _phase
+        global _owns_process, _ctrl_c_seen, _phase, _deferred_too_long
         _owns_process, _ctrl_c_seen, _phase = args is None, False, "starting"
+        _deferred_too_long = False
         if not _owns_process:
             return self._run(args, *rest, **kwargs)
         from bncheck.cli._program import end
