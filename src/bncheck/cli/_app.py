@@ -155,6 +155,26 @@ def _ctrl_c_exits() -> Iterator[None]:
         _exit_interrupted()
 
 
+def _output_lost(error: BaseException) -> bool:
+    """Whether ``error`` is the terminal's or a file's refusal to take what bncheck prints (a
+    full disk, an I/O error: ``bncheck verify > /dev/full``), not a bug to show as a
+    traceback. Files bncheck writes (``--json``, ...) name their own errors."""
+    import errno
+
+    lost = {errno.ENOSPC, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    return (isinstance(error, OSError) and error.errno in lost
+            and "--debug" not in sys.argv[1:])
+
+
+def _exit_output_lost(error: BaseException) -> None:
+    from bncheck.cli._common import EXIT_USAGE, err
+
+    with contextlib.suppress(OSError, ValueError):  # stderr may be the same full disk
+        err(f"bncheck's output could not be written ({getattr(error, 'strerror', error)}); "
+            f"nothing it printed can be trusted to be whole")
+    sys.exit(EXIT_USAGE)
+
+
 def forget_unhandled_ctrl_c() -> None:
     """CPython marks a Ctrl-C that interrupted code it evaluates from C (an extension module
     being imported) as unhandled, and at exit kills itself with SIGINT instead of returning the
@@ -223,6 +243,8 @@ class _LazyGroup(click.Group):
         except Exception as e:  # a library turned the interrupt into another error (C++ code)
             if _ctrl_c_seen or _from_ctrl_c(e):
                 _exit_interrupted()
+            if _output_lost(e):
+                _exit_output_lost(e)
             raise
 
     def make_context(self, info_name: str | None, args: list[str], *rest: Any,

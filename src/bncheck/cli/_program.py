@@ -27,6 +27,8 @@ from typing import Any, NoReturn
 #: 128 + SIGINT, as shells report it (the same number as ``_common.EXIT_INTERRUPTED``, kept
 #: here so that ending the program imports nothing).
 _EXIT_INTERRUPTED = 130
+#: What CPython exits with when it cannot flush the standard streams at exit.
+_EXIT_UNWRITTEN = 120
 
 
 def exit_code(code: Any) -> int:
@@ -41,12 +43,18 @@ def exit_code(code: Any) -> int:
     return 1
 
 
-def _flush() -> None:
-    """Write out what the streams still hold (a reader that left, e.g. ``| head``, is no
-    error now)."""
+def _flush() -> bool:
+    """Write out what the streams still hold; whether they could be (a reader that left, e.g.
+    ``| head``, is no error: it asked for no more)."""
+    written = True
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:
             stream.flush()
+        except BrokenPipeError:
+            pass
+        except Exception:  # noqa: BLE001 - a full disk, a closed stream: the output is lost
+            written = False
+    return written
 
 
 def _ctrl_c_while_exiting(signum: int, frame: Any) -> None:
@@ -76,5 +84,8 @@ def end(code: Any) -> NoReturn:
         with contextlib.suppress(Exception):
             shutdown()
     atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own exit handlers, run once, in order
-    _flush()
+    if not _flush() and status == 0:  # what was printed is lost: not a clean exit (CPython: 120)
+        with contextlib.suppress(OSError):
+            os.write(2, b"Error: bncheck's output could not be written\n")
+        status = _EXIT_UNWRITTEN
     os._exit(status)

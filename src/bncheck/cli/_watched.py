@@ -111,7 +111,16 @@ def run_watched(body: Callable[[], Any], *, timeout: float) -> int:
             return _interrupted(worker, doing)
     finally:
         worker.stop(hung=code is None)
+    if _lost:  # the report is incomplete where the user reads it: not a clean pass
+        err(f"the command's output could not be written to {', '.join(dict.fromkeys(_lost))}; "
+            f"the command itself ran to its end")
+        _lost.clear()
+        return code or EXIT_USAGE
     return code
+
+
+#: The streams the command's output could not be written to (:func:`_handle`), with why.
+_lost: list[str] = []
 
 
 def _handle(got: tuple[str, Any], doing: list[str]) -> int | None:
@@ -124,6 +133,10 @@ def _handle(got: tuple[str, Any], doing: list[str]) -> int | None:
             stream.flush()
         except BrokenPipeError:  # e.g. piped into `head`: the command goes on, its files too
             _stop_writing(stream)
+        except OSError as e:  # a full disk, an I/O error: the command goes on, its files too
+            _stop_writing(stream)
+            _lost.append(f"{'standard output' if kind == 'out' else 'standard error'} "
+                         f"({e.strerror or e})")
     elif kind == "enter":
         doing.append(payload)
     elif kind == "leave":
