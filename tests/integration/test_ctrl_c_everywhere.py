@@ -83,6 +83,7 @@ def test_ctrl_c_exits_130(folder: Path, name: str) -> None:
         code = interrupt(COMMANDS[name], folder, after=rng.uniform(0.3, 2.0))
         if code is not None:
             codes.append(code)
+    assert len(codes) >= max(1, TRIES // 2), f"{name}: ended before most Ctrl-Cs: {codes}"
     assert codes == [130] * len(codes), f"{name}: exit codes {codes}"
 
 

@@ -27,8 +27,9 @@ from typing import Any, NoReturn
 #: 128 + SIGINT, as shells report it (the same number as ``_common.EXIT_INTERRUPTED``, kept
 #: here so that ending the program imports nothing).
 _EXIT_INTERRUPTED = 130
-#: What CPython exits with when it cannot flush the standard streams at exit.
-_EXIT_UNWRITTEN = 120
+#: A pass whose report could not be flushed at the end is not a pass: exit 2, as a command
+#: whose output cannot be written exits (CPython itself would give 120, no code of bncheck's).
+_EXIT_UNWRITTEN = 2
 
 
 def exit_code(code: Any) -> int:
@@ -84,7 +85,7 @@ def end(code: Any) -> NoReturn:
         with contextlib.suppress(Exception):
             shutdown()
     atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own exit handlers, run once, in order
-    if not _flush() and status == 0:  # what was printed is lost: not a clean exit (CPython: 120)
+    if not _flush() and status == 0:  # what was printed is lost: not a clean exit
         with contextlib.suppress(OSError):
             os.write(2, b"Error: bncheck's output could not be written\n")
         status = _EXIT_UNWRITTEN
