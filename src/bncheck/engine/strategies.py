@@ -455,8 +455,8 @@ def layout_cases(ndim: int, *, batch: int = 4, channels: int = 3,
     draw in seven, and only at a rank and side where the layout changes the strides); these
     reach each one, every run.
 
-    >>> [c.layout for c in layout_cases(2)]
-    ['non_contiguous', 'permuted', 'storage_offset', 'expanded']
+    >>> tuple(c.layout for c in layout_cases(2))
+    ('non_contiguous', 'permuted', 'storage_offset', 'expanded')
     """
     check_positive_int(batch, "batch")
     check_positive_int(channels, "channels")
