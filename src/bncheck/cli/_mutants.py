@@ -35,26 +35,35 @@ from bncheck.cli._distributed import distributed_options
               "when the property meant for it lets it survive).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON here (checked before any work).")
+@click.option("--framework", default="torch", show_default=True, metavar="NAME",
+              help="Whose mutants: torch, or flax-nnx (the JAX mutants: Flax NNX BatchNorms "
+              "with the torch mutants' defects; needs the jax extra).")
 @distributed_options(device=False)
 @debug_option
 @handles_errors
 def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: int,
-            every_property: bool, json_path: Path | None, world_size: int | None,
-            timeout: float | None, debug: bool) -> None:
+            every_property: bool, json_path: Path | None, framework: str,
+            world_size: int | None, timeout: float | None, debug: bool) -> None:
     """Run each bundled mutant against the property meant to kill it; print the mutation score.
 
     A mutant is killed when some property fails on it; each should be killed by the property
     meant for it. One that survives its property meets the rest of the catalogue, which names
     what catches it instead (--every-property: the whole catalogue against every mutant). With
     --world-size N, the distributed mutants against the distributed properties on N local
-    processes. Progress on a terminal, none when piped. Exit status: 0 when every mutant is
+    processes; with --framework flax-nnx, the JAX mutants. Progress on a terminal, none when
+    piped. Exit status: 0 when every mutant is
     killed by its property, 1 otherwise, 2 usage error, 130 Ctrl-C (the finished mutants are
     reported).
     """
-    from bncheck.engine.mutants import MUTANTS, MutantResult, run_mutants
+    from bncheck.engine.mutants import MutantResult, mutants_of, run_mutants
+    from bncheck.errors import InvalidArgument
     from bncheck.infra.io import check_output_path, write_json_atomic
     from bncheck.infra.validation import default_timeout
 
+    bundled = mutants_of(framework)  # an unknown or mutant-less framework: refused, named
+    if world_size and framework != "torch":
+        raise InvalidArgument(f"Expected --framework torch with --world-size (the distributed "
+                              f"mutants are torch's), received --framework={framework!r}")
     if json_path is not None:
         json_path = check_output_path(json_path, "--json")
     timeout = default_timeout(timeout, ranks=bool(world_size))  # nan and inf refused too
@@ -71,7 +80,7 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
 
             total = len(names or DISTRIBUTED)
         else:
-            total = len(names or MUTANTS)
+            total = len(names or bundled)
         with status_line(out, total) as update:
             def finished(r: MutantResult) -> None:
                 done.append(r)
@@ -84,9 +93,9 @@ def mutants(names: tuple[str, ...], profile: str, examples: int | None, seed: in
                                 profile=profile, examples=examples, seed=seed,
                                 every_property=every_property, on_result=finished)
             else:
-                run_mutants(list(names) or None, profile=profile, examples=examples, seed=seed,
-                            every_property=every_property, on_result=finished,
-                            timeout=timeout)
+                run_mutants(list(names) or None, framework=framework, profile=profile,
+                            examples=examples, seed=seed, every_property=every_property,
+                            on_result=finished, timeout=timeout)
     except KeyboardInterrupt:
         err(f"interrupted (Ctrl-C) after {len(done)} mutants"
             + (f" (finished: {', '.join(r.mutant.name for r in done)})" if done else "")

@@ -38,7 +38,8 @@ from bncheck.infra.validation import not_set
 
 __all__ = ["Context", "Facts", "Property", "PropertyCase", "DrawnCase", "Checks", "REGISTRY",
            "register", "check_output", "expect_close", "stat_values", "needs_full", "needs_stats",
-           "FULL", "REDUCED", "activation_after", "one_pass_variance", "layout_examples"]
+           "FULL", "REDUCED", "activation_after", "one_pass_variance", "layout_examples",
+           "overflow_examples"]
 
 FULL = (torch.float32, torch.float64)
 REDUCED = (torch.float16, torch.bfloat16)
@@ -324,6 +325,42 @@ def layout_examples(ctx: Context) -> list[PropertyCase]:
     batch = 2 * v.virtual_batch if v is not None and v.name == "ghost" else 4
     return [PropertyCase(c) for c in layout_cases(max(t.dims), batch=batch, dtype=dtype,
                                                   config=config)]
+
+
+def overflow_examples(ctx: Context) -> list[PropertyCase]:
+    """One fixed float16 training case on which statistics computed in 16 bits overflow while
+    the right ones fit float16 (its largest value is 65504), whatever the seed (a few drawn
+    float16 examples reach such magnitudes only by chance): channel 0 alternates +200 and -200
+    (each square, 4e4, fits; a 16-bit running sum of two does not; the variance, 4e4, does);
+    channel 1 is one 300 among zeros (the square of its deviation, 262.5^2 = 68906, overflows
+    elementwise; the variance, 9844, fits). None without float16 requested, or for a target
+    that keeps no running statistics."""
+    t = ctx.target
+    if torch.float16 not in ctx.reduced_dtypes or \
+            ("track_running_stats" not in t.configurable
+             and not t.fixed_flags.get("track_running_stats", True)):
+        return []
+    conf, fixed = t.configurable, t.fixed_flags
+
+    def flag(name: str) -> bool:
+        return True if name in conf else bool(fixed.get(name, True))
+
+    config = BNConfig(eps=t.eps, momentum=t.momentum, affine=flag("affine"),
+                      track_running_stats=True, bias=flag("bias"))
+    v = t.variant
+    batch = 2 * v.virtual_batch if v is not None and v.name == "ghost" else 8
+    ndim = min(t.dims)
+    alternating = torch.tensor([200.0, -200.0] * batch, dtype=torch.float64)[:batch]
+    outlier = torch.zeros(batch, dtype=torch.float64)
+    outlier[0] = 300.0
+    x = torch.stack([alternating, outlier], dim=1).reshape(batch, 2, *(1,) * (ndim - 2))
+    case = BNCase(tuple(x.shape), torch.float16, Mode(True), config, x.to(torch.float16),
+                  torch.tensor([1.0, 0.5], dtype=torch.float64),
+                  torch.tensor([0.0, 0.25], dtype=torch.float64), ("standard",) * 2,
+                  "contiguous")
+    installed = (torch.tensor([0.5, -0.5], dtype=torch.float64),
+                 torch.tensor([1.0, 2.0], dtype=torch.float64))
+    return [PropertyCase(case, installed)]
 
 
 def needs_full(ctx: Context) -> str | None:

@@ -20,6 +20,7 @@ from bncheck.engine.properties._base import (
     one_pass_variance,
     oracle_eval,
     oracle_train,
+    overflow_examples,
     register,
 )
 from bncheck.engine.properties._tolerance import forward_tolerance, stats_tolerance
@@ -167,6 +168,7 @@ def _needs_reduced(ctx: Context) -> str | None:
     tolerance="forward_tolerance with float32 accumulation and 16-bit output rounding, x8",
     cases=_reduced_cases,
     requires=_needs_reduced,
+    fixed=overflow_examples,
 )
 def reduced_precision(ctx: Context, drawn: PropertyCase, checks: Checks) -> None:
     case = drawn.case
