@@ -26,7 +26,7 @@ from bncheck.cli._common import (
     handles_errors,
     resolve_jobs,
 )
-from bncheck.cli._watched import timeout_option
+from bncheck.cli._watched import import_watched_first, timeout_option
 
 _STYLE = {"passed": "green", "failed": "red", "skipped": "yellow", "note": "cyan",
           "frozen": "cyan", "not verified": "magenta"}
@@ -119,6 +119,8 @@ def scan(model_spec: str | None, model_args: tuple[str, ...], input_shapes: tupl
     check_jobs(jobs, timeout)
     for name in properties:
         get(name)
+    import_watched_first(lambda: make_source(model_spec, model_args, input_shapes, bn, False),
+                         timeout=timeout, debug=debug)
     source = make_source(model_spec, model_args, input_shapes, bn, False)
     command = shlex.join(["bncheck", "scan", *sys.argv[2:]])
     start = time.perf_counter()

@@ -152,6 +152,10 @@ def train(data_dir: str | None, bn: str, no_verify: bool, epochs: int | None, lr
         from bncheck.cli._train_steps import ONNX_NAME
 
         plan_export(outputs.directory / ONNX_NAME, name=f"--out (its {ONNX_NAME})")
+    if bn not in BUILTIN_BN:
+        from bncheck.cli._watched import import_watched_first
+
+        import_watched_first(lambda: resolve_bn(bn), timeout=timeout, debug=debug)
     settings = RunSettings(bn=bn, factory=resolve_bn(bn),
                            epochs=epochs or (1 if compare else 10), lr=lr,
                            batch_size=batch_size, seed=seed, limit=limit)

@@ -76,6 +76,25 @@ def runs_watched(needs_watch: Callable[[dict[str, Any]], bool]) -> Callable[[F],
     return deco
 
 
+def import_watched_first(load: Callable[[], Any], *, timeout: float, debug: bool) -> None:
+    """Run ``load`` (what imports the user's module) once in a watched worker before bncheck's
+    own process runs it, for a command that then loads the module itself: a module that exits
+    at import (``os._exit(0)``), hangs or kills its process ends the command with exit 2
+    naming it, instead of ending bncheck with the module's own code. Nothing with ``--debug``
+    (in-process by request)."""
+    if not can_watch(debug=debug):
+        return
+    from bncheck.cli._common import handles_errors
+
+    @handles_errors
+    def body(debug: bool = False) -> None:
+        load()
+
+    code = run_watched(body, timeout=timeout)
+    if code:
+        sys.exit(code)
+
+
 def can_watch(*, debug: bool) -> bool:
     """Whether a command's body can run in a watched worker: not with ``--debug`` (in-process,
     for the traceback and a debugger, without the time limit), and only where ``fork`` is."""
@@ -243,8 +262,6 @@ def _serve(conn: Connection, body: Callable[[], Any], out_tty: bool, err_tty: bo
     except BaseException:  # noqa: BLE001 - a bug: shown as in-process, as a traceback
         traceback.print_exc()
         code = 1
-    if not isinstance(code, int):
-        if code is not None:
-            print(code, file=sys.stderr)
-        code = 0 if code is None else 1
-    send("exit", code)
+    from bncheck.cli._program import exit_code
+
+    send("exit", exit_code(code))
