@@ -20,6 +20,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 #: What ``Error: interrupted (Ctrl-C) ...`` says of a Ctrl-C outside a command's own handling.
 BEFORE_START = "before the command started; nothing was done"
 AS_IT_ENDED = "as the command ended; its result does not count"
+WHILE_EXITING = "while bncheck was exiting; the command had finished"
 
 #: The environment variable that sets ``--jobs`` (``bncheck verify``; ``train``'s verify step).
 JOBS_ENV = "BNCHECK_JOBS"

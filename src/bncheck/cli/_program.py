@@ -24,12 +24,10 @@ import sys
 import threading
 from typing import Any, NoReturn
 
-#: 128 + SIGINT, as shells report it (the same number as ``_common.EXIT_INTERRUPTED``, kept
-#: here so that ending the program imports nothing).
-_EXIT_INTERRUPTED = 130
-#: A pass whose report could not be flushed at the end is not a pass: exit 2, as a command
-#: whose output cannot be written exits (CPython itself would give 120, no code of bncheck's).
-_EXIT_UNWRITTEN = 2
+from bncheck.cli._common import EXIT_INTERRUPTED, EXIT_USAGE, WHILE_EXITING
+
+#: What a Ctrl-C once the command is over says (written from the signal handler, as bytes).
+_WHILE_EXITING = (f"Error: interrupted (Ctrl-C) {WHILE_EXITING}\n").encode()
 
 
 def exit_code(code: Any) -> int:
@@ -62,9 +60,8 @@ def _ctrl_c_while_exiting(signum: int, frame: Any) -> None:
     """SIGINT once the command is over: its outputs are written; the process ends now, 130."""
     _flush()
     with contextlib.suppress(OSError):
-        os.write(2, b"Error: interrupted (Ctrl-C) while bncheck was exiting; the command had "
-                    b"finished\n")
-    os._exit(_EXIT_INTERRUPTED)
+        os.write(2, _WHILE_EXITING)
+    os._exit(EXIT_INTERRUPTED)
 
 
 def ctrl_c_ends_now() -> None:
@@ -85,8 +82,8 @@ def end(code: Any) -> NoReturn:
         with contextlib.suppress(Exception):
             shutdown()
     atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own exit handlers, run once, in order
-    if not _flush() and status == 0:  # what was printed is lost: not a clean exit
+    if not _flush() and status == 0:  # what was printed is lost: a pass nobody could read
         with contextlib.suppress(OSError):
             os.write(2, b"Error: bncheck's output could not be written\n")
-        status = _EXIT_UNWRITTEN
+        status = EXIT_USAGE
     os._exit(status)

@@ -314,17 +314,26 @@ def layout_examples(ctx: Context) -> list[PropertyCase]:
     if t.framework != "torch" or not ctx.full_dtypes:
         return []
     dtype = torch.float32 if torch.float32 in ctx.full_dtypes else ctx.full_dtypes[0]
-    conf, fixed = t.configurable, t.fixed_flags
+    return [PropertyCase(c) for c in layout_cases(max(t.dims), batch=_fixed_batch(t, 4),
+                                                  dtype=dtype, config=_declared_config(t))]
 
-    def flag(name: str) -> bool:
-        return True if name in conf else bool(fixed.get(name, True))
 
-    config = BNConfig(eps=t.eps, momentum=t.momentum, affine=flag("affine"),
-                      track_running_stats=flag("track_running_stats"), bias=flag("bias"))
+def _flag(t: Target, name: str) -> bool:
+    """A constructor flag of a fixed case: as declared (``--fixed``), on where the constructor
+    takes it (torch's default for every flag)."""
+    return True if name in t.configurable else bool(t.fixed_flags.get(name, True))
+
+
+def _declared_config(t: Target) -> BNConfig:
+    """The configuration of a fixed case: the declared flags, eps and momentum."""
+    return BNConfig(eps=t.eps, momentum=t.momentum, affine=_flag(t, "affine"),
+                    track_running_stats=_flag(t, "track_running_stats"), bias=_flag(t, "bias"))
+
+
+def _fixed_batch(t: Target, rows: int) -> int:
+    """A fixed case's batch: ``rows``, or two virtual batches of a declared ghost BatchNorm."""
     v = t.variant
-    batch = 2 * v.virtual_batch if v is not None and v.name == "ghost" else 4
-    return [PropertyCase(c) for c in layout_cases(max(t.dims), batch=batch, dtype=dtype,
-                                                  config=config)]
+    return 2 * v.virtual_batch if v is not None and v.name == "ghost" else rows
 
 
 def overflow_examples(ctx: Context) -> list[PropertyCase]:
@@ -336,20 +345,10 @@ def overflow_examples(ctx: Context) -> list[PropertyCase]:
     elementwise; the variance, 9844, fits). None without float16 requested, or for a target
     that keeps no running statistics."""
     t = ctx.target
-    if torch.float16 not in ctx.reduced_dtypes or \
-            ("track_running_stats" not in t.configurable
-             and not t.fixed_flags.get("track_running_stats", True)):
+    config = _declared_config(t)
+    if torch.float16 not in ctx.reduced_dtypes or not config.track_running_stats:
         return []
-    conf, fixed = t.configurable, t.fixed_flags
-
-    def flag(name: str) -> bool:
-        return True if name in conf else bool(fixed.get(name, True))
-
-    config = BNConfig(eps=t.eps, momentum=t.momentum, affine=flag("affine"),
-                      track_running_stats=True, bias=flag("bias"))
-    v = t.variant
-    batch = 2 * v.virtual_batch if v is not None and v.name == "ghost" else 8
-    ndim = min(t.dims)
+    batch, ndim = _fixed_batch(t, 8), min(t.dims)
     alternating = torch.tensor([200.0, -200.0] * batch, dtype=torch.float64)[:batch]
     outlier = torch.zeros(batch, dtype=torch.float64)
     outlier[0] = 300.0
