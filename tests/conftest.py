@@ -34,6 +34,10 @@ from hypothesis import settings
 from bncheck.engine.profiles import load_profile, profile_from_env
 
 os.environ["OMP_NUM_THREADS"] = "1"  # inherited by every subprocess the tests start
+# Keras 3 runs on torch here (no TensorFlow). Set before any test starts a process: the fork
+# server bncheck's workers come from keeps the environment it was started with, and a Keras
+# test run after it (a test-order accident under xdist) imported Keras there without it.
+os.environ.setdefault("KERAS_BACKEND", "torch")
 # A shell starts background jobs (`nox -s tests &`, nohup, some CI runners) with SIGINT
 # ignored, and Python then installs no KeyboardInterrupt handler: the Ctrl-C tests would see
 # nothing. Restore what a terminal gives, here and (a handler becomes the default across exec)
@@ -59,6 +63,22 @@ def _global_state() -> dict[str, Any]:
             "working directory": os.getcwd(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE")}
+
+
+@pytest.fixture(autouse=True)
+def _no_os_exit_in_pytests_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test whose code calls ``os._exit`` in pytest's own process (a user module exiting at
+    import that a regression let run in-process, run through click's CliRunner) would end
+    pytest with that code, 0 included, with nothing reported (under ``-n 0``): it raises
+    instead. Forked children (bncheck's watched workers) exit as usual."""
+    real, parent = os._exit, os.getpid()
+
+    def guarded(code: int) -> None:
+        if os.getpid() == parent:
+            raise AssertionError(f"os._exit({code}) was called in pytest's own process")
+        real(code)
+
+    monkeypatch.setattr(os, "_exit", guarded)
 
 
 @pytest.fixture(autouse=True)
